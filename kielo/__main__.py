@@ -1,0 +1,5 @@
+import sys
+
+from kielo.cli import main
+
+sys.exit(main())

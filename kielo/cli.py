@@ -1,0 +1,150 @@
+"""The `kielo` command: a thin dispatch over the library's functions.
+
+Every subcommand takes ``--config FILE`` and dotted overrides of any config key (``--lora.r 8``,
+``--training.max_steps=20``); ``--model X`` is short for ``--model.name X``. Command-specific options
+are declared per command below. User mistakes print one message and a fix, without a traceback, unless
+``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kielo.errors import KieloError
+
+log = logging.getLogger("kielo")
+
+
+@dataclass
+class Command:
+    run: Callable[[argparse.Namespace, object], int]
+    help: str
+    setup: Callable[[argparse.ArgumentParser], None] = lambda p: None
+    positional_config: bool = False  # `kielo train CONFIG.yaml` takes the config as a positional argument
+    defaults: dict = field(default_factory=dict)
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, str]:
+    """``--a.b value`` / ``--a.b=value`` pairs into a dict; anything else is an error naming it."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--"):
+            raise KieloError(f"unexpected argument `{tok}`", "options look like --training.max_steps 20")
+        key, eq, value = tok[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens) or (tokens[i + 1].startswith("--") and len(tokens[i + 1]) > 2):
+                raise KieloError(f"option `--{key}` needs a value", f"write --{key} VALUE")
+            value = tokens[i + 1]
+            i += 1
+        if "-" in key and "." in key:
+            raise KieloError(f"option `--{key}` uses dashes", f"flags use underscores: --{key.replace('-', '_')}")
+        out[key] = value
+        i += 1
+    return out
+
+
+def build_config(args: argparse.Namespace, overrides: dict, command: Command):
+    from kielo.config.load import load_config
+
+    path = getattr(args, "config", None) or getattr(args, "config_file", None)
+    return load_config(path, overrides, base=command.defaults)
+
+
+def _train(args, config) -> int:
+    import json
+
+    from kielo.train.trainer import train
+
+    summary = train(config, resume=args.resume)
+    keys = ("steps", "wall_time_s", "train_loss_first", "train_loss_last", "validation_loss_start",
+            "validation_loss_end")
+    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    print(f"adapter: {config.output_dir}")
+    return 0
+
+
+def _setup_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+
+
+def _demo(args, config) -> int:
+    from kielo.demo import run_demo
+
+    return run_demo(config, full=args.full, strict=args.strict)
+
+
+def _setup_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--full", action="store_true", help="evaluate on every held-out example (the README's evidence)")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when the prompt suite fails")
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(_train, "train a LoRA adapter on a (4-bit) base model", _setup_train, positional_config=True),
+    "demo": Command(_demo, "the whole workflow on the embedded default model, offline", _setup_demo),
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kielo", description="QLoRA instruction fine-tuning, Finnish first.",
+                                     allow_abbrev=False)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False,
+                           epilog="Any config key is also an option: --lora.r 8 --training.max_steps 20 "
+                                  "(see the README's config reference); --model X is --model.name X.")
+        if cmd.positional_config:
+            p.add_argument("config_file", nargs="?", help="YAML config file")
+        p.add_argument("--config", help="YAML config file")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        cmd.setup(p)
+    return parser
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="kielo: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("transformers", "peft", "accelerate", "bitsandbytes", "urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    args, rest = parser.parse_known_args(argv)
+    debug = getattr(args, "debug", False) or "--debug" in argv
+    setup_logging(debug)
+    if not args.command:
+        parser.print_help()
+        return 2
+    command = COMMANDS[args.command]
+    try:
+        if not debug:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        config = build_config(args, parse_overrides(rest), command)
+        return command.run(args, config)
+    except KieloError as e:
+        if debug:
+            raise
+        print(f"kielo {args.command}: error: {e.message}", file=sys.stderr)
+        if e.fix:
+            print(f"  fix: {e.fix}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kielo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

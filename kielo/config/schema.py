@@ -1,0 +1,193 @@
+"""The one typed config schema. YAML files, CLI flags, validation and the README reference derive from it.
+
+Each field's ``metadata["help"]`` is its documentation; ``choices`` restricts string values. Cross-field
+rules live in ``__post_init__`` so a config is valid the moment it exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from kielo.errors import KieloError
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, factory: Any = None) -> Any:
+    """A schema field with its help text (and allowed values) attached."""
+    meta = {"help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _check_choices(section: Any, prefix: str) -> None:
+    for f in fields(section):
+        choices = f.metadata.get("choices")
+        value = getattr(section, f.name)
+        if choices and value not in choices:
+            raise KieloError(
+                f"{prefix}.{f.name} = {value!r} is not allowed",
+                f"use one of: {', '.join(map(str, choices))}",
+            )
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise KieloError(f"{key} = {value} must be {'>= 0' if allow_zero else '> 0'}", f"set {key} to a positive value")
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt(
+        "gemma-3-270m",
+        "Base model: a hub id, a local HF folder, a .gguf file, a kielo training output folder, or the alias "
+        "`gemma-3-270m` (embedded default, installed from PyPI, works offline).",
+    )
+    trust_remote_code: bool = opt(False, "Allow the model's own Python code from its folder or hub repo to run.")
+
+    def __post_init__(self) -> None:
+        if not str(self.name).strip():
+            raise KieloError("model.name is empty", "give a hub id, a local folder, a .gguf file or `gemma-3-270m`")
+
+
+@dataclass
+class QuantizationConfig:
+    bits: int = opt(4, "Base weights: 4 (QLoRA), 8 (LLM.int8) or 0 (no quantization: plain LoRA).", (4, 8, 0))
+    quant_type: str = opt("nf4", "4-bit data type.", ("nf4", "fp4"))
+    double_quant: bool = opt(True, "Quantize the 4-bit scales too (saves ~0.37 bit per parameter).")
+    compute_dtype: str = opt(
+        "auto",
+        "Dtype of the matmuls and of unquantized weights. auto: bf16 on GPUs that support it, else fp16 on GPU, "
+        "fp32 on CPU.",
+        ("auto", "bf16", "fp16", "fp32"),
+    )
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "quantization")
+
+
+@dataclass
+class LoraConfig:
+    r: int = opt(16, "LoRA rank.")
+    alpha: float = opt(32, "LoRA scaling numerator: updates are scaled by alpha/r (alpha/sqrt(r) with rsLoRA).")
+    dropout: float = opt(0.05, "Dropout on the LoRA input.")
+    target_modules: Any = opt(
+        "all-linear",
+        "Modules that get adapters: a list of module names (e.g. [q_proj, v_proj]) or `all-linear`.",
+    )
+    bias: str = opt("none", "Which biases train.", ("none", "all", "lora_only"))
+    use_rslora: bool = opt(False, "Rank-stabilized LoRA scaling alpha/sqrt(r).")
+    use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "lora")
+        _positive(self.r, "lora.r")
+        _positive(self.alpha, "lora.alpha")
+        if not 0 <= self.dropout < 1:
+            raise KieloError(f"lora.dropout = {self.dropout} is out of range", "use a value in [0, 1)")
+        tm = self.target_modules
+        if isinstance(tm, str):
+            if tm != "all-linear":
+                # A comma list from the CLI (--lora.target_modules q_proj,v_proj) is accepted.
+                self.target_modules = [t.strip() for t in tm.split(",") if t.strip()]
+        elif not (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)):
+            raise KieloError(
+                f"lora.target_modules = {tm!r} is not valid", "give a non-empty list of module names or `all-linear`"
+            )
+
+
+@dataclass
+class DataConfig:
+    train: str | None = opt(None, "Training data: JSONL, JSON, CSV or Parquet; alpaca-style or chat messages.")
+    validation: str | None = opt(None, "Validation data file (or use data.validation_split).")
+    validation_split: float = opt(0.0, "Fraction of the training file held out for validation (0 = none).")
+    max_length: int = opt(1024, "Longest example, in tokens, including template and end token.")
+    overlong: str = opt("truncate", "What to do with longer examples.", ("truncate", "drop"))
+    train_on_prompt: bool = opt(False, "Also train on prompt tokens (default: loss on responses only).")
+    template: str = opt(
+        "auto",
+        "Prompt format: the model's chat template (`chat`), kielo's built-in Finnish template (`builtin`), or "
+        "`auto` (chat template when the tokenizer has one, else built-in).",
+        ("auto", "builtin", "chat"),
+    )
+    packing: bool = opt(False, "Pack several examples per row, attention isolated per example (no padding).")
+    system_prompt: str | None = opt(None, "System message put before every example that has none.")
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "data")
+        if self.validation and self.validation_split:
+            raise KieloError(
+                "both data.validation and data.validation_split are set",
+                "keep one: a validation file, or a fraction of the training file",
+            )
+        if not 0 <= self.validation_split < 1:
+            raise KieloError(f"data.validation_split = {self.validation_split} is out of range", "use a value in [0, 1)")
+        _positive(self.max_length, "data.max_length")
+        if self.max_length < 8:
+            raise KieloError(f"data.max_length = {self.max_length} is too short", "use at least 8 tokens")
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = opt(1.0, "Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = opt(0, "Optimizer steps to run; 0 = derive from epochs.")
+    micro_batch_size: int = opt(4, "Examples (or packed rows) per forward pass.")
+    gradient_accumulation: int = opt(1, "Micro-batches per optimizer step.")
+    learning_rate: float = opt(2e-4, "Peak learning rate.")
+    warmup_steps: int = opt(0, "Linear warmup steps.")
+    scheduler: str = opt("cosine", "Learning-rate schedule after warmup.", ("cosine", "linear", "constant"))
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).")
+    optimizer: str = opt(
+        "adamw", "Optimizer; the 8-bit ones need CUDA.", ("adamw", "adamw_8bit", "paged_adamw_8bit")
+    )
+    seed: int = opt(42, "Seed for data order, LoRA init and dropout.")
+    eval_every: int = opt(0, "Evaluate on validation every N steps (always at step 0 and at the end); 0 = only those.")
+    save_every: int = opt(0, "Write a checkpoint every N steps; 0 = only the final adapter.")
+    keep_last: int = opt(2, "Checkpoints to keep.")
+    gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass to save memory.")
+    log_every: int = opt(1, "Write train metrics every N steps.")
+    device: str = opt("auto", "Where to train: auto (CUDA when present), cpu or cuda.", ("auto", "cpu", "cuda"))
+
+    def __post_init__(self) -> None:
+        _check_choices(self, "training")
+        for key in ("micro_batch_size", "gradient_accumulation", "learning_rate", "log_every", "keep_last"):
+            _positive(getattr(self, key), f"training.{key}")
+        for key in ("max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "eval_every", "save_every"):
+            _positive(getattr(self, key), f"training.{key}", allow_zero=True)
+        if self.max_steps == 0:
+            _positive(self.epochs, "training.epochs")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = opt(256, "Longest generated answer, in tokens.")
+    temperature: float = opt(0.0, "Sampling temperature; 0 = greedy decoding.")
+    top_p: float = opt(1.0, "Nucleus sampling threshold.")
+    top_k: int = opt(0, "Sample from the k most likely tokens (0 = off).")
+    repetition_penalty: float = opt(1.0, "Penalty for repeated tokens (1 = off).")
+    seed: int = opt(0, "Seed for sampling.")
+    batch_size: int = opt(8, "Prompts generated together (left-padded).")
+
+    def __post_init__(self) -> None:
+        _positive(self.max_new_tokens, "generation.max_new_tokens")
+        _positive(self.temperature, "generation.temperature", allow_zero=True)
+        _positive(self.batch_size, "generation.batch_size")
+        if not 0 < self.top_p <= 1:
+            raise KieloError(f"generation.top_p = {self.top_p} is out of range", "use a value in (0, 1]")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = opt(None, "Base model.", factory=ModelConfig)
+    quantization: QuantizationConfig = opt(None, "How the frozen base is stored.", factory=QuantizationConfig)
+    lora: LoraConfig = opt(None, "The trained adapter.", factory=LoraConfig)
+    data: DataConfig = opt(None, "Instruction data and formatting.", factory=DataConfig)
+    training: TrainingConfig = opt(None, "Optimization, evaluation and checkpoints.", factory=TrainingConfig)
+    generation: GenerationConfig = opt(None, "Defaults for commands that generate.", factory=GenerationConfig)
+    output_dir: str = opt("runs/kielo", "Where outputs are written.")
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory for f in fields(Config) if f.default_factory is not MISSING  # type: ignore[misc]
+}

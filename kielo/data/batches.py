@@ -1,0 +1,152 @@
+"""Micro-batches: padded rows, or packed rows with attention isolated per example.
+
+Packing puts several examples into one row and restarts ``position_ids`` at 0 for each; with no 2D
+attention mask, transformers derives a block-diagonal causal mask from those positions (and varlen
+kernels use them on GPU), so no example attends to another. Padding at the end of a packed row is a
+segment of its own with labels -100.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from kielo.data.encode import IGNORE, Encoded
+
+
+@dataclass
+class Batch:
+    """Tensors for one forward pass plus honest token counts."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor | None  # padded mode
+    position_ids: torch.Tensor | None  # packed mode
+    real_tokens: int  # non-padding tokens
+    trained_tokens: int  # tokens whose next-token prediction is in the loss
+    indices: list[int]  # which examples (Encoded.index) are in it
+
+    def to(self, device: torch.device) -> Batch:
+        move = (lambda t: t.to(device, non_blocking=True) if t is not None else None)
+        return Batch(move(self.input_ids), move(self.labels), move(self.attention_mask), move(self.position_ids),
+                     self.real_tokens, self.trained_tokens, self.indices)
+
+    def model_inputs(self) -> dict:
+        if self.position_ids is not None:
+            return {"input_ids": self.input_ids, "position_ids": self.position_ids}
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+
+def trained_count(labels: list[int]) -> int:
+    """Tokens that contribute to the loss: label positions after the first (labels are shifted by one)."""
+    return sum(1 for x in labels[1:] if x != IGNORE)
+
+
+def pack_rows(items: list[Encoded], capacity: int) -> list[list[Encoded]]:
+    """First-fit packing of examples (in the given order) into rows of at most ``capacity`` tokens."""
+    rows: list[list[Encoded]] = []
+    room: list[int] = []
+    for it in items:
+        n = len(it.input_ids)
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(it)
+                room[r] -= n
+                break
+        else:
+            rows.append([it])
+            room.append(capacity - n)
+    return rows
+
+
+def collate_padded(items: list[Encoded], pad_id: int) -> Batch:
+    """Right-pad examples to the longest in the micro-batch."""
+    width = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, it in enumerate(items):
+        n = len(it.input_ids)
+        ids[i, :n] = torch.tensor(it.input_ids)
+        labels[i, :n] = torch.tensor(it.labels)
+        mask[i, :n] = 1
+    return Batch(ids, labels, mask, None, int(mask.sum()), sum(trained_count(it.labels) for it in items),
+                 [it.index for it in items])
+
+
+def collate_packed(rows: list[list[Encoded]], pad_id: int) -> Batch:
+    """Concatenate each row's examples; positions restart per example so attention stays within it."""
+    width = max(sum(len(it.input_ids) for it in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    real = trained = 0
+    indices = []
+    for i, row in enumerate(rows):
+        at = 0
+        for it in row:
+            n = len(it.input_ids)
+            ids[i, at:at + n] = torch.tensor(it.input_ids)
+            # The first label of each example is dropped by the shift; mask it so no example is trained to
+            # predict its own first token from the previous example's last one.
+            lab = list(it.labels)
+            lab[0] = IGNORE
+            labels[i, at:at + n] = torch.tensor(lab)
+            pos[i, at:at + n] = torch.arange(n)
+            at += n
+            real += n
+            trained += trained_count(it.labels)
+            indices.append(it.index)
+        pos[i, at:] = torch.arange(width - at)  # padding: a segment of its own
+    return Batch(ids, labels, None, pos, real, trained, indices)
+
+
+class BatchPlan:
+    """The deterministic order of micro-batches for every epoch, from the seed.
+
+    A run's position is just the number of micro-batches consumed, which makes resuming exact.
+    """
+
+    def __init__(self, items: list[Encoded], micro_batch_size: int, pad_id: int, seed: int,
+                 packing: bool = False, max_length: int = 1024, shuffle: bool = True):
+        if not items:
+            raise ValueError("no examples to batch")
+        self.items = items
+        self.micro_batch_size = micro_batch_size
+        self.pad_id = pad_id
+        self.seed = seed
+        self.packing = packing
+        self.max_length = max_length
+        self.shuffle = shuffle
+        if packing:
+            # Pack once (from a seeded order) so every epoch has the same number of micro-batches; epochs
+            # then shuffle whole rows.
+            order = list(items)
+            if shuffle:
+                random.Random(seed).shuffle(order)
+            self.units: list = pack_rows(order, max_length)
+        else:
+            self.units = list(items)
+        self.per_epoch = -(-len(self.units) // micro_batch_size)
+        self._cache: dict[int, list[list]] = {}
+
+    def _epoch_groups(self, epoch: int) -> list[list]:
+        if epoch not in self._cache:
+            order = list(self.units)
+            if self.shuffle:
+                random.Random(self.seed * 1000003 + epoch + 1).shuffle(order)
+            mbs = self.micro_batch_size
+            self._cache = {epoch: [order[i:i + mbs] for i in range(0, len(order), mbs)]}
+        return self._cache[epoch]
+
+    def batch(self, cursor: int) -> Batch:
+        """The micro-batch at global position ``cursor`` (epochs follow one another)."""
+        epoch, offset = divmod(cursor, self.per_epoch)
+        group = self._epoch_groups(epoch)[offset]
+        return collate_packed(group, self.pad_id) if self.packing else collate_padded(group, self.pad_id)
+
+    def all_batches(self) -> list[Batch]:
+        """One pass in order (evaluation)."""
+        return [self.batch(i) for i in range(self.per_epoch)]

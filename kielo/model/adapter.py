@@ -1,0 +1,54 @@
+"""Attach a new LoRA adapter (PEFT) to a base model, or load a saved one."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from kielo.config.schema import LoraConfig
+from kielo.errors import KieloError
+
+log = logging.getLogger(__name__)
+
+
+def add_lora(model, lora: LoraConfig):
+    """Wrap ``model`` with a trainable LoRA adapter configured by ``lora.*``."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias=lora.bias,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as e:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if "Linear" in type(m).__name__})
+        raise KieloError(
+            f"lora.target_modules {lora.target_modules!r} does not fit this model: {e}",
+            f"use `all-linear` or names from this model's linear layers: {', '.join(names)}",
+        ) from None
+
+
+def load_adapter(model, adapter_dir: str, trainable: bool = False, name: str = "default"):
+    """Load a saved PEFT adapter onto ``model``; a shape mismatch (adapter of another base) is a clear error."""
+    from peft import PeftModel
+
+    cfg_file = Path(adapter_dir) / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise KieloError(f"{adapter_dir} holds no adapter_config.json", "point to a kielo run folder or PEFT adapter")
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable, adapter_name=name)
+    except (RuntimeError, ValueError, KeyError) as e:
+        base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
+        raise KieloError(
+            f"the adapter in {adapter_dir} does not fit this base model ({str(e).splitlines()[0][:200]})",
+            f"load it with the base it was trained on{f' ({base})' if base else ''}",
+        ) from None

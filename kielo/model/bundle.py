@@ -1,0 +1,75 @@
+"""Everything a command needs about one model: tokenizer, template, encoder, model, device.
+
+Training, evaluation and generation all build their model through here, so they share one prompt format.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from kielo.config.load import from_dict
+from kielo.config.schema import Config
+from kielo.data.encode import Encoder
+from kielo.data.template import Template, resolve_template
+from kielo.errors import KieloError
+from kielo.model.source import ModelSource, resolve_adapter, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Bundle:
+    model: torch.nn.Module
+    tokenizer: object
+    template: Template
+    encoder: Encoder
+    device: torch.device
+    source: ModelSource
+    config: Config
+    adapter: str | None = None
+
+
+def effective_config(config: Config) -> tuple[Config, ModelSource]:
+    """When ``model.name`` is a run folder, its saved config supplies model, quantization and data format."""
+    source = resolve_model(config.model.name)
+    if source.run_config:
+        saved = from_dict(source.run_config)
+        config.model = saved.model
+        config.data.template = saved.data.template
+        config.data.system_prompt = config.data.system_prompt or saved.data.system_prompt
+    return config, source
+
+
+def load_tokenizer_and_template(config: Config, source: ModelSource):
+    from kielo.model.load import load_tokenizer
+
+    tok = load_tokenizer(source.path, config.model.trust_remote_code)
+    return tok, resolve_template(tok, config.data.template)
+
+
+def make_encoder(tokenizer, template: Template, config: Config) -> Encoder:
+    return Encoder(tokenizer, template, config.data.max_length, config.data.overlong, config.data.train_on_prompt)
+
+
+def load_bundle(config: Config, for_training: bool, adapter: str | None = None) -> Bundle:
+    """Load tokenizer, template and (quantized) base model; attach ``adapter`` or the run folder's adapter."""
+    from kielo.model.adapter import load_adapter
+    from kielo.model.load import load_base_model, pick_device, warn_untrained_template_tokens
+
+    config, source = effective_config(config)
+    device = pick_device(config.training.device)
+    tokenizer, template = load_tokenizer_and_template(config, source)
+    model = load_base_model(source, config, device, for_training=for_training)
+    warn_untrained_template_tokens(model, tokenizer, template.chat_template)
+    adapter = adapter or source.adapter
+    if adapter:
+        if for_training:
+            raise KieloError("training on top of an existing adapter is not supported", "train from the base model")
+        path, _ = resolve_adapter(adapter)
+        model = load_adapter(model, path)
+        model.eval()
+    encoder = make_encoder(tokenizer, template, config)
+    return Bundle(model, tokenizer, template, encoder, device, source, config, adapter)

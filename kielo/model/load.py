@@ -1,0 +1,204 @@
+"""Load a tokenizer and a (quantized) base model, ready for LoRA training or inference."""
+
+from __future__ import annotations
+
+import logging
+import torch
+
+from kielo.config.schema import Config, QuantizationConfig
+from kielo.errors import KieloError
+from kielo.model.source import ModelSource
+
+log = logging.getLogger(__name__)
+
+PAD_CANDIDATES = ("<pad>", "[PAD]", "<|pad|>", "<|finetune_right_pad_id|>", "<|finetune_right_pad|>")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` is CUDA when present; asking for CUDA on a machine without it is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise KieloError("training.device is `cuda` but no CUDA GPU is available", "use --training.device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def compute_dtype(q: QuantizationConfig, device: torch.device) -> torch.dtype:
+    """Resolve ``quantization.compute_dtype``; CPUs get fp32 by default (bf16 matmuls are slow on most)."""
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if q.compute_dtype != "auto":
+        if device.type == "cpu" and q.compute_dtype == "fp16":
+            raise KieloError("fp16 compute is not supported on CPU", "use --quantization.compute_dtype bf16 or fp32")
+        return table[q.compute_dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right"):
+    """Load a tokenizer and give it a pad token distinct from its end token, without adding tokens.
+
+    Adding a token would need a new embedding row, and the embeddings are frozen; so an existing unused
+    token is reused (``<pad>``, a reserved or ``unused`` token), and only as a last resort the unk token.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise KieloError(f"cannot load a tokenizer from {path}: {e}", "check the model name or folder") from None
+    tok.padding_side = padding_side
+    if tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id:
+        return tok
+    vocab = tok.get_vocab()
+    candidates = [t for t in PAD_CANDIDATES if t in vocab]
+    candidates += sorted((t for t in vocab if "reserved" in t or t.startswith("<unused")), key=lambda t: vocab[t])
+    if tok.unk_token is not None:
+        candidates.append(tok.unk_token)
+    for cand in candidates:
+        if vocab[cand] != tok.eos_token_id:
+            tok.pad_token = cand
+            return tok
+    raise KieloError(
+        f"the tokenizer of {path} has no unused token to pad with",
+        "use a tokenizer with a pad, reserved or unk token (kielo never adds tokens: embeddings are frozen)",
+    )
+
+
+def _available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def estimate_weight_bytes(model_config, bits: int, dtype: torch.dtype) -> int:
+    """Bytes the base weights take once loaded: linear layers at ``bits``, the rest at ``dtype``."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        shell = AutoModelForCausalLM.from_config(model_config)
+    elem = torch.finfo(dtype).bits // 8
+    total = 0
+    head = shell.get_output_embeddings()
+    for name, module in shell.named_modules():
+        for p in module.parameters(recurse=False):
+            quantized = bits and isinstance(module, torch.nn.Linear) and module is not head
+            # 4-bit: half a byte plus ~3% for (double-quantized) block scales.
+            total += int(p.numel() * (bits / 8 * 1.03)) if quantized else p.numel() * elem
+    return total
+
+
+def check_fits(model_config, bits: int, dtype: torch.dtype, device: torch.device, name: str) -> None:
+    """Fail before loading when the weights alone plainly exceed the memory available."""
+    need = estimate_weight_bytes(model_config, bits, dtype)
+    have = _available_memory(device)
+    if need > have:
+        gib = 2**30
+        raise KieloError(
+            f"{name} needs about {need / gib:.1f} GiB for its weights ({bits or 'no'}-bit) but only "
+            f"{have / gib:.1f} GiB of {'GPU' if device.type == 'cuda' else 'RAM'} is free",
+            "use a smaller model, --quantization.bits 4, or a machine with more memory",
+        )
+
+
+def bnb_config(q: QuantizationConfig, dtype: torch.dtype):
+    """The transformers BitsAndBytesConfig for ``quantization.*`` (None when bits == 0)."""
+    if q.bits == 0:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise KieloError("4/8-bit bases need bitsandbytes", "pip install bitsandbytes, or --quantization.bits 0") from None
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=torch.uint8,
+    )
+
+
+def load_base_model(source: ModelSource, config: Config, device: torch.device, for_training: bool = True):
+    """Load the frozen base model quantized per ``config.quantization``, on ``device``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    trust = config.model.trust_remote_code
+    try:
+        model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust)
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0]
+        fix = "check the model name; hub ids need network access (or a local folder / .gguf file)"
+        if "trust_remote_code" in str(e):
+            fix = "this model needs its own code: set model.trust_remote_code: true if you trust it"
+        raise KieloError(f"cannot load model config from {source.path}: {msg}", fix) from None
+    dtype = compute_dtype(config.quantization, device)
+    check_fits(model_config, config.quantization.bits, dtype, device, source.path)
+    kwargs = {
+        "dtype": dtype,
+        "trust_remote_code": trust,
+        "quantization_config": bnb_config(config.quantization, dtype),
+        "device_map": {"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
+    }
+    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    model.config.use_cache = not for_training
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if for_training:
+        if config.quantization.bits:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=config.training.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        elif config.training.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        # transformers skips gradient checkpointing silently in eval mode; training must be in train mode.
+        model.train()
+    else:
+        model.eval()
+    return model
+
+
+def warn_untrained_template_tokens(model, tokenizer, template_text: str) -> list[str]:
+    """Warn when the template uses special tokens whose input embeddings look untrained.
+
+    Base models often ship chat tokens (``<start_of_turn>``, ``<|im_start|>``) that pre-training never
+    used; their embedding rows stay near their initialisation, and a frozen embedding can't learn them.
+    """
+    specials = [t for t in tokenizer.all_special_tokens + list(tokenizer.get_added_vocab()) if t and t in template_text]
+    emb = model.get_input_embeddings().weight
+    norms = emb.detach().float().norm(dim=-1)
+    median = norms.median()
+    suspicious = []
+    for tok in dict.fromkeys(specials):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if tid is not None and 0 <= tid < len(norms) and norms[tid] < 0.2 * median:
+            suspicious.append(tok)
+    if suspicious:
+        log.warning(
+            "The template uses token(s) %s whose embeddings look untrained (norm far below the median); "
+            "consider --data.template builtin", ", ".join(suspicious),
+        )
+    return suspicious
+
+
+def describe_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as the parameters they stand for."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if getattr(p, "quant_state", None) is not None or p.dtype == torch.uint8:
+            n *= 2  # bitsandbytes packs two 4-bit values per byte
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total

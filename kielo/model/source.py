@@ -1,0 +1,116 @@
+"""Resolve what a user names as ``--model`` (or ``--adapter``) to something loadable.
+
+Accepted: the alias ``gemma-3-270m``, a local HF folder, a ``.gguf`` file (converted once to an HF folder
+in the cache), a kielo training output folder or one of its checkpoints (base from its saved config,
+adapter from the folder), or a hub id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kielo.config.load import CONFIG_FILE
+from kielo.errors import KieloError
+from kielo.model import default
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class ModelSource:
+    """A base model location plus, for run folders, the adapter and the run's saved config."""
+
+    path: str  # local HF folder or hub id
+    adapter: str | None = None
+    run_config: dict | None = None  # the saved kielo_config.yaml of a run folder
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).is_dir()
+
+
+def find_run_config(folder: Path) -> Path | None:
+    """The saved config of a run folder or of a checkpoint inside one."""
+    for candidate in (folder, folder.parent, folder.parent.parent):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate / CONFIG_FILE
+    return None
+
+
+def _gguf_to_folder(path: Path) -> str:
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = default.cache_root() / "models" / f"{path.stem}-{key}"
+    if not (target / "config.json").is_file():
+        import shutil
+        import tempfile
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{path.stem}-", dir=target.parent))
+        try:
+            default.convert_gguf_to_hf(path, work / "hf")
+            try:
+                os.rename(work / "hf", target)
+            except OSError:
+                if not (target / "config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return str(target)
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Turn ``model.name`` into a :class:`ModelSource`, failing early on paths that don't exist."""
+    if name == default.ALIAS:
+        return ModelSource(str(default.ensure_default_model()))
+    p = Path(name).expanduser()
+    if p.suffix.lower() == ".gguf":
+        if not p.is_file():
+            raise KieloError(f"GGUF file {p} does not exist", "check the path to the .gguf file")
+        return ModelSource(_gguf_to_folder(p))
+    if p.is_dir():
+        if (p / "adapter_config.json").is_file():
+            cfg_path = find_run_config(p)
+            if cfg_path is None:
+                raise KieloError(
+                    f"{p} holds a LoRA adapter but no {CONFIG_FILE} saying which base it belongs to",
+                    "pass the base with --model and the folder with --adapter",
+                )
+            run_cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+            base = resolve_model(run_cfg.get("model", {}).get("name", default.ALIAS))
+            return ModelSource(base.path, adapter=str(p), run_config=run_cfg)
+        if (p / "config.json").is_file():
+            return ModelSource(str(p))
+        if (p / CONFIG_FILE).is_file():
+            raise KieloError(
+                f"{p} is a kielo run folder without a finished adapter",
+                f"point to one of its checkpoints ({p}/checkpoints/step-N) or resume the run with --resume",
+            )
+        raise KieloError(f"{p} is a folder but not a model (no config.json)", "point to an HF model folder")
+    if p.exists():
+        raise KieloError(f"{p} is not a model folder or .gguf file", "pass a folder with config.json or a .gguf file")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise KieloError(f"model path {p} does not exist", "check the path, or use a hub id (org/name)")
+    if not HUB_ID.match(name):
+        raise KieloError(
+            f"model `{name}` is neither an existing path nor a hub id (org/name)",
+            f"check the path, or use a hub id like LumiOpen/Llama-Poro-2-8B-base, or `{default.ALIAS}`",
+        )
+    return ModelSource(name)
+
+
+def resolve_adapter(path: str) -> tuple[str, dict | None]:
+    """An adapter folder (plain PEFT, checkpoint or run folder) and its run config when there is one."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise KieloError(f"adapter {p} does not exist", "check the path to the adapter or run folder")
+    if not (p / "adapter_config.json").is_file():
+        raise KieloError(f"{p} holds no LoRA adapter (adapter_config.json)", "point to a kielo run folder or PEFT adapter")
+    cfg = find_run_config(p)
+    return str(p), (yaml.safe_load(cfg.read_text(encoding="utf-8")) if cfg else None)

@@ -1,0 +1,70 @@
+"""Next-token loss computed only where it is trained.
+
+The output head of a large-vocabulary model (Gemma 3: 262,144 tokens) costs more than the rest of a small
+model, and the prompt tokens it would score are masked anyway. So the decoder runs once, the hidden
+states at trained positions are gathered, and only those go through the head and cross-entropy. The
+result equals ``model(...).logits`` + masked cross-entropy (a test checks it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kielo.data.batches import Batch
+from kielo.data.encode import IGNORE
+
+# Rows of hidden states sent through the head at once: bounds the fp32 logits tensor (rows x vocab).
+HEAD_CHUNK = 1024
+
+
+def causal_lm(model):
+    """The transformers CausalLM inside a (PEFT-wrapped) model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def head_logits(lm, hidden: torch.Tensor) -> torch.Tensor:
+    """Output-head logits in fp32, with the model's final soft-capping if it has one."""
+    logits = lm.get_output_embeddings()(hidden).float()
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def trained_hidden(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden states at positions whose next token is trained, their targets, and the mask (B, L-1)."""
+    lm = causal_lm(model)
+    decoder = lm.base_model  # `.model` for Llama/Gemma, `.transformer` for BLOOM (base_model_prefix)
+    out = decoder(**batch.model_inputs(), use_cache=False)
+    hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+    targets = batch.labels[:, 1:]
+    mask = targets != IGNORE
+    return hidden[:, :-1][mask], targets[mask], mask
+
+
+def loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Sum of token cross-entropies over the batch's trained positions, and their number."""
+    lm = causal_lm(model)
+    h, y, _ = trained_hidden(model, batch)
+    total = h.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], HEAD_CHUNK):
+        total = total + F.cross_entropy(head_logits(lm, h[i:i + HEAD_CHUNK]), y[i:i + HEAD_CHUNK], reduction="sum")
+    return total, int(y.numel())
+
+
+@torch.no_grad()
+def per_example_loss(model, batch: Batch) -> list[tuple[float, int]]:
+    """(loss sum, trained tokens) for each row of a padded batch, in row order."""
+    lm = causal_lm(model)
+    h, y, mask = trained_hidden(model, batch)
+    ce = torch.cat([
+        F.cross_entropy(head_logits(lm, h[i:i + HEAD_CHUNK]), y[i:i + HEAD_CHUNK], reduction="none")
+        for i in range(0, h.shape[0], HEAD_CHUNK)
+    ]) if h.shape[0] else h.new_zeros(0)
+    counts = mask.sum(dim=1).tolist()
+    out, at = [], 0
+    for n in counts:
+        out.append((float(ce[at:at + n].sum()), int(n)))
+        at += n
+    return out
