@@ -50,6 +50,30 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
     return out
 
 
+def split_config_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate config flags (``--a.b v``, ``--model v``, ``--output_dir v``) from the command's own options.
+
+    Done before argparse, which would otherwise take a config flag's value for a positional argument.
+    """
+    from kielo.config.load import all_keys
+
+    config_keys = set(all_keys()) | {"model"}
+    own, config = [], []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        key = tok[2:].split("=", 1)[0] if tok.startswith("--") else None
+        if key is not None and ("." in key or key in config_keys):
+            config.append(tok)
+            if "=" not in tok and i + 1 < len(argv):
+                config.append(argv[i + 1])
+                i += 1
+        else:
+            own.append(tok)
+        i += 1
+    return own, config
+
+
 def build_config(args: argparse.Namespace, overrides: dict, command: Command):
     from kielo.config.load import load_config
 
@@ -119,7 +143,9 @@ def setup_logging(debug: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
-    args, rest = parser.parse_known_args(argv)
+    own, config_flags = split_config_flags(argv)
+    args, rest = parser.parse_known_args(own)
+    rest += config_flags
     debug = getattr(args, "debug", False) or "--debug" in argv
     setup_logging(debug)
     if not args.command:

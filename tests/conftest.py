@@ -88,7 +88,7 @@ def data_file(tmp_path) -> Path:
     return path
 
 
-def tiny_config(model: Path, data: Path, out: Path, **sections):
+def tiny_config(model: Path, data_path: Path, out: Path, **sections):
     """A config for a fast CPU run on a tiny model; ``sections`` override per section."""
     from kielo.config.load import from_dict
 
@@ -96,7 +96,7 @@ def tiny_config(model: Path, data: Path, out: Path, **sections):
         "model": {"name": str(model)},
         "quantization": {"bits": 4},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "data": {"train": str(data), "validation_split": 0.25, "max_length": 128},
+        "data": {"train": str(data_path), "validation_split": 0.25, "max_length": 128},
         "training": {"max_steps": 4, "micro_batch_size": 2, "learning_rate": 1e-2, "seed": 1},
         "output_dir": str(out),
     }

@@ -29,7 +29,9 @@ class Batch:
     indices: list[int]  # which examples (Encoded.index) are in it
 
     def to(self, device: torch.device) -> Batch:
-        move = (lambda t: t.to(device, non_blocking=True) if t is not None else None)
+        def move(t):
+            return t.to(device, non_blocking=True) if t is not None else None
+
         return Batch(move(self.input_ids), move(self.labels), move(self.attention_mask), move(self.position_ids),
                      self.real_tokens, self.trained_tokens, self.indices)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+
 import torch
 
 from kielo.config.schema import Config, QuantizationConfig
@@ -84,7 +85,7 @@ def estimate_weight_bytes(model_config, bits: int, dtype: torch.dtype) -> int:
     elem = torch.finfo(dtype).bits // 8
     total = 0
     head = shell.get_output_embeddings()
-    for name, module in shell.named_modules():
+    for module in shell.modules():
         for p in module.parameters(recurse=False):
             quantized = bits and isinstance(module, torch.nn.Linear) and module is not head
             # 4-bit: half a byte plus ~3% for (double-quantized) block scales.

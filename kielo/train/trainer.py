@@ -24,12 +24,12 @@ import torch
 from kielo.config.load import save_config
 from kielo.config.schema import Config
 from kielo.data.batches import BatchPlan
-from kielo.data.encode import EncodeStats, Encoded
+from kielo.data.encode import Encoded, EncodeStats
 from kielo.data.records import load_examples
 from kielo.errors import KieloError
 from kielo.model.bundle import Bundle, load_bundle
 from kielo.train import checkpoint as ckpt
-from kielo.train.loss import loss_sum
+from kielo.train.loss import causal_lm, loss_sum
 from kielo.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def evaluate_loss(model, plan: BatchPlan, device: torch.device) -> dict:
     total, count = 0.0, 0
     for i in range(plan.per_epoch):
         s, n = loss_sum(model, plan.batch(i).to(device))
-        total += float(s)
+        total += float(s.detach())
         count += n
     if was_training:
         model.train()
@@ -165,6 +165,34 @@ class MetricsLog:
             self.tb.close()
 
 
+def check_packing_support(model, packing: bool) -> None:
+    """Packing isolates examples through position ids; models without them (ALiBi: BLOOM) can't pack."""
+    import inspect
+
+    decoder = causal_lm(model).base_model
+    if packing and "position_ids" not in inspect.signature(decoder.forward).parameters:
+        raise KieloError(
+            f"data.packing needs a model that takes position ids; {type(decoder).__name__} does not "
+            "(its examples would attend to each other)",
+            "set data.packing: false for this model",
+        )
+
+
+def accumulate_gradients(model, micro: list, device: torch.device) -> float:
+    """Backward over the micro-batches of one optimizer step; returns the step's mean token loss.
+
+    Each micro-batch's loss sum is divided by the trained tokens of the whole accumulated batch, not by its
+    own count: otherwise a short micro-batch's tokens would weigh more than a long one's.
+    """
+    n_trained = max(1, sum(b.trained_tokens for b in micro))
+    total = 0.0
+    for b in micro:
+        s, _ = loss_sum(model, b.to(device))
+        (s / n_trained).backward()
+        total += float(s.detach())
+    return total / n_trained
+
+
 def total_steps(config: Config, per_epoch: int) -> int:
     t = config.training
     if t.max_steps:
@@ -191,6 +219,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     started = time.time()
     seed_everything(t.seed)
     bundle = load_bundle(config, for_training=True)
+    check_packing_support(bundle.model, config.data.packing)
     train_items, val_items, data_report = prepare_data(bundle)
     pad_id = bundle.tokenizer.pad_token_id
     plan = BatchPlan(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
@@ -231,14 +260,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     loop_start, loop_tokens = time.time(), 0
     while step < steps:
         micro = [plan.batch(step * t.gradient_accumulation + k) for k in range(t.gradient_accumulation)]
-        # Normalize by the trained tokens of the whole accumulated batch, not per micro-batch: otherwise a
-        # short micro-batch's tokens weigh more than a long one's.
-        n_trained = max(1, sum(b.trained_tokens for b in micro))
-        step_loss = 0.0
-        for b in micro:
-            s, _ = loss_sum(model, b.to(bundle.device))
-            (s / n_trained).backward()
-            step_loss += float(s)
+        loss = accumulate_gradients(model, micro, bundle.device)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
         optimizer.step()
         scheduler.step()
@@ -247,7 +269,6 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
         real = sum(b.real_tokens for b in micro)
         tokens_seen += real
         loop_tokens += real
-        loss = step_loss / n_trained
         history.setdefault("train_first", loss)
         history["train_last"] = loss
         tps = loop_tokens / max(time.time() - loop_start, 1e-9)

@@ -1,0 +1,81 @@
+"""Batched generation in the training prompt format, stopping at the trained end token.
+
+Prompts are left-padded so every row's answer starts at the same column; decoding stops per row at the
+end token the template trained (and the tokenizer's eos).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kielo.config.schema import GenerationConfig
+from kielo.model.bundle import Bundle
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: int  # generated tokens, end token included
+    ended: bool  # stopped at the end token before max_new_tokens
+
+
+def stop_ids(bundle: Bundle) -> list[int]:
+    ids = [bundle.template.end_token_id]
+    eos = bundle.tokenizer.eos_token_id
+    if eos is not None and eos not in ids:
+        ids.append(eos)
+    return ids
+
+
+def _sampling_kwargs(g: GenerationConfig) -> dict:
+    if g.temperature <= 0:
+        return {"do_sample": False}
+    kw = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p}
+    if g.top_k:
+        kw["top_k"] = g.top_k
+    return kw
+
+
+@torch.no_grad()
+def generate(bundle: Bundle, conversations: list[list[dict]], g: GenerationConfig | None = None,
+             progress=None) -> tuple[list[Generation], float]:
+    """Answer each conversation (messages ending with the user's turn). Returns generations and tokens/s."""
+    g = g or bundle.config.generation
+    tok, model = bundle.tokenizer, bundle.model
+    stops = stop_ids(bundle)
+    results: list[Generation | None] = [None] * len(conversations)
+    # Sort by prompt length so batches waste little padding; results go back in input order.
+    prompts = [(i, bundle.encoder.prompt_ids(c)) for i, c in enumerate(conversations)]
+    prompts.sort(key=lambda x: len(x[1]))
+    generated, started = 0, time.time()
+    was_training = model.training
+    model.eval()
+    if g.temperature > 0:
+        torch.manual_seed(g.seed)
+    for at in range(0, len(prompts), g.batch_size):
+        chunk = prompts[at:at + g.batch_size]
+        width = max(len(p) for _, p in chunk)
+        ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, (_, p) in enumerate(chunk):
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        out = model.generate(
+            input_ids=ids.to(bundle.device), attention_mask=mask.to(bundle.device), max_new_tokens=g.max_new_tokens,
+            eos_token_id=stops, pad_token_id=tok.pad_token_id, repetition_penalty=g.repetition_penalty,
+            **_sampling_kwargs(g),
+        )[:, width:].tolist()
+        for (i, _), row in zip(chunk, out, strict=True):
+            end = next((k for k, t in enumerate(row) if t in stops), None)
+            body = row[:end] if end is not None else row
+            results[i] = Generation(tok.decode(body, skip_special_tokens=True).strip(),
+                                    len(body) + (end is not None), end is not None)
+            generated += results[i].tokens
+        if progress is not None:
+            progress(len(chunk))
+    if was_training:
+        model.train()
+    return results, generated / max(time.time() - started, 1e-9)  # type: ignore[return-value]
