@@ -73,3 +73,61 @@ def load_bundle(config: Config, for_training: bool, adapter: str | None = None) 
         model.eval()
     encoder = make_encoder(tokenizer, template, config)
     return Bundle(model, tokenizer, template, encoder, device, source, config, adapter)
+
+
+def load_variants(config: Config, adapters: list[str]) -> tuple[Bundle, list[str]]:
+    """One base model with several adapters loaded side by side, for comparisons.
+
+    Returns the bundle and the variant names: ``"base"`` first, then one per adapter (its folder name,
+    made unique). Switch between them with :func:`use_variant`; the base weights are loaded once.
+    """
+    from pathlib import Path
+
+    from kielo.model.adapter import load_adapter
+    from kielo.model.load import load_base_model, pick_device
+
+    config, source = effective_config(config)
+    device = pick_device(config.training.device)
+    tokenizer, template = load_tokenizer_and_template(config, source)
+    model = load_base_model(source, config, device, for_training=False)
+    paths = ([source.adapter] if source.adapter else []) + list(adapters)
+    names: list[str] = ["base"]
+    for path in paths:
+        resolved, _ = resolve_adapter(path)
+        name = Path(resolved).name or "adapter"
+        while name in names:
+            name += "_"
+        if len(names) == 1:
+            model = load_adapter(model, resolved, name=name)
+        else:
+            try:
+                model.load_adapter(resolved, adapter_name=name)
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise KieloError(f"the adapter in {resolved} does not fit this base model ({str(e)[:200]})",
+                                 "compare adapters trained on the same base") from None
+        names.append(name)
+    model.eval()
+    encoder = make_encoder(tokenizer, template, config)
+    return Bundle(model, tokenizer, template, encoder, device, source, config), names
+
+
+class use_variant:
+    """Context manager: run ``bundle.model`` as the base (``"base"``) or with one named adapter."""
+
+    def __init__(self, bundle: Bundle, name: str):
+        self.bundle, self.name = bundle, name
+        self._ctx = None
+
+    def __enter__(self) -> Bundle:
+        model = self.bundle.model
+        if self.name == "base":
+            if hasattr(model, "disable_adapter"):
+                self._ctx = model.disable_adapter()
+                self._ctx.__enter__()
+        else:
+            model.set_adapter(self.name)
+        return self.bundle
+
+    def __exit__(self, *exc) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
