@@ -17,7 +17,8 @@ SEED = 20261127
 TEST, DEV = 0.13, 0.10
 
 
-def main() -> None:
+def build() -> dict[str, list[dict]]:
+    """The three splits, each sorted by id (deterministic: same parts, same splits)."""
     splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
     for part in sorted((HERE / "parts").glob("*.jsonl")):
         rows = [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -26,9 +27,14 @@ def main() -> None:
         splits["test"] += rows[:n_test]
         splits["dev"] += rows[n_test:n_test + n_dev]
         splits["train"] += rows[n_test + n_dev:]
-    OUT.mkdir(exist_ok=True)
-    for name, rows in splits.items():
+    for rows in splits.values():
         rows.sort(key=lambda r: r["id"])
+    return splits
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    for name, rows in build().items():
         (OUT / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                           encoding="utf-8")
         print(f"{name}: {len(rows)}")
