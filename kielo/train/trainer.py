@@ -223,7 +223,10 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     train_items, val_items, data_report = prepare_data(bundle)
     pad_id = bundle.tokenizer.pad_token_id
     plan = BatchPlan(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
-    val_plan = BatchPlan(val_items, t.micro_batch_size, pad_id, t.seed, False, shuffle=False) if val_items else None
+    # Evaluation needs no gradients, so it affords bigger batches; sorting by length keeps padding small.
+    eval_batch = t.micro_batch_size * (4 if config.data.packing else 2)
+    val_sorted = sorted(val_items, key=lambda it: len(it.input_ids))
+    val_plan = BatchPlan(val_sorted, eval_batch, pad_id, t.seed, False, shuffle=False) if val_items else None
     steps = total_steps(config, plan.per_epoch)
     model = add_lora(bundle.model, config.lora)
     bundle.model = model

@@ -1,0 +1,91 @@
+"""Model loading: sources, pad tokens, memory check, quantization modes, untrained-token warning."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from kielo.config.load import load_config
+from kielo.errors import KieloError
+from kielo.model import load as model_load
+from kielo.model.bundle import load_bundle
+from kielo.model.load import load_tokenizer, warn_untrained_template_tokens
+from kielo.model.source import resolve_model
+
+
+def test_pad_token_is_distinct_from_end_token(tiny_llama, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.pad_token = tok.eos_token  # the common mistake: pad == eos
+    tok.save_pretrained(tmp_path)
+    fixed = load_tokenizer(str(tmp_path))
+    assert fixed.pad_token_id != fixed.eos_token_id and fixed.pad_token == "<pad>"
+    assert len(fixed) == len(tok), "no token was added"
+    assert fixed.padding_side == "right"
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("./no/such/folder", "does not exist"),
+    ("/tmp/nonexistent-model.gguf", "GGUF file"),
+    ("not a hub id!", "neither an existing path nor a hub id"),
+])
+def test_bad_model_names(name, fragment):
+    with pytest.raises(KieloError, match=fragment):
+        resolve_model(name)
+
+
+def test_hub_ids_pass_through():
+    assert resolve_model("LumiOpen/Viking-7B").path == "LumiOpen/Viking-7B"
+
+
+def test_model_that_cannot_fit_fails_before_loading(tiny_llama, data_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(model_load, "_available_memory", lambda device: 1000)
+    with pytest.raises(KieloError, match="needs about .* GiB .* free"):
+        load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o"), for_training=True)
+
+
+@pytest.mark.parametrize("bits", [0, 8])
+def test_other_quantization_modes_load_and_run(tiny_llama, data_file, tmp_path, bits):
+    bundle = load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"bits": bits}),
+                         for_training=False)
+    with torch.no_grad():
+        logits = bundle.model(input_ids=torch.tensor([[1, 5, 6]])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_gpu_only_options_on_cpu_are_clear(tiny_llama, data_file, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only behaviour")
+    with pytest.raises(KieloError, match="no CUDA GPU"):
+        load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", training={"device": "cuda"}), for_training=True)
+    with pytest.raises(KieloError, match="fp16 compute is not supported on CPU"):
+        load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"compute_dtype": "fp16"}),
+                    for_training=True)
+
+
+def test_warns_about_untrained_template_tokens(tiny_gemma, caplog):
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(str(tiny_gemma))
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma)
+    template = tok.chat_template
+    assert warn_untrained_template_tokens(model, tok, template) == []
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tok.convert_tokens_to_ids("<start_of_turn>")] = 0.0
+    with caplog.at_level(logging.WARNING):
+        assert warn_untrained_template_tokens(model, tok, template) == ["<start_of_turn>"]
+    assert "look untrained" in caplog.text
+
+
+def test_run_folder_as_model_brings_base_and_adapter(tiny_llama, data_file, tmp_path):
+    from kielo.train.trainer import train
+
+    train(tiny_config(tiny_llama, data_file, tmp_path / "run", training={"max_steps": 1}), progress=False)
+    src = resolve_model(str(tmp_path / "run"))
+    assert src.path == str(tiny_llama) and src.adapter == str(tmp_path / "run")
+    bundle = load_bundle(load_config(overrides={"model": str(tmp_path / "run")}), for_training=False)
+    assert bundle.adapter == str(tmp_path / "run") and hasattr(bundle.model, "peft_config")
