@@ -35,7 +35,7 @@ class Encoded:
 
     @property
     def trained_tokens(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE)
+        return len(self.labels) - self.labels.count(IGNORE)
 
 
 @dataclass
@@ -104,13 +104,32 @@ class Encoder:
 
     def encode(self, example: Example, index: int = 0) -> Encoded:
         """Tokenize and mask one example (no truncation; see :meth:`fit`)."""
+        return self._assemble([(self._ids(text), is_answer) for text, is_answer in self._segments(example)], index)
+
+    def encode_many(self, examples: list[Example], start_index: int = 0, batch_size: int = 512) -> list[Encoded]:
+        """``[encode(ex, start_index + i) ...]``, bit for bit, with one tokenizer call per ``batch_size`` examples.
+
+        Batching amortizes the tokenizer's per-call overhead (a third of the time on large data sets).
+        """
+        out: list[Encoded] = []
+        for at in range(0, len(examples), batch_size):
+            chunk = [self._segments(ex) for ex in examples[at:at + batch_size]]
+            texts = [text for segments in chunk for text, _ in segments]
+            # Only the ids are needed; skipping the masks saves converting two more lists per text.
+            ids = iter(self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                                      return_token_type_ids=False)["input_ids"] if texts else [])
+            for j, segments in enumerate(chunk):
+                out.append(self._assemble([(next(ids), is_answer) for _, is_answer in segments], start_index + at + j))
+        return out
+
+    def _assemble(self, pieces: list[tuple[list[int], bool]], index: int) -> Encoded:
+        """Ids and labels from the tokenized (segment ids, is_answer) pieces of one conversation."""
         input_ids: list[int] = []
         labels: list[int] = []
         response_tokens = 0
         prompt_tokens = None
         double = False
-        for text, is_answer in self._segments(example):
-            ids = self._ids(text)
+        for ids, is_answer in pieces:
             if not input_ids:
                 ids, double = self._dedupe_bos(ids)
             if is_answer:
@@ -128,7 +147,8 @@ class Encoder:
             else:
                 labels += ids if self.train_on_prompt else [IGNORE] * len(ids)
             input_ids += ids
-        last_trained = max((i for i, x in enumerate(labels) if x != IGNORE), default=-1)
+        # Scan from the end: the last trained token is near it, and this runs for every example.
+        last_trained = next((i for i in range(len(labels) - 1, -1, -1) if labels[i] != IGNORE), -1)
         ends_with_end = last_trained >= 0 and input_ids[last_trained] == self.template.end_token_id
         return Encoded(
             input_ids, labels, prompt_tokens or 0, response_tokens,
@@ -150,10 +170,13 @@ class Encoder:
 
     def encode_all(self, examples: list[Example]) -> tuple[list[Encoded], EncodeStats]:
         """Encode a data set, applying ``max_length``, with counts of what was cut or dropped."""
+        return self.fit_all(examples, self.encode_many(examples))
+
+    def fit_all(self, examples: list[Example], encoded: list[Encoded]) -> tuple[list[Encoded], EncodeStats]:
+        """:meth:`fit` every ``encoded[i]`` (from ``examples[i]``), counting what was cut or dropped."""
         stats = EncodeStats(total=len(examples))
         out = []
-        for i, ex in enumerate(examples):
-            enc = self.encode(ex, index=i)
+        for ex, enc in zip(examples, encoded, strict=True):
             stats.double_bos += enc.double_bos
             length = len(enc.input_ids)
             fitted = self.fit(enc)

@@ -1,0 +1,541 @@
+"""QLoRA training speed and parity: the stock stack vs kielo's training path, in one invocation on one GPU.
+
+Builds a random-weight model in a real shape (speed and memory don't depend on weight values) and times
+optimizer steps of NF4 + double-quant QLoRA (bf16 compute, LoRA r=16 alpha=32 on every linear projection,
+AdamW lr 1e-4) on the same data for each variant of the plan:
+
+- ``stock``: transformers + peft + bitsandbytes as the anchor scripts run it (prepare_model_for_kbit_training,
+  full logits + the model's own loss, gradient checkpointing, model.train()); with gradient accumulation the
+  loss is normalized by the step's trained tokens (``num_items_in_batch``), as transformers' Trainer does;
+- ``kielo``: kielo's training path (load_base_model, add_lora, accumulate_gradients over kielo Batches: loss
+  only at trained positions, packed rows for variable-length data);
+- lever variants of kielo: ``kielo+bf16`` (non-quantized weights kept in bf16 instead of peft's fp32 upcast),
+  ``kielo+bf16+liger`` (also Liger's RMSNorm, RoPE and SwiGLU/GeGLU kernels).
+
+Data: ``a`` = batch x seq random tokens per step, every position trained; ``b`` = variable-length
+instruction-like examples (mean ~300 tokens, tail to max_length, prompt masked), the same examples in every
+optimizer step for every path: stock pads micro-batches of 2 to their longest example, kielo packs them into
+rows of max_length. tokens/s counts real (non-padding) tokens only.
+
+Each variant runs in its own process (clean peak memory; Liger patches classes globally) and runs its cases
+on one loaded model, the LoRA weights reset to the same seeded start for each. A case is DATA[/opt...] with
+opts ``nogc`` (no gradient checkpointing), ``gc=N`` (checkpoint the first N layers only), ``mbs=N`` (sequences
+per micro-batch for a, packed rows for b; default 2), ``head=chunked|ckpt|liger`` (kielo's loss head: as
+shipped, each chunk recomputed in backward, or Liger's fused linear cross-entropy), ``autocast`` (bf16 autocast).
+
+    python bench/qlora_bench.py --shape llama8b --plan "stock:a,b kielo:a,b kielo+bf16:a,b,a/nogc"
+    python bench/qlora_bench.py --shape tiny --seq 256 --max-length 256 --plan "stock:a,b kielo:a,b"  # CPU smoke
+
+Results: a table on stdout and ``results.json`` in --out (default $OUT, else runs/qlora-bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # kielo travels with the working tree; no install needed
+
+SHAPES = {
+    # Llama-3.1-8B / Llama-Poro-2-8B
+    "llama8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0),
+    # Gemma 3 text models: 1B and the 4B language tower
+    "gemma1b": dict(arch="gemma3", vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                    num_attention_heads=4, num_key_value_heads=1, head_dim=256, max_position_embeddings=32768,
+                    sliding_window=512),
+    "gemma4b": dict(arch="gemma3", vocab_size=262144, hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
+                    num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=32768,
+                    sliding_window=1024),
+    # BLOOM with ALiBi (TurkuNLP gpt3-finnish-8B / Poro-34B family), 7B so it fits one GPU
+    "bloom8b": dict(arch="bloom", vocab_size=131072, hidden_size=4096, n_layer=32, n_head=32),
+    # CPU smoke test of the bench itself
+    "tiny": dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096),
+}
+
+
+@dataclass
+class Variant:
+    path: str  # "stock" or "kielo"
+    bf16: bool = False  # keep non-quantized weights (norms, embeddings, head) in bf16, as loaded
+    liger: bool = False  # Liger's RMSNorm, RoPE and SwiGLU (Llama) / GeGLU (Gemma) kernels
+
+
+VARIANTS = {
+    "stock": Variant("stock"),
+    "kielo": Variant("kielo"),
+    "kielo+bf16": Variant("kielo", bf16=True),
+    "kielo+bf16+liger": Variant("kielo", bf16=True, liger=True),
+}
+
+
+@dataclass
+class Case:
+    name: str
+    data: str  # "a" (full rows) or "b" (variable-length instruction data)
+    gc: int = -1  # layers checkpointed: -1 all, 0 none, N the first N
+    mbs: int = 2
+    head: str = "chunked"
+    autocast: bool = False
+
+
+def parse_case(text: str) -> Case:
+    data, *opts = text.split("/")
+    if data not in ("a", "b"):
+        raise SystemExit(f"case {text!r}: data must be a or b")
+    case = Case(text, data)
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if key == "nogc":
+            case.gc = 0
+        elif key == "gc":
+            case.gc = int(value)
+        elif key == "mbs":
+            case.mbs = int(value)
+        elif key == "head" and value in ("chunked", "ckpt", "liger"):
+            case.head = value
+        elif key == "autocast":
+            case.autocast = True
+        else:
+            raise SystemExit(f"case {text!r}: unknown option {opt!r}")
+    return case
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def full_examples(steps: int, batch: int, seq: int, vocab: int, seed: int) -> list[list]:
+    """Data a: per step, ``batch`` rows of ``seq`` random tokens, every next token trained."""
+    from kielo.data.encode import Encoded
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        rows = torch.randint(0, vocab - 1, (batch, seq), generator=g).tolist()
+        out.append([Encoded(r, list(r), 0, seq) for r in rows])
+    return out
+
+
+def instruction_examples(steps: int, per_step: int, max_len: int, vocab: int, seed: int) -> list[list]:
+    """Data b: per step, ``per_step`` examples with log-normal lengths (mean ~300, a tail to ``max_len``) whose
+    first 20-70% is a prompt (labels -100): the shape of instruction data, in random tokens."""
+    from kielo.data.encode import IGNORE, Encoded
+
+    rng = random.Random(seed)
+    out, index = [], 0
+    for _ in range(steps):
+        step = []
+        for _ in range(per_step):
+            n = max(16, min(max_len, int(rng.lognormvariate(math.log(300) - 0.405, 0.9))))
+            ids = [rng.randrange(vocab - 1) for _ in range(n)]
+            p = int(n * rng.uniform(0.2, 0.7))
+            step.append(Encoded(ids, [IGNORE] * p + ids[p:], p, n - p, index=index))
+            index += 1
+        out.append(step)
+    return out
+
+
+def micro_batches(examples: list, path: str, mbs: int, packing: bool, max_len: int, pad_id: int) -> list:
+    """One optimizer step's examples as kielo Batches: padded groups of ``mbs`` examples, or (kielo with
+    packing) the step's examples packed first-fit into rows of ``max_len``, ``mbs`` rows per micro-batch."""
+    from kielo.data.batches import collate_packed, collate_padded, pack_rows
+
+    if path == "kielo" and packing:
+        rows = pack_rows(examples, max_len)
+        return [collate_packed(rows[i:i + mbs], pad_id) for i in range(0, len(rows), mbs)]
+    return [collate_padded(examples[i:i + mbs], pad_id) for i in range(0, len(examples), mbs)]
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def make_model(folder: Path, shape: str) -> None:
+    """Save a random-weight bf16 model of ``shape`` (a subprocess, so the parent never holds GPU memory)."""
+    spec = dict(SHAPES[shape])
+    arch = spec.pop("arch", "llama")
+    if arch == "gemma3":
+        from transformers import Gemma3ForCausalLM as Model
+        from transformers import Gemma3TextConfig as Config
+    elif arch == "bloom":
+        from transformers import BloomConfig as Config
+        from transformers import BloomForCausalLM as Model
+    else:
+        from transformers import LlamaConfig as Config
+        from transformers import LlamaForCausalLM as Model
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Model(Config(**spec, dtype="bfloat16"))
+    model.save_pretrained(folder, max_shard_size="4GB")
+    print(f"made {shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
+
+
+def kielo_config(gc: bool = True):
+    from kielo.config.load import from_dict
+
+    return from_dict({
+        "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bf16"},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+        "training": {"learning_rate": 1e-4, "gradient_checkpointing": gc, "optimizer": "adamw", "max_grad_norm": 0},
+    })
+
+
+def apply_liger(model_type: str) -> None:
+    """Patch Liger's norm, RoPE and MLP kernels into the transformers classes (before the model is built)."""
+    from liger_kernel.transformers import apply_liger_kernel_to_gemma3_text, apply_liger_kernel_to_llama
+
+    if model_type == "llama":
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+    elif model_type == "gemma3_text":
+        apply_liger_kernel_to_gemma3_text(rope=True, rms_norm=True, geglu=True, cross_entropy=False,
+                                          fused_linear_cross_entropy=False)
+    else:
+        raise SystemExit(f"Liger has no kernels for {model_type}")
+
+
+def load(variant: Variant, folder: Path, device: torch.device):
+    """The variant's model with a fresh LoRA adapter (seeded, so every path starts from the same weights)."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(folder).model_type
+    if variant.liger:
+        apply_liger(model_type)
+    if variant.path == "stock":  # as the anchor: hf_qlora_baseline.py run()
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, quantization_config=bnb, device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
+            dtype=torch.bfloat16, attn_implementation="eager" if model_type == "bloom" else "sdpa")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none",
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+        model.train()
+        return model
+    from kielo.model.adapter import add_lora
+    from kielo.model.load import load_base_model
+    from kielo.model.source import ModelSource
+
+    config = kielo_config()
+    model = load_base_model(ModelSource(str(folder)), config, device)
+    if variant.bf16:
+        # bf16 -> fp32 -> bf16 is exact, so this equals never upcasting (peft's prepare step upcasts).
+        for p in model.parameters():
+            if p.dtype == torch.float32 and not p.requires_grad:
+                p.data = p.data.to(torch.bfloat16)
+    torch.manual_seed(0)
+    return add_lora(model, config.lora)
+
+
+def set_checkpointing(model, layers: int) -> None:
+    """Checkpoint all decoder layers (-1), none (0) or the first ``layers`` (both paths load with it on)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for i, block in enumerate(blocks):
+        block.gradient_checkpointing = layers < 0 or i < layers
+
+
+def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
+    return sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------------------------------ loss heads
+
+
+def ckpt_loss_sum(model, batch):
+    """kielo's trained-position head with each chunk's logits recomputed in backward instead of kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    from kielo.train.loss import HEAD_CHUNK, causal_lm, head_logits, trained_hidden
+
+    lm = causal_lm(model)
+    h, y, _ = trained_hidden(model, batch)
+
+    def chunk_ce(hc, yc):
+        return torch.nn.functional.cross_entropy(head_logits(lm, hc), yc, reduction="sum")
+
+    total = h.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], HEAD_CHUNK):
+        total = total + checkpoint(chunk_ce, h[i:i + HEAD_CHUNK], y[i:i + HEAD_CHUNK], use_reentrant=False)
+    return total, int(y.numel())
+
+
+def liger_loss_sum(model, batch):
+    """Liger's fused linear cross-entropy over kielo's trained positions (no logits kept)."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    from kielo.train.loss import causal_lm, trained_hidden
+
+    lm = causal_lm(model)
+    h, y, _ = trained_hidden(model, batch)
+    w = lm.get_output_embeddings().weight
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    return liger_fused_linear_cross_entropy(h.to(w.dtype), w, y, reduction="sum", softcap=cap), int(y.numel())
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def stock_step(model, micro: list, device: torch.device) -> float:
+    """Forward with full logits and the model's loss; normalized by the step's trained tokens.
+
+    The attention mask comes from kielo's padded collation (all ones on data a); the anchor passes none. For
+    Llama that is the same computation (transformers skips an all-ones mask); for Gemma 3 it may not be.
+    """
+    n = sum(b.trained_tokens for b in micro)
+    total = 0.0
+    for b in micro:
+        b = b.to(device)
+        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels, num_items_in_batch=n)
+        out.loss.backward()
+        total += float(out.loss.detach())
+    return total
+
+
+def run_case(model, variant: str, path: str, case: Case, steps: list, args, device, init: dict, grads_dir: Path) -> dict:
+    """Time warm-up + timed optimizer steps of one case; dump the LoRA gradients of the first two steps."""
+    import kielo.train.loss as loss
+    import kielo.train.trainer as trainer
+    from kielo.train.optim import build_optimizer
+
+    params = trainable(model)
+    with torch.no_grad():
+        for n, p in params:
+            p.copy_(init[n])
+            p.grad = None
+    set_checkpointing(model, case.gc)
+    # Packing isolates examples through position ids; a model without them (ALiBi: BLOOM) pads, as kielo does.
+    packing = "position_ids" in inspect.signature(loss.causal_lm(model).base_model.forward).parameters
+    micro = [micro_batches(ex, path, case.mbs, packing, args.max_length, args.pad_id) for ex in steps]
+    if path == "stock":
+        opt = torch.optim.AdamW([p for _, p in params], lr=1e-4)  # the anchor's optimizer
+        step_fn = stock_step
+    else:
+        opt = build_optimizer([p for _, p in params], kielo_config().training, device)
+        step_fn = trainer.accumulate_gradients
+        # accumulate_gradients calls the loss_sum bound in trainer's namespace: swap the head for this case.
+        trainer.loss_sum = {"chunked": loss.loss_sum, "ckpt": ckpt_loss_sum, "liger": liger_loss_sum}[case.head]
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    warm = args.warmup_a if case.data == "a" else args.warmup_b
+    losses, times = [], []
+    for i, mb in enumerate(micro):
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.autocast):
+            losses.append(step_fn(model, mb, device))
+        sync(device)
+        t1 = time.perf_counter()
+        if i < 2:  # not timed: kept for the gradient cosine against stock
+            torch.save(torch.cat([p.grad.detach().float().cpu().flatten() for _, p in params]),
+                       grads_dir / f"{variant}-{case.name.replace('/', '_')}-{i}.pt")
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        times.append(t1 - t0 + time.perf_counter() - t2)
+    timed = times[warm:]
+    real = [sum(b.real_tokens for b in mb) for mb in micro]
+    slots = [sum(b.input_ids.numel() for b in mb) for mb in micro]
+    del opt
+    return {
+        "variant": variant, "case": case.name, **{k: v for k, v in asdict(case).items() if k != "name"},
+        "steps": len(micro), "warmup": warm, "micro_batches_per_step": len(micro[0]),
+        "first_step_s": round(times[0], 3), "median_step_s": round(sorted(timed)[len(timed) // 2], 4),
+        "tok_s": round(sum(real[warm:]) / sum(timed)), "real_tokens_per_step": round(sum(real) / len(real)),
+        "padding_pct": round(100 * (1 - sum(real) / sum(slots)), 1),
+        "trained_tokens_per_step": round(sum(sum(b.trained_tokens for b in m) for m in micro) / len(micro)),
+        "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "losses": [round(x, 5) for x in losses], "step_times": [round(t, 4) for t in times],
+    }
+
+
+def worker(args) -> None:
+    """One variant in this process: load once, run its cases, write their results as JSON."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    variant = VARIANTS[args.worker]
+    t0 = time.perf_counter()
+    model = load(variant, Path(args.model_dir), device)
+    load_s = time.perf_counter() - t0
+    init = {n: p.detach().cpu().clone() for n, p in trainable(model)}
+    vocab = model.config.vocab_size
+    args.pad_id = vocab - 1
+    results = []
+    for text in args.cases.split(","):
+        case = parse_case(text)
+        if case.data == "a":
+            steps = full_examples(args.warmup_a + args.timed_a, args.batch, args.seq, vocab, seed=1)
+        else:
+            steps = instruction_examples(args.warmup_b + args.timed_b, args.examples_per_step, args.max_length, vocab, seed=2)
+        try:
+            r = run_case(model, args.worker, variant.path, case, steps, args, device, init, Path(args.grads_dir))
+        except torch.cuda.OutOfMemoryError as e:
+            r = {"variant": args.worker, "case": text, "error": f"out of memory: {str(e).splitlines()[0]}"}
+            gc.collect()
+            torch.cuda.empty_cache()
+        r["load_s"] = round(load_s, 1)
+        print("RESULT", json.dumps({k: v for k, v in r.items() if k not in ("losses", "step_times")}), flush=True)
+        results.append(r)
+        Path(args.result).write_text(json.dumps(results))  # after each case: a later crash keeps these
+
+
+# ------------------------------------------------------------------------------------------ orchestrator
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel", "triton"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    out["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return out
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+def add_parity(results: list[dict], grads_dir: Path) -> None:
+    """Per-step |loss difference| and LoRA-gradient cosine of every case against stock on the same data."""
+    ref = {r["data"]: r for r in results if r.get("variant") == "stock" and r.get("case") in ("a", "b")}
+    for r in results:
+        base = ref.get(r.get("data"))
+        if "error" in r or base is None or r is base:
+            continue
+        deltas = [abs(x - y) for x, y in zip(r["losses"], base["losses"], strict=False)]
+        r["loss_delta"] = [round(d, 5) for d in deltas]
+        r["max_loss_delta"] = round(max(deltas), 5)
+        cos = []
+        for i in range(2):
+            mine = grads_dir / f"{r['variant']}-{r['case'].replace('/', '_')}-{i}.pt"
+            theirs = grads_dir / f"stock-{base['case']}-{i}.pt"
+            if mine.exists() and theirs.exists():
+                cos.append(round(cosine(torch.load(mine), torch.load(theirs)), 6))
+        r["grad_cosine"] = cos
+
+
+def table(results: list[dict]) -> str:
+    head = f"{'variant':18} {'case':16} {'tok/s':>7} {'vs stock':>8} {'peak GiB':>8} {'first s':>7} {'step s':>7} " \
+           f"{'pad %':>5} {'max |dL|':>8} {'grad cos':>17}"
+    lines = [head, "-" * len(head)]
+    stock = {r["data"]: r["tok_s"] for r in results if r.get("variant") == "stock" and "tok_s" in r}
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['variant']:18} {r['case']:16} ERROR {r['error'][:90]}")
+            continue
+        speedup = f"{r['tok_s'] / stock[r['data']]:.2f}x" if r["data"] in stock else "-"
+        cos = ",".join(f"{c:.5f}" for c in r.get("grad_cosine", [])) or "-"
+        delta = f"{r['max_loss_delta']:.4f}" if "max_loss_delta" in r else "-"
+        lines.append(f"{r['variant']:18} {r['case']:16} {r['tok_s']:>7} {speedup:>8} {r['peak_gib'] or 0:>8.2f} "
+                     f"{r['first_step_s']:>7.2f} {r['median_step_s']:>7.3f} {r['padding_pct']:>5.1f} {delta:>8} {cos:>17}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="llama8b", choices=sorted(SHAPES))
+    p.add_argument("--plan", default="stock:a,b kielo:a,b",
+                   help="space-separated VARIANT:CASE,CASE,...; =VARIANT reuses that variant's results from an earlier "
+                        "invocation in the same workdir (same machine) instead of running it")
+    p.add_argument("--workdir", default=str(ROOT / "build" / "qlora-bench"), help="model folder and gradient dumps")
+    p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "runs" / "qlora-bench"))
+    p.add_argument("--batch", type=int, default=2, help="data a: rows per optimizer step")
+    p.add_argument("--seq", type=int, default=2048, help="data a: tokens per row")
+    p.add_argument("--max-length", type=int, default=2048, help="data b: longest example and packed row width")
+    p.add_argument("--examples-per-step", type=int, default=32, help="data b: examples per optimizer step")
+    p.add_argument("--warmup-a", type=int, default=3)
+    p.add_argument("--timed-a", type=int, default=6)
+    p.add_argument("--warmup-b", type=int, default=2)
+    p.add_argument("--timed-b", type=int, default=4)
+    p.add_argument("--worker-timeout", type=int, default=420, help="seconds for one variant's process")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--cases", help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--grads-dir", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--make", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    work = Path(args.workdir)
+    model_dir, grads_dir, out = work / f"model-{args.shape}", work / "grads", Path(args.out)
+    grads_dir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.make:
+        make_model(model_dir, args.shape)
+        return 0
+    if not (model_dir / "config.json").is_file():
+        t = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--make", "--shape", args.shape, "--workdir", str(work)], check=True)
+        print(f"model built in {time.perf_counter() - t:.0f}s", flush=True)
+    passthrough = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+                   ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")]
+    meta = {"shape": args.shape, "plan": args.plan, "versions": versions(), **{k: getattr(args, k) for k in
+            ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")}}
+    results: list[dict] = []
+    for spec in args.plan.split():
+        name, _, cases = spec.partition(":")
+        reuse = name.startswith("=")  # "=stock": the results an earlier invocation left in the workdir
+        name = name.lstrip("=")
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        result_file = work / f"result-{args.shape}-{name}.json"
+        if reuse:
+            if result_file.is_file():
+                results += [{**r, "reused": True} for r in json.loads(result_file.read_text())]
+            continue
+        result_file.unlink(missing_ok=True)
+        cmd = [sys.executable, __file__, "--worker", name, "--cases", cases, "--model-dir", str(model_dir),
+               "--grads-dir", str(grads_dir), "--result", str(result_file), *passthrough]
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, timeout=args.worker_timeout)
+            failed = proc.returncode != 0 and f"exit code {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            failed = f"timed out after {args.worker_timeout}s"
+        print(f"{name}: {time.perf_counter() - t:.0f}s", flush=True)
+        done = json.loads(result_file.read_text()) if result_file.is_file() else []
+        results += done
+        if failed:
+            results += [{"variant": name, "case": c, "error": failed} for c in cases.split(",")[len(done):]]
+        add_parity(results, grads_dir)
+        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(json.dumps(meta["versions"]))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""GPU checks: kielo's training path gives the stock path's losses and LoRA gradients, and packing isolates examples.
+
+Both paths are the ones bench/qlora_bench.py times (stock = transformers + peft + bitsandbytes as the anchor
+scripts run them; kielo = load_base_model + add_lora + accumulate_gradients), on a small random Llama with
+NF4 weights and bf16 compute. Marked ``gpu`` and skipped without CUDA; bench/run_gpu_tests.sh runs them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import qlora_bench as qb  # noqa: E402
+
+SHAPE = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+             num_key_value_heads=4, max_position_embeddings=2048)
+STEPS = 20
+DEVICE = torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gpu-llama")
+    LlamaForCausalLM(LlamaConfig(**SHAPE)).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+def loaded(path: str, folder: Path):
+    """A path's model with LoRA B set to the same small random values in both, so that A gets gradients too
+    (B starts at zero, which would leave every A gradient zero at the first step)."""
+    model = qb.load(qb.VARIANTS[path], folder, DEVICE)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in qb.trainable(model):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+    return model
+
+
+def train(path: str, folder: Path, steps: list, mbs: int = 2) -> tuple[list[float], torch.Tensor]:
+    """Losses of ``len(steps)`` optimizer steps and the flattened LoRA gradients of the first."""
+    from kielo.train.optim import build_optimizer
+    from kielo.train.trainer import accumulate_gradients
+
+    device = DEVICE
+    model = loaded(path, folder)
+    params = [p for _, p in qb.trainable(model)]
+    if path == "stock":
+        opt, step_fn = torch.optim.AdamW(params, lr=1e-4), qb.stock_step
+    else:
+        opt, step_fn = build_optimizer(params, qb.kielo_config().training, device), accumulate_gradients
+    losses, first_grads = [], None
+    for examples in steps:
+        losses.append(step_fn(model, qb.micro_batches(examples, path, mbs, True, 512, SHAPE["vocab_size"] - 1), device))
+        if first_grads is None:
+            first_grads = torch.cat([p.grad.detach().float().flatten() for p in params])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return losses, first_grads
+
+
+@pytest.mark.parametrize("data", ["full", "instruction"])
+def test_kielo_matches_stock_loss_and_gradients(llama_dir, data):
+    vocab = SHAPE["vocab_size"]
+    if data == "full":
+        steps = qb.full_examples(STEPS, 2, 512, vocab, seed=3)
+    else:  # variable lengths: stock pads micro-batches of 2, kielo packs rows of 512
+        steps = qb.instruction_examples(STEPS, 8, 512, vocab, seed=4)
+    stock_losses, stock_grads = train("stock", llama_dir, steps)
+    kielo_losses, kielo_grads = train("kielo", llama_dir, steps)
+    deltas = [abs(a - b) for a, b in zip(stock_losses, kielo_losses, strict=True)]
+    cos = float(torch.nn.functional.cosine_similarity(stock_grads.double(), kielo_grads.double(), dim=0))
+    print(f"\n{data}: stock losses {stock_losses[0]:.4f} .. {stock_losses[-1]:.4f}; max |dloss| {max(deltas):.5f} "
+          f"over {STEPS} steps; LoRA grad cosine {cos:.6f}")
+    assert all(map(math.isfinite, stock_losses + kielo_losses))
+    assert max(deltas) <= 0.02, deltas
+    assert cos >= 0.999
+    assert kielo_grads.abs().sum() > 0
+
+
+def _logits(model, batch) -> torch.Tensor:
+    from kielo.train.loss import causal_lm
+
+    lm = causal_lm(model)
+    out = lm.base_model(**batch.to(DEVICE).model_inputs(), use_cache=False)
+    return lm.get_output_embeddings()(out[0]).float()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@torch.no_grad()
+def test_packed_examples_never_attend_to_each_other(llama_dir):
+    from kielo.data.batches import collate_packed, collate_padded
+
+    model = loaded("kielo", llama_dir)
+    pad = SHAPE["vocab_size"] - 1
+    examples = qb.instruction_examples(1, 3, 200, SHAPE["vocab_size"], seed=5)[0]
+    packed_batch = collate_packed([examples], pad)
+    packed = _logits(model, packed_batch)[0]
+    # Control: the same row as one causal sequence, where later examples do see earlier ones.
+    leaky_batch = collate_packed([examples], pad)
+    leaky_batch.position_ids = torch.arange(leaky_batch.input_ids.shape[1]).unsqueeze(0)
+    leaky = _logits(model, leaky_batch)[0]
+    at, errors, leaks = 0, [], []
+    for ex in examples:
+        n = len(ex.input_ids)
+        alone = _logits(model, collate_padded([ex], pad))[0, :n]
+        errors.append(_rel(packed[at:at + n], alone))
+        leaks.append(_rel(leaky[at:at + n], alone))
+        at += n
+    print(f"\npacked vs alone, relative error per example: {errors}; without isolation: {leaks}")
+    assert max(errors) <= 2e-2
+    assert min(leaks[1:]) >= 10 * max(errors), "the check could not tell a leaking layout from an isolated one"
+    # Changing the first example's tokens must not move the others' logits at all.
+    first = examples[0]
+    first.input_ids = [(t + 1) % pad for t in first.input_ids]
+    changed = _logits(model, collate_packed([examples], pad))[0]
+    n0 = len(first.input_ids)
+    assert _rel(changed[n0:at], packed[n0:at]) <= 1e-3
