@@ -1,0 +1,84 @@
+"""Evaluation data: the training formats, plus rows without a reference answer, and a task-stratified subset.
+
+A data set without references is accepted in two shapes: rows whose answer is empty (``"output": ""`` or
+an empty last assistant turn), and prompts only (alpaca rows without ``output``; chat rows that end with
+the user's turn). Such rows are generated on and scored by the checks that need no reference (end token,
+language, repetition, format constraints); the loss and reference metrics skip them, with a note.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from kielo.data.records import SUFFIXES, Example, _read_rows, row_to_example
+from kielo.errors import KieloError
+
+NO_TASK = "other"
+
+
+def _with_empty_answer(row):
+    """A prompts-only row completed with an empty answer, so the one row parser validates it."""
+    if not isinstance(row, dict):
+        return row  # row_to_example reports it
+    if "messages" in row:
+        msgs = row["messages"]
+        if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "user":
+            return {**row, "messages": [*msgs, {"role": "assistant", "content": ""}]}
+        return row
+    if "instruction" in row and row.get("output") is None:
+        return {**row, "output": ""}
+    return row
+
+
+def load_eval_examples(path: str | Path, system_prompt: str | None = None) -> list[Example]:
+    """Read an evaluation file: any training-format row, or a prompt without an answer."""
+    p = Path(path)
+    if not p.exists():
+        raise KieloError(f"data file {p} does not exist", "check the path given with --data")
+    if p.is_dir():
+        raise KieloError(f"{p} is a folder, not a data file", f"point --data to a file ending in {', '.join(SUFFIXES)}")
+    # _read_rows is the data package's one reader (JSONL/JSON/CSV/Parquet with file:line errors); only the
+    # missing answer is handled here, so every other row problem gets the same message as in training.
+    examples = [row_to_example(_with_empty_answer(row), where, system_prompt) for where, row in _read_rows(p)]
+    if not examples:
+        raise KieloError(f"{p} holds no examples", "add at least one example row")
+    return examples
+
+
+def has_reference(example: Example) -> bool:
+    """Whether the example carries a reference answer to score against."""
+    return bool(example.reference.strip())
+
+
+def task_of(example: Example) -> str:
+    """The row's task type (``meta["task"]``), or ``"other"``."""
+    task = example.meta.get("task")
+    return str(task) if task else NO_TASK
+
+
+def expected_language(example: Example) -> str:
+    """The language the answer should be in: ``meta["answer_lang"]``, Finnish by default."""
+    return str(example.meta.get("answer_lang") or "fi")
+
+
+def stratified_subset(examples: list[Example], n: int | None) -> list[int]:
+    """Indices of ``n`` examples spread evenly over task types (all when ``n`` is None or too large).
+
+    Tasks take turns in order of first appearance, each giving its next example in file order, so the
+    subset is deterministic and every task is represented once ``n`` reaches the number of tasks.
+    """
+    if n is None or n >= len(examples):
+        return list(range(len(examples)))
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        by_task[task_of(ex)].append(i)
+    queues = list(by_task.values())
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < n:
+        for q in queues:
+            if depth < len(q) and len(chosen) < n:
+                chosen.append(q[depth])
+        depth += 1
+    return sorted(chosen)

@@ -1,0 +1,226 @@
+"""PNG plots of a comparison (matplotlib, Agg backend, imported only when plotting).
+
+Each function draws one figure from the report dict and returns the file it wrote. Metrics on 0-1 are
+drawn in points (x 100) beside chrF, so one axis holds them all; the loss has its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+from kielo.evaluate.report import safe_name
+from kielo.evaluate.scores import GENERATION_METRICS, METRICS_BY_KEY
+
+log = logging.getLogger(__name__)
+
+# Generation metrics with a direction (better/worse) are the ones whose deltas are plotted.
+DELTA_METRICS = [x for x in GENERATION_METRICS if x.higher_is_better is not None]
+
+
+@lru_cache(maxsize=1)
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and in tests
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def available() -> bool:
+    """Whether matplotlib is installed."""
+    try:
+        _pyplot()
+    except ImportError:
+        return False
+    return True
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _points(key: str, value: float) -> float:
+    return value * 100 if METRICS_BY_KEY[key].percent else value
+
+
+def metric_deltas(report: dict, path: Path) -> Path | None:
+    """Each adapter's delta from the base per metric, with its bootstrap interval."""
+    plt = _pyplot()
+    names = list(report["deltas"])
+    if not names:
+        return None
+    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 0.45 * len(DELTA_METRICS) * len(names) + 1.6),
+                                      gridspec_kw={"width_ratios": [3, 1]})
+    height = 0.8 / len(names)
+    for j, name in enumerate(names):
+        d = report["deltas"][name]["overall"]
+        ys, xs, lows, highs = [], [], [], []
+        for i, metric in enumerate(DELTA_METRICS):
+            ci = d.get(metric.key)
+            if ci:
+                ys.append(i + j * height)
+                xs.append(_points(metric.key, ci["delta"]))
+                lows.append(_points(metric.key, ci["delta"] - ci["low"]))
+                highs.append(_points(metric.key, ci["high"] - ci["delta"]))
+        ax.barh(ys, xs, height=height, xerr=[lows, highs], capsize=3, label=name, alpha=0.8)
+        if d.get("loss"):
+            ci = d["loss"]
+            ax_loss.barh([j], [ci["delta"]], xerr=[[ci["delta"] - ci["low"]], [ci["high"] - ci["delta"]]], capsize=3,
+                         color=f"C{j}", alpha=0.8)
+    ax.set_yticks([i + height * (len(names) - 1) / 2 for i in range(len(DELTA_METRICS))],
+                  [x.label + ("" if x.higher_is_better else " (lower is better)") for x in DELTA_METRICS])
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("change from base (points; chrF 0-100, shares in %)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax_loss.axvline(0, color="black", lw=0.8)
+    ax_loss.set_yticks(range(len(names)), names)
+    ax_loss.invert_yaxis()
+    ax_loss.set_xlabel("loss change (lower is better)")
+    fig.suptitle(f"Adapter minus base, {int(report['settings']['level'] * 100)}% paired bootstrap intervals", fontsize=10)
+    return _save(fig, path)
+
+
+def per_task(report: dict, path: Path) -> Path | None:
+    """Loss, chrF and task success per task type for every model."""
+    plt = _pyplot()
+    results = report["results"]
+    tasks = sorted({t for res in results.values() for t in res["per_task"]})
+    panels = [("loss", "loss (lower is better)"), ("chrf", "chrF"), ("task_success", "task success (%)")]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.7 * len(tasks) + 3), 9), sharex=True)
+    width = 0.8 / len(results)
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for j, (name, res) in enumerate(results.items()):
+            vals = []
+            for t in tasks:
+                s = res["per_task"].get(t)
+                if s is None:
+                    vals.append(0)
+                elif key == "loss":
+                    vals.append(s["loss"]["loss"] if s["loss"] else 0)
+                else:
+                    v = s["metrics"].get(key)
+                    vals.append(_points(key, v) if v is not None else 0)
+            ax.bar([i + j * width for i in range(len(tasks))], vals, width=width, label=name)
+        ax.set_ylabel(label)
+        if key == "task_success":
+            ax.set_ylim(0, 105)
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[-1].set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(tasks))], tasks, rotation=35, ha="right")
+    fig.suptitle("Per task type (tasks without a check show no task-success bar)", fontsize=10)
+    return _save(fig, path)
+
+
+def loss_differences(report: dict, path: Path) -> Path | None:
+    """Per-example loss change from the base, sorted: left of zero the adapter helped."""
+    plt = _pyplot()
+    diffs = {n: d for n, d in report["loss_differences"].items() if d.get("n")}
+    if not diffs:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, d in diffs.items():
+        values = sorted(d["deltas"])
+        ax.plot(range(len(values)), values, marker=".", lw=1, label=f"{name} (improved {d['improved_share']:.0%})")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("examples, sorted by change")
+    ax.set_ylabel("loss(adapter) - loss(base)")
+    ax.legend(fontsize=8)
+    ax.set_title("Per-example response loss change (below zero: better than the base)", fontsize=10)
+    return _save(fig, path)
+
+
+def adapter_heatmap(analysis: dict, path: Path) -> Path | None:
+    """Relative update norm ||scale·BA|| / ||W|| per layer (rows) and module type (columns)."""
+    plt = _pyplot()
+    rows = [r for r in analysis["modules"] if r["relative"] is not None and r["layer"] is not None]
+    if not rows:
+        return None
+    layers = sorted({r["layer"] for r in rows})
+    kinds = sorted({r["kind"] for r in rows})
+    grid = [[float("nan")] * len(kinds) for _ in layers]
+    for r in rows:
+        grid[layers.index(r["layer"])][kinds.index(r["kind"])] = r["relative"] * 100
+    fig, ax = plt.subplots(figsize=(1.1 * len(kinds) + 2.5, 0.28 * len(layers) + 1.8))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(kinds)), kinds, rotation=30, ha="right")
+    ax.set_yticks(range(len(layers)), [str(x) for x in layers])
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, label="||scale·BA||_F / ||W||_F (%)")
+    ax.set_title(f"{analysis['adapter']}: size of the update relative to the base weight", fontsize=10)
+    return _save(fig, path)
+
+
+def adapter_spectrum(analysis: dict, path: Path) -> Path | None:
+    """Singular values of the update, normalized to the largest, averaged per module type."""
+    plt = _pyplot()
+    by_kind: dict[str, list[list[float]]] = {}
+    for r in analysis["modules"]:
+        s = r["singular_values"]
+        if s and s[0] > 0:
+            by_kind.setdefault(r["kind"], []).append([x / s[0] for x in s])
+    if not by_kind:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for kind, spectra in sorted(by_kind.items()):
+        n = min(len(s) for s in spectra)
+        avg = [sum(s[i] for s in spectra) / len(spectra) for i in range(n)]
+        ax.plot(range(1, n + 1), avg, marker="o", ms=3, label=kind)
+    ax.set_xlabel("singular value index")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.set_ylabel("σ_i / σ_1 (mean over layers)")
+    rank = analysis.get("mean_effective_rank")
+    ax.set_title(f"{analysis['adapter']}: spectrum of BA (mean effective rank {rank:.1f} of {analysis['rank']})"
+                 if rank is not None else analysis["adapter"], fontsize=10)
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def learning_curve(curve: dict, path: Path) -> Path | None:
+    """Evaluation loss of each checkpoint, with the validation loss training logged."""
+    plt = _pyplot()
+    if not curve:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for j, (name, c) in enumerate(curve.items()):
+        pts = [p for p in c["points"] if p["loss"] is not None]
+        ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], marker="o", color=f"C{j}", label=f"{name}: this data")
+        if c["validation"]:
+            ax.plot([v["step"] for v in c["validation"]], [v["loss"] for v in c["validation"]], ls="--", marker=".",
+                    color=f"C{j}", alpha=0.6, label=f"{name}: validation (training log)")
+    ax.set_xlabel("training step")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.set_ylabel("response loss")
+    ax.legend(fontsize=8)
+    ax.set_title("Learning curve", fontsize=10)
+    return _save(fig, path)
+
+
+def draw_all(report: dict, folder: Path) -> dict[str, str]:
+    """Every plot of a comparison into ``folder``: ``{key: path}`` (empty without matplotlib)."""
+    if not available():
+        log.warning("plots skipped: matplotlib is not installed (pip install 'kielo[eval]')")
+        return {}
+    out: dict[str, Path | None] = {
+        "metric_deltas": metric_deltas(report, folder / "metric_deltas.png"),
+        "per_task": per_task(report, folder / "per_task.png"),
+        "loss_differences": loss_differences(report, folder / "loss_differences.png"),
+        "learning_curve": learning_curve(report.get("learning_curve") or {}, folder / "learning_curve.png"),
+    }
+    for name, analysis in (report.get("adapter_analysis") or {}).items():
+        stem = f"adapter_{safe_name(name)}"
+        out[f"{stem}_heatmap"] = adapter_heatmap(analysis, folder / f"{stem}_heatmap.png")
+        out[f"{stem}_spectrum"] = adapter_spectrum(analysis, folder / f"{stem}_spectrum.png")
+    return {k: str(v) for k, v in out.items() if v is not None}

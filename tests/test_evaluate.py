@@ -1,0 +1,207 @@
+"""`kielo evaluate` / `kielo compare` on tiny models: the loss equals plain transformers + peft, reports are
+complete and self-contained, bad adapters fail clearly."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from conftest import ROWS, tiny_config
+
+from kielo.cli import main
+from kielo.config.load import load_config
+from kielo.errors import KieloError
+from kielo.evaluate.run import compare, evaluate
+from kielo.train.trainer import train
+
+EVAL_ROWS = [
+    {"id": "re-1", "instruction": "Poista merkinnät: <script>alert(1)</script>", "output": "<b>alert</b>", "task": "rewrite"},
+    {"id": "qa-1", "instruction": "Mikä on Suomen pääkaupunki?", "output": "Helsinki.", "task": "open_qa"},
+    {"id": "ar-1", "instruction": "Paljonko on 2 + 3?", "output": "2 + 3 = 5. Vastaus: 5.", "task": "arithmetic",
+     "answer": 5},
+    {"id": "cl-1", "instruction": "Luokittele sävy.", "input": "Kissa istuu ikkunalla.", "output": "neutraali",
+     "task": "classification", "labels": ["positiivinen", "negatiivinen", "neutraali"]},
+    {"id": "li-1", "instruction": "Luettele kolme järveä.", "output": "- Saimaa\n- Päijänne\n- Inari", "task": "list"},
+    {"id": "tr-1", "instruction": "Käännä englanniksi.", "input": "Hyvää huomenta!", "output": "Good morning!",
+     "task": "translation_fi_en", "answer_lang": "en"},
+    {"id": "fo-1", "instruction": "Kerro yhdellä lauseella, mikä on kissa.", "output": "Kissa on eläin.", "task": "format",
+     "constraint": {"type": "one_sentence"}},
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama, tmp_path_factory):
+    """Two tiny adapters on tiny_llama (the first with a checkpoint at step 2) and the evaluation file."""
+    root = tmp_path_factory.mktemp("eval")
+    data = write_jsonl(root / "train.jsonl", ROWS * 4)
+    for seed in (1, 2):
+        train(tiny_config(tiny_llama, data, root / f"run{seed}", training={"seed": seed, "save_every": 2 if seed == 1 else 0},
+                          quantization={"bits": 0}), progress=False)
+    return root / "run1", root / "run2", write_jsonl(root / "eval.jsonl", EVAL_ROWS)
+
+
+@pytest.fixture(scope="module")
+def gemma_run(tiny_gemma, tmp_path_factory):
+    """An adapter on tiny_gemma (which has a chat template) trained with the built-in template."""
+    root = tmp_path_factory.mktemp("gemma")
+    train(tiny_config(tiny_gemma, write_jsonl(root / "t.jsonl", ROWS * 2), root / "builtin-run", training={"max_steps": 1},
+                      quantization={"bits": 0}, data={"template": "builtin"}), progress=False)
+    return root / "builtin-run"
+
+
+def plain_model(model_dir, adapter_dir, other_adapter_dir):
+    """Plain transformers + peft: the 4-bit NF4 base with two adapters, ``"trained"`` and ``"other"``."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=q, device_map={"": "cpu"})
+    model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name="trained").eval()
+    model.load_adapter(str(other_adapter_dir), adapter_name="other")
+    return model, AutoTokenizer.from_pretrained(str(adapter_dir))  # saved with the training prompt format
+
+
+@torch.no_grad()
+def plain_loss(model, tok, rows, shift: int = 0) -> float:
+    """Mean token cross-entropy over the answer tokens (answer + end token), computed from full logits."""
+    total, count = 0.0, 0
+    for r in rows:
+        user = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        prompt = tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tok(r["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([p_ids + a_ids])
+        logits = model(input_ids=ids).logits[0].float()
+        start = len(p_ids) - 1 + shift  # logits at position t predict token t + 1
+        pred = logits[start:start + len(a_ids)]
+        target = ids[0, len(p_ids):len(p_ids) + len(pred)]
+        total += float(torch.nn.functional.cross_entropy(pred, target, reduction="sum"))
+        count += len(target)
+    return total / count
+
+
+def test_loss_equals_plain_transformers_peft_and_wrong_inputs_differ(tiny_llama, runs, tmp_path):
+    run1, run2, data = runs
+    cfg = load_config(overrides={"model": str(tiny_llama), "quantization.bits": 4})
+    report = evaluate(cfg, data, adapter=str(run1), generate=0, bootstrap=100, output_dir=tmp_path / "ev", progress=False)
+    ours = report["result"]["overall"]["loss"]
+    assert ours["examples"] == len(EVAL_ROWS)
+    model, tok = plain_model(tiny_llama, run1, run2)
+    assert ours["loss"] == pytest.approx(plain_loss(model, tok, EVAL_ROWS), abs=1e-4)
+    # The check can fail: an off-by-one in the labels, or another adapter, gives another number.
+    assert abs(plain_loss(model, tok, EVAL_ROWS, shift=1) - ours["loss"]) > 1e-3  # 10x the tolerance
+    model.set_adapter("other")
+    assert abs(plain_loss(model, tok, EVAL_ROWS) - ours["loss"]) > 1e-3
+    # Adapter analysis on a 4-bit base: the dequantized weight norm is close to the original fp32 weight's.
+    from safetensors.torch import load_file
+
+    original = load_file(str(tiny_llama / "model.safetensors"))
+    row = next(r for r in report["adapter_analysis"]["modules"] if r["module"].endswith("layers.0.self_attn.q_proj"))
+    w = original["model.layers.0.self_attn.q_proj.weight"]
+    assert row["weight_norm"] == pytest.approx(float(w.norm()), rel=0.05)
+    lora = load_file(str(run1 / "adapter_model.safetensors"))
+    a = next(v for k, v in lora.items() if "layers.0.self_attn.q_proj.lora_A" in k)
+    b = next(v for k, v in lora.items() if "layers.0.self_attn.q_proj.lora_B" in k)
+    assert row["update_norm"] == pytest.approx(float((2.0 * b @ a).norm()), rel=1e-4)  # scale = alpha/r = 8/4
+    assert len(report["adapter_analysis"]["modules"]) == 14  # 7 projections x 2 layers
+    md = (tmp_path / "ev" / "report.md").read_text()
+    assert "loss (response tokens)" in md and "Adapter run1" in md
+
+
+def test_compare_through_the_cli_writes_a_self_contained_report(tiny_llama, runs, tmp_path, capsys):
+    run1, run2, data = runs
+    out = tmp_path / "cmp"
+    code = main(["compare", "--model", str(tiny_llama), "--adapter", str(run1), "--adapter", str(run2), "--data", str(data),
+                 "--generate", "6", "--generation.max_new_tokens", "8", "--quantization.bits", "0", "--bootstrap", "200",
+                 "--checkpoints", "--output_dir", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "run1 - base: loss" in printed and "report.html" in printed
+    for name in ("report.json", "report.md", "report.html", "kielo_config.yaml", "generations/base.jsonl",
+                 "generations/run1.jsonl", "plots/metric_deltas.png", "plots/per_task.png", "plots/loss_differences.png",
+                 "plots/learning_curve.png", "plots/adapter_run1_heatmap.png", "plots/adapter_run2_spectrum.png"):
+        assert (out / name).is_file(), name
+    assert (out / "plots/per_task.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((out / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["base", "run1", "run2"]
+    summary = report["summary"]
+    assert set(summary["models"]) == {"base", "run1", "run2"} and summary["level"] == 0.95
+    for key in ("loss", "chrf", "task_success", "end_token", "expected_language"):
+        assert key in summary["models"]["run1"]
+    d = summary["deltas"]["run1"]["loss"]
+    assert d["low"] <= d["delta"] <= d["high"] and d["n"] == len(EVAL_ROWS)
+    assert summary["models"]["run1"]["generated_examples"] == 6 and summary["models"]["base"]["loss_examples"] == 7
+    assert len((out / "generations/run2.jsonl").read_text().splitlines()) == 6
+    # Every generated task type is in the per-task deltas; the learning curve has base, checkpoint, final.
+    assert set(report["deltas"]["run1"]["per_task"]) == {r["task"] for r in EVAL_ROWS}
+    assert [p["step"] for p in report["learning_curve"]["run1"]["points"]] == [0, 2, 4]
+    assert "run2" not in report["learning_curve"]  # no checkpoints
+    html = (out / "report.html").read_text()
+    for section in ("Summary", "Per task type", "Per-example loss", "Biggest wins and losses", "Adapter analysis",
+                    "Learning curve", "Generations", "Δ run1 [95% CI]"):
+        assert section in html, section
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert len(srcs) >= 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert all(h.startswith("#") for h in re.findall(r'href="([^"]*)"', html))
+    assert "<link" not in html and "<script" not in html
+    assert "Luettele kolme järveä." in html  # prompts shown beside the answers
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # text from data is escaped
+    md = (out / "report.md").read_text()
+    assert "### Summary" in md and "Adapter run2: modules changed most" in md
+
+
+def test_data_without_references_is_scored_without_them(tiny_llama, runs, tmp_path, capsys):
+    run1, _, _ = runs
+    data = write_jsonl(tmp_path / "prompts.jsonl", [
+        {"instruction": "Mikä on Suomen pääkaupunki?", "task": "open_qa"},
+        {"instruction": "Montako jalkaa kissalla on? Vastaa pelkällä luvulla.", "task": "format",
+         "constraint": {"type": "number_only"}},
+        {"messages": [{"role": "user", "content": "Hei!"}]},
+    ])
+    code = main(["evaluate", "--model", str(tiny_llama), "--adapter", str(run1), "--data", str(data), "--quantization.bits",
+                 "0", "--generation.max_new_tokens", "4", "--bootstrap", "50", "--output_dir", str(tmp_path / "o")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "No example has a reference answer" in printed
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    o = report["result"]["overall"]
+    assert o["loss"] is None and o["metrics"]["chrf"] is None and o["generated"] == 3
+    assert o["metrics"]["end_token"] is not None and o["counts"]["task_success"] == 1  # the format check needs no reference
+    assert len((tmp_path / "o" / "generations.jsonl").read_text().splitlines()) == 3
+
+
+def test_missing_and_mismatched_adapters_are_clear(tiny_llama, gemma_run, runs, tmp_path, capsys):
+    run1, _, data = runs
+    cfg = load_config(overrides={"model": str(tiny_llama), "quantization.bits": 0})
+    with pytest.raises(KieloError, match="adapter .*nope does not exist"):
+        compare(cfg, data, [str(run1), str(tmp_path / "nope")], output_dir=tmp_path / "o", progress=False)
+    # An adapter trained on tiny_gemma has the same shapes as tiny_llama's layers: PEFT would load it silently.
+    with pytest.raises(KieloError, match="was trained on .*gemma3_text.* not on this base .*llama") as err:
+        evaluate(cfg, data, adapter=str(gemma_run), output_dir=tmp_path / "o", progress=False)
+    assert "--model" in err.value.fix
+    code = main(["compare", "--model", str(tiny_llama), "--adapter", str(gemma_run), "--data", str(data),
+                 "--output_dir", str(tmp_path / "o")])
+    err_text = capsys.readouterr().err
+    assert code == 2 and "was trained on" in err_text and "fix:" in err_text and "Traceback" not in err_text
+    # The report never overwrites a training run's folder.
+    with pytest.raises(KieloError, match="holds a training run"):
+        evaluate(cfg, data, generate=0, output_dir=run1, progress=False)
+    assert main(["evaluate", "--model", str(tiny_llama), "--data", str(data), "--generate", "2", "--no_generate"]) == 2
+
+
+def test_adapter_is_evaluated_in_its_training_prompt_format(tiny_gemma, gemma_run, runs, tmp_path):
+    """tiny_gemma has a chat template; an adapter trained with the built-in template is evaluated with that."""
+    _, _, data = runs
+    cfg = load_config(overrides={"model": str(tiny_gemma), "quantization.bits": 0})
+    report = evaluate(cfg, data, adapter=str(gemma_run), generate=0, bootstrap=10, output_dir=tmp_path / "o", progress=False)
+    assert report["model"]["template"] == "builtin"
+    report = evaluate(cfg, data, generate=0, bootstrap=10, output_dir=tmp_path / "o2", progress=False)
+    assert report["model"]["template"] == "chat"  # the base alone keeps the model's own format
