@@ -168,8 +168,17 @@ class GenerationConfig:
     repetition_penalty: float = opt(1.0, "Penalty for repeated tokens (1 = off).")
     seed: int = opt(0, "Seed for sampling.")
     batch_size: int = opt(8, "Prompts generated together (left-padded).")
+    stop: Any = opt(
+        None,
+        "Stop strings: an answer ends where one appears, the string itself cut off (a list; one string is one stop).",
+        factory=list,
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if not (isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop)):
+            raise KieloError(f"generation.stop = {self.stop!r} is not valid", "give a list of non-empty strings")
         _positive(self.max_new_tokens, "generation.max_new_tokens")
         _positive(self.temperature, "generation.temperature", allow_zero=True)
         _positive(self.batch_size, "generation.batch_size")

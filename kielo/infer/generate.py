@@ -1,7 +1,8 @@
 """Batched generation in the training prompt format, stopping at the trained end token.
 
 Prompts are left-padded so every row's answer starts at the same column; decoding stops per row at the
-end token the template trained (and the tokenizer's eos).
+end token the template trained (and the tokenizer's eos). Stop strings (``generation.stop``) end a row early
+too; the answer is cut where the first one begins.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Generation:
     text: str
     tokens: int  # generated tokens, end token included
     ended: bool  # stopped at the end token before max_new_tokens
+    stop: str | None = None  # the stop string that ended the answer (cut from ``text``), if one did
 
 
 def stop_ids(bundle: Bundle) -> list[int]:
@@ -28,6 +30,15 @@ def stop_ids(bundle: Bundle) -> list[int]:
     if eos is not None and eos not in ids:
         ids.append(eos)
     return ids
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
+    """``text`` up to the earliest stop string (the longest of those starting there) and that string, or None."""
+    hits = [(text.find(s), s) for s in stops if s in text]
+    if not hits:
+        return text, None
+    at, stop = min(hits, key=lambda h: (h[0], -len(h[1])))
+    return text[:at], stop
 
 
 def _sampling_kwargs(g: GenerationConfig) -> dict:
@@ -39,13 +50,36 @@ def _sampling_kwargs(g: GenerationConfig) -> dict:
     return kw
 
 
+def generation_kwargs(bundle: Bundle, g: GenerationConfig) -> dict:
+    """Keyword arguments for ``model.generate``: length, stopping, padding and sampling from ``g``."""
+    kw = dict(max_new_tokens=g.max_new_tokens, eos_token_id=stop_ids(bundle), pad_token_id=bundle.tokenizer.pad_token_id,
+              repetition_penalty=g.repetition_penalty, **_sampling_kwargs(g))
+    if g.stop:
+        # transformers stops a row once its decoded text contains a stop string; the cut happens in to_generation.
+        kw.update(stop_strings=list(g.stop), tokenizer=bundle.tokenizer)
+    return kw
+
+
+def to_generation(bundle: Bundle, row: list[int], g: GenerationConfig) -> Generation:
+    """Decode one row of generated ids: up to the end token, then cut at the first stop string."""
+    stops = stop_ids(bundle)
+    end = next((k for k, t in enumerate(row) if t in stops), None)
+    body = row[:end] if end is not None else row
+    if g.stop and end is None:
+        # A row ended by a stop string is padded to the batch's length; the padding was never generated.
+        pad = bundle.tokenizer.pad_token_id
+        while body and body[-1] == pad:
+            body = body[:-1]
+    text, stop = cut_at_stop(bundle.tokenizer.decode(body, skip_special_tokens=True), g.stop)
+    return Generation(text.strip(), len(body) + (end is not None), end is not None and stop is None, stop)
+
+
 @torch.no_grad()
 def generate(bundle: Bundle, conversations: list[list[dict]], g: GenerationConfig | None = None,
              progress=None) -> tuple[list[Generation], float]:
     """Answer each conversation (messages ending with the user's turn). Returns generations and tokens/s."""
     g = g or bundle.config.generation
     tok, model = bundle.tokenizer, bundle.model
-    stops = stop_ids(bundle)
     results: list[Generation | None] = [None] * len(conversations)
     # Sort by prompt length so batches waste little padding; results go back in input order.
     prompts = [(i, bundle.encoder.prompt_ids(c)) for i, c in enumerate(conversations)]
@@ -63,16 +97,10 @@ def generate(bundle: Bundle, conversations: list[list[dict]], g: GenerationConfi
         for r, (_, p) in enumerate(chunk):
             ids[r, width - len(p):] = torch.tensor(p)
             mask[r, width - len(p):] = 1
-        out = model.generate(
-            input_ids=ids.to(bundle.device), attention_mask=mask.to(bundle.device), max_new_tokens=g.max_new_tokens,
-            eos_token_id=stops, pad_token_id=tok.pad_token_id, repetition_penalty=g.repetition_penalty,
-            **_sampling_kwargs(g),
-        )[:, width:].tolist()
+        out = model.generate(input_ids=ids.to(bundle.device), attention_mask=mask.to(bundle.device),
+                             **generation_kwargs(bundle, g))[:, width:].tolist()
         for (i, _), row in zip(chunk, out, strict=True):
-            end = next((k for k, t in enumerate(row) if t in stops), None)
-            body = row[:end] if end is not None else row
-            results[i] = Generation(tok.decode(body, skip_special_tokens=True).strip(),
-                                    len(body) + (end is not None), end is not None)
+            results[i] = to_generation(bundle, row, g)
             generated += results[i].tokens
         if progress is not None:
             progress(len(chunk))
