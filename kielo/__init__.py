@@ -1,7 +1,8 @@
 """kielo: QLoRA instruction fine-tuning of language models, Finnish first.
 
 The Python API mirrors the CLI: each command is a plain function. Heavy modules (torch, transformers)
-are imported only when a function that needs them is first used.
+are imported only when a function that needs them is first used. Training is ``kielo.train.train``
+(``kielo.train`` is the package that holds it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ __version__ = "0.1.0"
 _API = {
     "Config": "kielo.config.schema",
     "load_config": "kielo.config.load",
-    "train": "kielo.train.trainer",
     "load_model": "kielo.infer.load",
     "generate": "kielo.infer.generate",
     "load_examples": "kielo.data.records",

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kielo.errors import KieloError
 
@@ -26,7 +26,7 @@ class Command:
     help: str
     setup: Callable[[argparse.ArgumentParser], None] = lambda p: None
     positional_config: bool = False  # `kielo train CONFIG.yaml` takes the config as a positional argument
-    defaults: dict = field(default_factory=dict)
+    base: Callable[[], dict] | None = None  # the command's own default config (below --config and flags)
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, str]:
@@ -78,7 +78,7 @@ def build_config(args: argparse.Namespace, overrides: dict, command: Command):
     from kielo.config.load import load_config
 
     path = getattr(args, "config", None) or getattr(args, "config_file", None)
-    return load_config(path, overrides, base=command.defaults)
+    return load_config(path, overrides, base=command.base() if command.base else None)
 
 
 def _train(args, config) -> int:
@@ -101,17 +101,97 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
 def _demo(args, config) -> int:
     from kielo.demo import run_demo
 
-    return run_demo(config, full=args.full, strict=args.strict)
+    return run_demo(config, full=args.full, strict=args.strict, generate_n=args.generate)
+
+
+def _demo_base() -> dict:
+    from kielo.demo import demo_base
+
+    return demo_base()[0]
 
 
 def _setup_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="evaluate on every held-out example (the README's evidence)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when the prompt suite fails")
+    p.add_argument("--generate", type=int, default=None, metavar="N",
+                   help="held-out examples generated on, task-stratified (default 48; --full: all)")
+
+
+def _prompt(args, config) -> int:
+    from kielo.prompt.command import run_command
+
+    return run_command(args, config)
+
+
+def _setup_prompt(p: argparse.ArgumentParser) -> None:
+    from kielo.prompt.command import setup_parser
+
+    setup_parser(p)
+
+
+def _evaluate(args, config) -> int:
+    from kielo.evaluate.command import run_evaluate
+
+    return run_evaluate(args, config)
+
+
+def _setup_evaluate(p: argparse.ArgumentParser) -> None:
+    from kielo.evaluate.command import setup_evaluate
+
+    setup_evaluate(p)
+
+
+def _compare(args, config) -> int:
+    from kielo.evaluate.command import run_compare
+
+    return run_compare(args, config)
+
+
+def _setup_compare(p: argparse.ArgumentParser) -> None:
+    from kielo.evaluate.command import setup_compare
+
+    setup_compare(p)
+
+
+def _analyze_data(args, config) -> int:
+    from kielo.analyze.command import run_command
+
+    return run_command(args, config)
+
+
+def _setup_analyze_data(p: argparse.ArgumentParser) -> None:
+    from kielo.analyze.command import setup_parser
+
+    setup_parser(p)
+
+
+def _merge(args, config) -> int:
+    from kielo.merge.command import run_command
+
+    return run_command(args, config)
+
+
+def _setup_merge(p: argparse.ArgumentParser) -> None:
+    from kielo.merge.command import setup_parser
+
+    setup_parser(p)
 
 
 COMMANDS: dict[str, Command] = {
     "train": Command(_train, "train a LoRA adapter on a (4-bit) base model", _setup_train, positional_config=True),
-    "demo": Command(_demo, "the whole workflow on the embedded default model, offline", _setup_demo),
+    "demo": Command(_demo, "the whole workflow on the embedded default model, offline", _setup_demo,
+                    base=_demo_base),
+    "prompt": Command(_prompt, "answer prompts, compare models side by side, run prompt suites, or chat", _setup_prompt,
+                      base=lambda: {"output_dir": "runs/prompt"}),
+    "evaluate": Command(_evaluate, "loss, generations and metrics of one model (base or base + adapter) on a data set",
+                        _setup_evaluate, base=lambda: {"output_dir": "runs/evaluate"}),
+    "compare": Command(_compare, "the base vs each adapter on the same data: deltas with intervals, adapter analysis, "
+                       "HTML report", _setup_compare, base=lambda: {"output_dir": "runs/compare"}),
+    "analyze-data": Command(_analyze_data, "how the data meets the model's tokenizer: lengths, truncation, masking, "
+                            "padding, duplicates, languages, tokenizer efficiency", _setup_analyze_data,
+                            base=lambda: {"output_dir": "runs/analyze"}),
+    "merge": Command(_merge, "merge an adapter into its unquantized base, verify it, optionally NF4 / GGUF",
+                     _setup_merge, base=lambda: {"output_dir": ""}),  # "": ADAPTER_OR_RUN_DIR-merged
 }
 
 
@@ -137,6 +217,12 @@ def setup_logging(debug: bool) -> None:
                         stream=sys.stderr)
     for noisy in ("transformers", "peft", "accelerate", "bitsandbytes", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
+    if not debug:
+        import warnings
+
+        # Deprecation notices from the libraries' internals are not the user's to act on.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -93,16 +93,19 @@ def estimate_weight_bytes(model_config, bits: int, dtype: torch.dtype) -> int:
     return total
 
 
-def check_fits(model_config, bits: int, dtype: torch.dtype, device: torch.device, name: str) -> None:
-    """Fail before loading when the weights alone plainly exceed the memory available."""
-    need = estimate_weight_bytes(model_config, bits, dtype)
+def check_fits(model_config, bits: int, dtype: torch.dtype, device: torch.device, name: str,
+               fix: str = "use a smaller model, --quantization.bits 4, or a machine with more memory",
+               extra_bytes: int = 0) -> None:
+    """Fail before loading when the weights (plus ``extra_bytes`` of working memory) plainly exceed what is free."""
+    need = estimate_weight_bytes(model_config, bits, dtype) + extra_bytes
     have = _available_memory(device)
     if need > have:
         gib = 2**30
         raise KieloError(
-            f"{name} needs about {need / gib:.1f} GiB for its weights ({bits or 'no'}-bit) but only "
+            f"{name} needs about {need / gib:.1f} GiB for its weights ({bits or 'no'}-bit)"
+            f"{' and working memory' if extra_bytes else ''} but only "
             f"{have / gib:.1f} GiB of {'GPU' if device.type == 'cuda' else 'RAM'} is free",
-            "use a smaller model, --quantization.bits 4, or a machine with more memory",
+            fix,
         )
 
 
