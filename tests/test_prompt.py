@@ -112,18 +112,20 @@ def test_prompt_from_the_command_line(tiny_llama, tmp_path, capsys):
     code = main(["prompt", "--model", str(tiny_llama), "Mikä on Suomen pääkaupunki?", *FAST, "--output_dir", str(tmp_path)])
     out = capsys.readouterr()
     assert code == 0, out.err
-    rows = [json.loads(line) for line in (tmp_path / "prompt" / "prompts.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["model"] == "base" and 0 < rows[0]["tokens"] <= 6
     assert rows[0]["messages"] == [{"role": "user", "content": "Mikä on Suomen pääkaupunki?"}]
     assert out.out.strip() == rows[0]["answer"].strip()  # a lone answer is printed as plain text
-    saved = yaml.safe_load((tmp_path / "prompt" / "kielo_config.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "kielo_config.yaml").read_text())
     assert saved["generation"]["max_new_tokens"] == 6
 
 
-def test_no_prompt_or_two_sources_is_a_clear_error(tiny_llama, tmp_path, capsys):
+def test_no_prompt_or_two_sources_is_a_clear_error(tiny_llama, adapter, capsys):
     assert main(["prompt", "--model", str(tiny_llama)]) == 2
     assert "give exactly one of" in capsys.readouterr().err
     assert main(["prompt", "--model", str(tiny_llama), "hei", "--suite", str(SHIPPED_SUITE)]) == 2
+    assert main(["prompt", "--model", str(adapter), "hei", "--output_dir", str(adapter)]) == 2  # would overwrite its config
+    assert "is a training run folder" in capsys.readouterr().err
 
 
 def test_side_by_side_base_and_adapter(tiny_llama, adapter, tmp_path, capsys):
@@ -136,10 +138,10 @@ def test_side_by_side_base_and_adapter(tiny_llama, adapter, tmp_path, capsys):
     header = out.splitlines()[0]
     assert re.match(r"prompt\s+│ base\s+│ run$", header), header
     assert "[capital] Mikä on Suomen" in out
-    rows = [json.loads(x) for x in (tmp_path / "out" / "prompt" / "kysymykset.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "out" / "kysymykset.jsonl").read_text().splitlines()]
     assert [(r["id"], r["model"]) for r in rows] == [("capital", "base"), ("capital", "run"), ("2", "base"), ("2", "run")]
     assert rows[0]["messages"][0] == {"role": "system", "content": "Vastaa lyhyesti."}
-    md = (tmp_path / "out" / "prompt" / "kysymykset.md").read_text()
+    md = (tmp_path / "out" / "kysymykset.md").read_text()
     assert "| prompt | base | run |" in md and "| [capital] Mikä on Suomen pääkaupunki? |" in md
     assert "Settings: greedy, max_new_tokens=6" in md
 
@@ -318,10 +320,10 @@ def test_suite_exit_code_follows_the_last_model(tiny_llama, adapter, tmp_path, c
     out = capsys.readouterr().out
     assert re.search(r"^run\s+1/2\s+50%\s+contains ×1", out, re.M), out
     assert "✗ contains: missing 'Tukholma'" in out and "FAIL: run passed 1/2" in out
-    rows = [json.loads(x) for x in (tmp_path / "out" / "prompt" / "failing.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "out" / "failing.jsonl").read_text().splitlines()]
     capital = [r for r in rows if r["id"] == "capital"]
     assert [r["passed"] for r in capital] == [False, False] and capital[0]["checks"][0]["name"] == "contains"
-    md = (tmp_path / "out" / "prompt" / "failing.md").read_text()
+    md = (tmp_path / "out" / "failing.md").read_text()
     assert "## Summary" in md and "| run | 1/2 | 50% | contains ×1 |" in md
     # The demo's way: pass rates per model, no exit code.
     config = load_config(overrides={"model": str(tiny_llama), "quantization.bits": 0, "generation.max_new_tokens": 4})

@@ -4,7 +4,8 @@
 
 With ``--adapter`` the base and each adapter answer side by side; without, the one model answers. Answers
 are printed (a lone answer as plain text, several as columns) and, except in the chat, written to
-``<output_dir>/prompt/<name>.jsonl`` and ``.md`` with the resolved config. A suite exits with status 1
+``<output_dir>/<name>.jsonl`` and ``.md`` (``output_dir`` defaults to ``runs/prompt``; ``<name>`` is the
+suite's or file's name, or ``prompts``) with the resolved config. A suite exits with status 1
 when the last-named model fails any check, so it can gate a CI job.
 """
 
@@ -80,6 +81,11 @@ def run_command(args: argparse.Namespace, config) -> int:
     if _source_count(args) != 1:
         raise KieloError("give exactly one of: prompt text, --file, --suite or --chat",
                          'e.g. kielo prompt --model gemma-3-270m "Mikä on Suomen pääkaupunki?"')
+    folder = Path(config.output_dir)
+    if (folder / "adapter_config.json").is_file() or (folder / "checkpoints").is_dir():
+        # Writing kielo_config.yaml there would replace the training run's own.
+        raise KieloError(f"output_dir {folder} is a training run folder",
+                         "write prompt results elsewhere, e.g. --output_dir runs/prompt")
     # Read the prompts before loading any model, so a bad file fails in a second.
     suite = load_suite(args.suite) if args.suite else None
     if suite is not None:
@@ -102,7 +108,6 @@ def run_command(args: argparse.Namespace, config) -> int:
     run = run_suite(bundle, models, suite, gen, system) if suite else run_prompts(bundle, models, prompts, gen, system)
     lone = suite is None and len(models) == 1 and len(run.prompts) == 1
     _print_results(run, lone)
-    folder = Path(config.output_dir) / "prompt"
     stem = Path(args.suite or args.file or "prompts").stem
     title = f"kielo prompt: {suite.name if suite else stem}"
     paths = write_outputs(run, folder, stem, title)
