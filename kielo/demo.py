@@ -144,7 +144,7 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
     save_config(config, out)
     report = Report(out)
     started = time.time()
-    run_dir = out / "train"
+    run_dir = out / "tuned"
 
     def train_stage() -> dict:
         cfg = copy.deepcopy(config)

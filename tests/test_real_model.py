@@ -48,8 +48,8 @@ def test_demo_runs_every_stage_on_the_default_model(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert [s["stage"] for s in report["stages"]] == ["analyze-data", "train", "compare", "prompt-suite", "merge"]
     summary = report["results"]["compare"]["summary"]
-    assert set(summary["models"]) == {"base", "train"}
-    assert summary["models"]["train"]["loss"] != summary["models"]["base"]["loss"]
+    assert set(summary["models"]) == {"base", "tuned"}
+    assert summary["models"]["tuned"]["loss"] != summary["models"]["base"]["loss"]
     assert (out / "report.md").is_file() and (out / "compare" / "report.html").is_file()
     assert (out / "merged" / "config.json").is_file()
     assert "evidence" in report["results"]

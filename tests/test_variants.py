@@ -16,6 +16,11 @@ def test_variants_switch_between_base_and_adapters(tiny_llama, data_file, tmp_pa
     cfg = load_config(overrides={"model": str(tiny_llama), "quantization.compute_dtype": "fp32"})
     bundle, names = load_variants(cfg, [str(tmp_path / "run1"), str(tmp_path / "run2")])
     assert names == ["base", "run1", "run2"]
+    # A folder named like a model attribute (`train`) still loads, under a name that doesn't clash.
+    import shutil
+
+    shutil.copytree(tmp_path / "run1", tmp_path / "train")
+    assert load_variants(cfg, [str(tmp_path / "train")])[1] == ["base", "train_"]
     ids = torch.tensor([bundle.encoder.prompt_ids([{"role": "user", "content": "Mikä on Suomen pääkaupunki?"}])])
     out = {}
     with torch.no_grad():

@@ -94,8 +94,9 @@ def load_variants(config: Config, adapters: list[str]) -> tuple[Bundle, list[str
     names: list[str] = ["base"]
     for path in paths:
         resolved, _ = resolve_adapter(path)
-        name = Path(resolved).name or "adapter"
-        while name in names:
+        name = Path(resolved).name.replace(".", "_") or "adapter"
+        # PEFT stores adapters as attributes: a name like `train` or `base_model` would clash with one.
+        while name in names or hasattr(model, name):
             name += "_"
         if len(names) == 1:
             model = load_adapter(model, resolved, name=name)
