@@ -1,0 +1,367 @@
+"""`kielo merge`: fold a trained adapter into its unquantized base, prove the result, optionally re-quantize
+it and export GGUF. Everything is written to a temporary folder beside the output and renamed into place
+only when every check passed, so a failed or interrupted merge leaves nothing behind.
+
+Order of work (one model in memory at a time):
+
+1. plan: resolve adapter and base, check they belong together, check memory and disk, all before any
+   weights are read;
+2. reference: the unquantized base + adapter (unmerged) answers the sample prompts greedily; its logits
+   are kept;
+3. merge and save the HF folder;
+4. informational: the 4-bit base + adapter that training used, compared with the reference (that
+   difference is quantization error, not merge error);
+5. reload the saved folder with plain ``from_pretrained`` and compare it with the reference: must pass;
+6. optional NF4 copy with held-out loss before/after; optional GGUF export, read back and compared.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kielo.config.load import from_dict
+from kielo.config.schema import Config, GenerationConfig
+from kielo.errors import KieloError
+from kielo.merge import options as o
+from kielo.model.source import ModelSource, resolve_adapter, resolve_model
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "merge_report.json"
+NF4_FOLDER = "nf4"
+MAX_PROMPT_TOKENS = 192  # longer sample prompts keep their last tokens (the part that leads into the answer)
+LOSS_EXAMPLES = 64  # held-out examples for the re-quantization loss
+
+
+@dataclass
+class MergePlan:
+    """Everything resolved and checked before any weights are read."""
+
+    config: Config  # the run's config, with the base, device and output of this merge
+    source: ModelSource  # the base
+    adapter: str
+    output: Path
+    dtype_name: str
+    dtype: torch.dtype  # of the saved weights
+    compute: torch.dtype  # of the models while checking (see dequantize.compute_dtype_for)
+    device: torch.device
+    tolerance: float
+    gguf_type: str | None  # None: no GGUF export
+    requantize: bool
+    samples: int
+    max_new_tokens: int
+    run_quantization: dict | None  # how training stored the base (for the informational comparison)
+
+
+def _adapter_base(adapter: str, run_cfg: dict | None, model: str | None) -> str:
+    if model:
+        return model
+    if run_cfg and run_cfg.get("model", {}).get("name"):
+        return run_cfg["model"]["name"]
+    recorded = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if recorded:
+        return recorded
+    raise KieloError(f"{adapter} does not say which base model it belongs to", "pass the base with --model")
+
+
+def _check_output(out: Path, adapter: str) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise KieloError(f"{out} already exists and is not empty", "choose another --output_dir or remove that one")
+    if out.resolve() == Path(adapter).resolve() or Path(adapter).resolve() in out.resolve().parents:
+        raise KieloError(f"--output_dir {out} is inside the adapter folder", "write the merged model somewhere else")
+
+
+def plan_merge(config: Config, adapter_dir: str, output_dir: str | Path, dtype: str = o.DEFAULT_DTYPE,
+               model: str | None = None, tolerance: float | None = None, requantize: bool = False, gguf: bool = False,
+               gguf_type: str = o.DEFAULT_GGUF_TYPE, samples: int = o.DEFAULT_SAMPLES,
+               max_new_tokens: int = o.DEFAULT_MAX_NEW_TOKENS) -> MergePlan:
+    """Resolve and check a merge without loading weights: clear errors come first and cost nothing."""
+    from transformers import AutoConfig
+
+    from kielo.evaluate.loading import check_adapter_base
+    from kielo.merge.dequantize import check_unquantized, compute_dtype_for, resolve_dtype
+    from kielo.merge.gguf_export import bytes_per_weight, check_exportable, resolve_gguf_type
+    from kielo.merge.resources import check_disk, check_memory, logits_bytes, output_bytes
+    from kielo.merge.verify import tolerance_for
+    from kielo.model.load import pick_device
+
+    torch_dtype = resolve_dtype(dtype)
+    if samples < 1 or max_new_tokens < 1:
+        raise KieloError("--samples and --max_new_tokens must be at least 1", "e.g. --samples 4 --max_new_tokens 32")
+    adapter, run_cfg = resolve_adapter(adapter_dir)
+    out = Path(output_dir)
+    _check_output(out, adapter)
+    base_name = _adapter_base(adapter, run_cfg, model)
+    cfg = from_dict(run_cfg) if run_cfg else copy.deepcopy(config)
+    run_quant = dataclasses.asdict(cfg.quantization) if run_cfg else None
+    cfg.model.name = base_name
+    cfg.model.trust_remote_code = config.model.trust_remote_code or cfg.model.trust_remote_code
+    cfg.training.device = config.training.device
+    cfg.output_dir = str(out)
+    source = resolve_model(base_name)
+    try:
+        check_adapter_base(adapter, source)
+    except KieloError as e:
+        raise KieloError(e.message, "leave out --model to merge into the base the run was trained on, or pass "
+                                    "that base with --model") from None
+    check_unquantized(source)
+    try:
+        model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise KieloError(f"cannot read the model config of {source.path}: {str(e).splitlines()[0]}",
+                         "check --model (or the run's model.name)") from None
+    resolved_gguf = None
+    if gguf:
+        resolved_gguf = resolve_gguf_type(gguf_type, torch_dtype)
+        check_exportable(model_config)
+    device = pick_device(cfg.training.device)
+    compute = compute_dtype_for(torch_dtype, device)
+    # Reference logits, plus the merged model's when they are kept for the GGUF comparison.
+    working = logits_bytes(samples * (2 if gguf else 1), MAX_PROMPT_TOKENS + max_new_tokens,
+                           model_config.get_text_config().vocab_size, torch.float32)
+    try:
+        check_memory(model_config, compute, device, source.path, working)
+    except KieloError:
+        if compute == torch_dtype:
+            raise
+        log.info("an fp32 copy of the model doesn't fit in memory: checking in %s instead (slower on most CPUs)", dtype)
+        compute = torch_dtype
+        check_memory(model_config, compute, device, source.path, working)
+    tokenizer_bytes = sum(p.stat().st_size for p in Path(source.path).glob("tokenizer*")) if source.is_local else 0
+    check_disk(out.parent, output_bytes(model_config, torch_dtype, bytes_per_weight(resolved_gguf) if resolved_gguf else None,
+                                        requantize, tokenizer_bytes))
+    return MergePlan(cfg, source, adapter, out, dtype, torch_dtype, compute, device,
+                     tolerance_for(torch_dtype) if tolerance is None else tolerance, resolved_gguf, requantize, samples,
+                     max_new_tokens, run_quant)
+
+
+class _Clock:
+    """Seconds spent per step, for the report."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.time()
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.laps[name] = round(now - self._last, 1)
+        self._last = now
+
+
+def _collect() -> None:
+    """Return the memory of models the caller has just deleted (HF models hold reference cycles)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _open_up(folder: Path) -> None:
+    """Give the finished folder the permissions a plain mkdir and write would (mkdtemp made it owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _device_map(device: torch.device) -> dict:
+    return {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+
+
+def _trained_setup(plan: MergePlan, bundle, reference, examples) -> dict:
+    """Informational: the quantized base + adapter that training used, compared with the reference."""
+    from kielo.merge.requantize import held_out_loss
+    from kielo.merge.verify import compare
+    from kielo.model.adapter import load_adapter
+    from kielo.model.load import load_base_model
+
+    if plan.run_quantization is None:
+        return {"skipped": "how the adapter was trained is unknown (no kielo_config.yaml beside it)"}
+    try:
+        model = load_adapter(load_base_model(plan.source, plan.config, plan.device, for_training=False), plan.adapter)
+    except (KieloError, ImportError, RuntimeError) as e:
+        return {"skipped": str(e).splitlines()[0]}
+    # Teacher-forced only: free generation through bitsandbytes' 4-bit CPU kernels is slow, and argmax
+    # agreement on the reference answers already says how often the two would choose differently.
+    result, _ = compare(model, reference, plan.tolerance, plan.device, generate=False)
+    result.pop("passed")  # not a pass/fail check: this difference is the base's quantization error
+    result["quantization"] = plan.run_quantization
+    if plan.requantize:
+        result["held_out_loss"] = held_out_loss(dataclasses.replace(bundle, model=model), examples)["loss"]
+    del model
+    _collect()
+    return result
+
+
+def _execute(plan: MergePlan, work: Path) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    from kielo.data.template import render
+    from kielo.infer.generate import generation_kwargs
+    from kielo.merge.dequantize import load_base_16bit
+    from kielo.merge.merge import adapter_moved, adapter_summary, merge_adapter, save_merged
+    from kielo.merge.samples import held_out_examples
+    from kielo.merge.verify import Reference, capture_reference, check, compare
+    from kielo.model.adapter import load_adapter
+    from kielo.model.bundle import Bundle, load_tokenizer_and_template, make_encoder
+
+    cfg, device = plan.config, plan.device
+    clock = _Clock()
+    report: dict = {"adapter": adapter_summary(plan.adapter), "base": plan.source.path, "dtype": plan.dtype_name,
+                    "compute_dtype": str(plan.compute).removeprefix("torch."), "device": str(device)}
+    if not adapter_moved(plan.adapter):
+        log.warning("the adapter's LoRA B matrices are all zero (untrained): the merged model equals the base")
+        report["adapter"]["untrained"] = True
+    tokenizer, template = load_tokenizer_and_template(cfg, plan.source)
+    encoder = make_encoder(tokenizer, template, cfg)
+    examples, held_out = held_out_examples(cfg, max(plan.samples, LOSS_EXAMPLES if plan.requantize else 0))
+    prompts = [encoder.prompt_ids(ex.prompt_messages)[-MAX_PROMPT_TOKENS:] for ex in examples[:plan.samples]]
+
+    log.info("reference: %s (%s, unquantized) + adapter %s", plan.source.path, plan.dtype_name, plan.adapter)
+    base = load_base_16bit(plan.source, plan.dtype, device, cfg.model.trust_remote_code, compute=plan.compute)
+    peft_model = load_adapter(base, plan.adapter)
+    bundle = Bundle(peft_model, tokenizer, template, encoder, device, plan.source, cfg, plan.adapter)
+    gen = generation_kwargs(bundle, GenerationConfig(max_new_tokens=plan.max_new_tokens, temperature=0.0))
+    reference = capture_reference(peft_model, prompts, gen, device)
+    with peft_model.disable_adapter():
+        effect, _ = compare(peft_model, reference, plan.tolerance, device, generate=False)
+    report["samples"] = {"source": held_out, "sequences": len(prompts), "max_new_tokens": plan.max_new_tokens,
+                         "tokens": effect["tokens"]}
+    report["adapter_effect"] = {k: effect[k] for k in ("max_abs_logit_diff", "mean_abs_logit_diff", "max_kl", "mean_kl")}
+    clock.lap("reference")
+
+    log.info("merging into the %s weights and saving", plan.dtype_name)
+    merged, report["weights"] = merge_adapter(peft_model, plan.adapter, plan.dtype)
+    if report["weights"]["update_rounding_error"] > 0.25:
+        log.warning("storing the merged weights in %s changes the adapter's update by %.0f%% (it is small against "
+                    "the weights' rounding step); --dtype fp32 keeps it whole", plan.dtype_name,
+                    100 * report["weights"]["update_rounding_error"])
+    save_merged(merged, bundle, work, plan.dtype)
+    bundle.model = None
+    del merged, peft_model, base
+    _collect()
+    clock.lap("merge_and_save")
+
+    log.info("comparing with the quantized base + adapter that training used (informational)")
+    report["vs_trained"] = _trained_setup(plan, bundle, reference, examples)
+    clock.lap("vs_trained")
+
+    log.info("reloading %s with plain from_pretrained and comparing with base + adapter", work.name)
+    merged = AutoModelForCausalLM.from_pretrained(work, dtype=plan.compute, device_map=_device_map(device)).eval()
+    result, merged_logits = compare(merged, reference, plan.tolerance, device, keep_logits=plan.gguf_type is not None)
+    report["verification"] = result
+    check(result, f"the merge check ({plan.dtype_name})",
+          "this is a bug or a broken adapter, not something to tune away: re-run with --debug and report it; "
+          "--tolerance only if you know why the numbers differ")
+    bundle = dataclasses.replace(bundle, model=merged)
+    clock.lap("verification")
+    # From here on the merged model is the reference (for the GGUF file); the base + adapter logits can go.
+    reference = Reference(reference.sequences, reference.prompt_lengths, merged_logits or [], reference.generate_kwargs)
+    del merged_logits
+
+    if plan.requantize:
+        from kielo.merge.requantize import requantize
+
+        log.info("re-quantizing the merged model to NF4")
+        report["requantized"] = requantize(bundle, work, work / NF4_FOLDER, examples, held_out)
+        clock.lap("requantize")
+
+    if plan.gguf_type is not None:
+        from kielo.merge.gguf_export import LOSSLESS_FOR, write_gguf
+        from kielo.merge.gguf_verify import llama_cpp_available, verify_gguf
+
+        path = work / f"{plan.output.name}-{plan.gguf_type}.gguf"
+        log.info("writing %s", path.name)
+        info = write_gguf(merged, tokenizer, path, plan.gguf_type, plan.output.name, template.end_token_id,
+                          template.chat_template)
+        config = merged.config
+        bundle.model = None
+        del merged
+        _collect()
+        texts = [render(tokenizer, template, ex.messages) for ex in examples[:plan.samples]]
+        log.info("reading %s back with transformers' GGUF loader%s", path.name,
+                 " and llama.cpp" if llama_cpp_available() else "")
+        info.update(verify_gguf(path, config, reference, tokenizer, texts, plan.gguf_type,
+                                plan.gguf_type in ("f32", LOSSLESS_FOR[plan.dtype]), plan.compute, device))
+        report["gguf"] = info
+        check(info, f"the GGUF check ({plan.gguf_type})", "re-run with --debug and report it; the HF folder is fine: "
+                                                           "convert it with llama.cpp's convert_hf_to_gguf.py meanwhile")
+        report["gguf"]["adapter"] = _adapter_gguf(plan, work, config, path)
+        clock.lap("gguf")
+    report["timings_s"] = clock.laps
+    return report
+
+
+def _adapter_gguf(plan: MergePlan, work: Path, config, model_gguf: Path) -> dict:
+    """The adapter alone for llama.cpp's --lora, checked by rebuilding its updates from the file."""
+    from kielo.merge.gguf_adapter import verify_gguf_adapter, write_gguf_adapter
+
+    kind = "f32" if plan.gguf_type == "f32" else "f16"  # llama.cpp's LoRA loader takes float types
+    path = work / f"{plan.output.name}-adapter-{kind}.gguf"
+    info = write_gguf_adapter(plan.adapter, config, path, kind)
+    if "skipped" in info:
+        log.warning("no GGUF of the adapter alone: %s", info["skipped"])
+        return info
+    info.update(verify_gguf_adapter(path, plan.adapter, config, model_gguf))
+    if not info["passed"]:
+        raise KieloError(f"the adapter GGUF check failed: {json.dumps(info)}", "re-run with --debug and report it")
+    return info
+
+
+def merge(config: Config, adapter_dir: str, output_dir: str | Path, dtype: str = o.DEFAULT_DTYPE, model: str | None = None,
+          tolerance: float | None = None, requantize: bool = False, gguf: bool = False,
+          gguf_type: str = o.DEFAULT_GGUF_TYPE, samples: int = o.DEFAULT_SAMPLES,
+          max_new_tokens: int = o.DEFAULT_MAX_NEW_TOKENS) -> dict:
+    """Merge the adapter in ``adapter_dir`` (a kielo run folder, checkpoint or PEFT adapter) into its base.
+
+    ``model`` overrides the base (default: the run's ``model.name``); ``config`` supplies the device and
+    ``model.trust_remote_code``. Writes an HF model folder to ``output_dir`` (``nf4/`` and a ``.gguf`` in it
+    when asked) and returns the report, also written there as ``merge_report.json``. Raises
+    :class:`~kielo.errors.KieloError` when the merge can't be done or fails its check; then nothing is written.
+    """
+    import kielo
+
+    started = time.time()
+    plan = plan_merge(config, adapter_dir, output_dir, dtype, model, tolerance, requantize, gguf, gguf_type, samples,
+                      max_new_tokens)
+    out = plan.output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the target, so the final rename stays on one filesystem and is atomic.
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # A plain `kill` would end the process without cleaning up; make it an interrupt, which does.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    try:
+        report = {"kielo_version": kielo.__version__, "output": str(out), **_execute(plan, work)}
+        report["files"] = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()) + [REPORT_FILE]
+        report["wall_time_s"] = round(time.time() - started, 2)
+        (work / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        _open_up(work)
+        if out.is_dir():
+            out.rmdir()  # empty (checked in the plan); rename needs the name free
+        os.rename(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    log.info("merged model written to %s", out)
+    return report
