@@ -33,26 +33,32 @@ def held_out_loss(bundle: Bundle, examples: list[Example], batch_size: int = 4) 
     return {"loss": total / max(tokens, 1), "tokens": tokens, "examples": len(losses)}
 
 
-def load_nf4(folder: Path, dtype: torch.dtype, device: torch.device):
-    """The merged folder loaded with its linear layers quantized to NF4 (bitsandbytes)."""
+def load_nf4(folder: Path, dtype: torch.dtype, compute: torch.dtype, device: torch.device):
+    """The merged folder with its linear layers quantized to NF4 (bitsandbytes), the rest kept in ``dtype``.
+
+    The 4-bit layers compute in ``compute``; the parts bitsandbytes leaves unquantized (embeddings, norms,
+    a tied output head) stay in the merged dtype, so the copy is smaller than the 16-bit folder.
+    """
     from transformers import AutoModelForCausalLM
 
     from kielo.model.load import bnb_config
 
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype, quantization_config=bnb_config(NF4, dtype),
+        folder, dtype=dtype, quantization_config=bnb_config(NF4, compute),
         device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
     )
     return model.eval()
 
 
-def requantize(merged_bundle: Bundle, folder: Path, out: Path, examples: list[Example], source: str) -> dict:
-    """Write an NF4 copy of the merged model in ``folder`` to ``out``; report the held-out loss before and after."""
+def requantize(merged_bundle: Bundle, folder: Path, out: Path, examples: list[Example], source: str,
+               dtype: torch.dtype) -> dict:
+    """Write an NF4 copy of the merged model in ``folder`` (saved in ``dtype``) to ``out``; report the held-out
+    loss before and after."""
     from kielo.train.trainer import write_side_files
 
     before = held_out_loss(merged_bundle, examples)
-    dtype = next(merged_bundle.model.parameters()).dtype
-    nf4 = load_nf4(folder, dtype, merged_bundle.device)
+    compute = next(merged_bundle.model.parameters()).dtype
+    nf4 = load_nf4(folder, dtype, compute, merged_bundle.device)
     nf4_bundle = dataclasses.replace(merged_bundle, model=nf4)
     after = held_out_loss(nf4_bundle, examples)
     nf4.save_pretrained(out, safe_serialization=True)

@@ -280,7 +280,7 @@ def _execute(plan: MergePlan, work: Path) -> dict:
         from kielo.merge.requantize import requantize
 
         log.info("re-quantizing the merged model to NF4")
-        report["requantized"] = requantize(bundle, work, work / NF4_FOLDER, examples, held_out)
+        report["requantized"] = requantize(bundle, work, work / NF4_FOLDER, examples, held_out, plan.dtype)
         clock.lap("requantize")
 
     if plan.gguf_type is not None:
