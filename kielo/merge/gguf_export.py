@@ -88,16 +88,21 @@ def _llama_problems(config) -> list[str]:
     return problems
 
 
-def _llama_hparams(w, config) -> None:
+def _decoder_hparams(w, config) -> None:
+    """The sizes every llama.cpp decoder architecture records."""
     w.add_context_length(config.max_position_embeddings)
     w.add_embedding_length(config.hidden_size)
     w.add_block_count(config.num_hidden_layers)
     w.add_feed_forward_length(config.intermediate_size)
     w.add_head_count(config.num_attention_heads)
     w.add_head_count_kv(config.num_key_value_heads)
+    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+
+
+def _llama_hparams(w, config) -> None:
+    _decoder_hparams(w, config)
     w.add_rope_dimension_count(_head_dim(config))
     w.add_rope_freq_base(rope_theta(config))
-    w.add_layer_norm_rms_eps(config.rms_norm_eps)
     w.add_vocab_size(config.vocab_size)
     if _head_dim(config) != config.hidden_size // config.num_attention_heads:
         w.add_key_length(_head_dim(config))
@@ -139,13 +144,7 @@ def _gemma3_problems(config) -> list[str]:
 
 
 def _gemma3_hparams(w, config) -> None:
-    w.add_context_length(config.max_position_embeddings)
-    w.add_embedding_length(config.hidden_size)
-    w.add_block_count(config.num_hidden_layers)
-    w.add_feed_forward_length(config.intermediate_size)
-    w.add_head_count(config.num_attention_heads)
-    w.add_head_count_kv(config.num_key_value_heads)
-    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+    _decoder_hparams(w, config)
     w.add_key_length(_head_dim(config))
     w.add_value_length(_head_dim(config))
     w.add_rope_freq_base(rope_theta(config, "full_attention", 1_000_000.0))
