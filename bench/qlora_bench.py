@@ -10,7 +10,10 @@ AdamW lr 1e-4) on the same data for each variant of the plan:
 - ``kielo``: kielo's training path (load_base_model, add_lora, accumulate_gradients over kielo Batches: loss
   only at trained positions, packed rows for variable-length data);
 - lever variants of kielo: ``kielo+bf16`` (non-quantized weights kept in bf16 instead of peft's fp32 upcast),
-  ``kielo+bf16+liger`` (also Liger's RMSNorm, RoPE and SwiGLU/GeGLU kernels).
+  ``kielo+bf16+liger`` (also Liger's RMSNorm, RoPE and SwiGLU/GeGLU kernels), ``kielo+lean`` (fp32 norms and
+  residual stream as stock, but embedding and head weights kept in bf16), ``kielo+lean+liger``;
+- ``ref``: kielo's path with every matmul in fp32 and TF32 off (same dequantized weights): the yardstick for
+  how far each path's gradients, stock's included, are from exact arithmetic (``cos vs ref``).
 
 Data: ``a`` = batch x seq random tokens per step, every position trained; ``b`` = variable-length
 instruction-like examples (mean ~300 tokens, tail to max_length, prompt masked), the same examples in every
@@ -21,7 +24,9 @@ Each variant runs in its own process (clean peak memory; Liger patches classes g
 on one loaded model, the LoRA weights reset to the same seeded start for each. A case is DATA[/opt...] with
 opts ``nogc`` (no gradient checkpointing), ``gc=N`` (checkpoint the first N layers only), ``mbs=N`` (sequences
 per micro-batch for a, packed rows for b; default 2), ``head=chunked|ckpt|liger`` (kielo's loss head: as
-shipped, each chunk recomputed in backward, or Liger's fused linear cross-entropy), ``autocast`` (bf16 autocast).
+shipped, each chunk recomputed in backward, or Liger's fused linear cross-entropy), ``autocast`` (bf16 autocast),
+``attn=bf16`` (SDPA on bf16 copies of q, k, v), ``headmm=bf16`` (the chunked head's matmul on bf16 operands),
+``profile`` (one extra untimed step under torch.profiler; its top CUDA kernels are printed).
 
     python bench/qlora_bench.py --shape llama8b --plan "stock:a,b kielo:a,b kielo+bf16:a,b,a/nogc"
     python bench/qlora_bench.py --shape tiny --seq 256 --max-length 256 --plan "stock:a,b kielo:a,b"  # CPU smoke
@@ -73,13 +78,18 @@ class Variant:
     path: str  # "stock" or "kielo"
     bf16: bool = False  # keep non-quantized weights (norms, embeddings, head) in bf16, as loaded
     liger: bool = False  # Liger's RMSNorm, RoPE and SwiGLU (Llama) / GeGLU (Gemma) kernels
+    lean: bool = False  # embedding and head weights back in bf16 (exact), norms and residual stream fp32
+    reference: bool = False  # fp32 compute everywhere, TF32 off: the closest to exact arithmetic bnb allows
 
 
 VARIANTS = {
     "stock": Variant("stock"),
+    "ref": Variant("kielo", reference=True),
     "kielo": Variant("kielo"),
+    "kielo+lean": Variant("kielo", lean=True),
     "kielo+bf16": Variant("kielo", bf16=True),
     "kielo+bf16+liger": Variant("kielo", bf16=True, liger=True),
+    "kielo+lean+liger": Variant("kielo", lean=True, liger=True),
 }
 
 
@@ -91,6 +101,9 @@ class Case:
     mbs: int = 2
     head: str = "chunked"
     autocast: bool = False
+    attn_bf16: bool = False  # attention (SDPA) on bf16 copies of q, k, v; the rest as the variant has it
+    head_bf16: bool = False  # head matmul on bf16 operands, logits and cross-entropy in fp32
+    profile: bool = False  # one extra, untimed step under torch.profiler: top CUDA kernels printed
 
 
 def parse_case(text: str) -> Case:
@@ -110,6 +123,12 @@ def parse_case(text: str) -> Case:
             case.head = value
         elif key == "autocast":
             case.autocast = True
+        elif key == "attn" and value == "bf16":
+            case.attn_bf16 = True
+        elif key == "headmm" and value == "bf16":
+            case.head_bf16 = True
+        elif key == "profile":
+            case.profile = True
         else:
             raise SystemExit(f"case {text!r}: unknown option {opt!r}")
     return case
@@ -184,11 +203,11 @@ def make_model(folder: Path, shape: str) -> None:
     print(f"made {shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
 
 
-def kielo_config(gc: bool = True):
+def kielo_config(gc: bool = True, compute_dtype: str = "bf16"):
     from kielo.config.load import from_dict
 
     return from_dict({
-        "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bf16"},
+        "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": compute_dtype},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "training": {"learning_rate": 1e-4, "gradient_checkpointing": gc, "optimizer": "adamw", "max_grad_norm": 0},
     })
@@ -235,13 +254,24 @@ def load(variant: Variant, folder: Path, device: torch.device):
     from kielo.model.load import load_base_model
     from kielo.model.source import ModelSource
 
-    config = kielo_config()
+    if variant.reference:
+        # bnb dequantizes NF4 to the stored bf16 values either way, so the weights equal stock's exactly;
+        # only the arithmetic differs: fp32 matmuls without TF32, fp32 attention, head and LoRA.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    config = kielo_config(compute_dtype="fp32" if variant.reference else "bf16")
     model = load_base_model(ModelSource(str(folder)), config, device)
     if variant.bf16:
         # bf16 -> fp32 -> bf16 is exact, so this equals never upcasting (peft's prepare step upcasts).
         for p in model.parameters():
             if p.dtype == torch.float32 and not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
+    if variant.lean:
+        # The embedding's output and the head's input are the only places these weights meet the stream; a
+        # bf16 embedding yields the same (bf16-valued) numbers, and the head casts its input (see
+        # bf16_head_loss_sum, which lean cases use), so only 2 bytes a parameter are kept instead of 4.
+        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+            module.weight.data = module.weight.data.to(torch.bfloat16)
     torch.manual_seed(0)
     return add_lora(model, config.lora)
 
@@ -278,6 +308,53 @@ def ckpt_loss_sum(model, batch):
     for i in range(0, h.shape[0], HEAD_CHUNK):
         total = total + checkpoint(chunk_ce, h[i:i + HEAD_CHUNK], y[i:i + HEAD_CHUNK], use_reentrant=False)
     return total, int(y.numel())
+
+
+def bf16_head_loss_sum(model, batch):
+    """kielo's chunked trained-position head with the matmul on bf16 operands (fp32 logits, fp32 loss)."""
+    import torch.nn.functional as F
+
+    from kielo.train.loss import HEAD_CHUNK, causal_lm, trained_hidden
+
+    lm = causal_lm(model)
+    h, y, _ = trained_hidden(model, batch)
+    w = lm.get_output_embeddings().weight
+    w = w if w.dtype == torch.bfloat16 else w.to(torch.bfloat16)
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    total = h.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], HEAD_CHUNK):
+        logits = F.linear(h[i:i + HEAD_CHUNK].to(torch.bfloat16), w).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        total = total + F.cross_entropy(logits, y[i:i + HEAD_CHUNK], reduction="sum")
+    return total, int(y.numel())
+
+
+class Bf16Attention:
+    """Within the block, transformers' SDPA attention runs on bf16 copies of q, k, v (flash/cuDNN kernels,
+    which fp32 has none of) and returns its output in the stream's dtype."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        if self.enabled:
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+            def attention(module, q, k, v, mask, **kw):
+                out, w = sdpa_attention_forward(module, q.to(torch.bfloat16), k.to(torch.bfloat16),
+                                                v.to(torch.bfloat16), mask, **kw)
+                return out.to(q.dtype), w
+
+            ALL_ATTENTION_FUNCTIONS["sdpa"] = attention
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+            del ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 
 def liger_loss_sum(model, batch):
@@ -339,7 +416,11 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
         opt = build_optimizer([p for _, p in params], kielo_config().training, device)
         step_fn = trainer.accumulate_gradients
         # accumulate_gradients calls the loss_sum bound in trainer's namespace: swap the head for this case.
-        trainer.loss_sum = {"chunked": loss.loss_sum, "ckpt": ckpt_loss_sum, "liger": liger_loss_sum}[case.head]
+        # A lean model's head weight is bf16 while its stream is fp32: its chunked head needs the cast.
+        bf16_head = case.head_bf16 or VARIANTS[variant].lean
+        heads = {"chunked": bf16_head_loss_sum if bf16_head else loss.loss_sum, "ckpt": ckpt_loss_sum,
+                 "liger": liger_loss_sum}
+        trainer.loss_sum = heads[case.head]
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -349,7 +430,7 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
     for i, mb in enumerate(micro):
         sync(device)
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.autocast), Bf16Attention(case.attn_bf16):
             losses.append(step_fn(model, mb, device))
         sync(device)
         t1 = time.perf_counter()
@@ -362,6 +443,8 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
         sync(device)
         times.append(t1 - t0 + time.perf_counter() - t2)
     timed = times[warm:]
+    if case.profile and device.type == "cuda":
+        profile_step(model, micro[-1], step_fn, case, device)
     real = [sum(b.real_tokens for b in mb) for mb in micro]
     slots = [sum(b.input_ids.numel() for b in mb) for mb in micro]
     del opt
@@ -375,6 +458,24 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
         "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "losses": [round(x, 5) for x in losses], "step_times": [round(t, 4) for t in times],
     }
+
+
+def profile_step(model, micro, step_fn, case: Case, device) -> None:
+    """One more step (not timed, gradients discarded) under torch.profiler: where a step's GPU time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.autocast), Bf16Attention(case.attn_bf16):
+            step_fn(model, micro, device)
+        sync(device)
+    for p in model.parameters():
+        p.grad = None
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    print(f"PROFILE {case.name}: GPU kernel time {total / 1e3:.0f} ms in one step; top kernels:", flush=True)
+    for e in sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:25]:
+        print(f"PROFILE {e.self_device_time_total / 1e3:9.1f} ms {100 * e.self_device_time_total / total:5.1f}% "
+              f"x{e.count:<5} {e.key[:110]}", flush=True)
 
 
 def worker(args) -> None:
@@ -427,27 +528,40 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def add_parity(results: list[dict], grads_dir: Path) -> None:
-    """Per-step |loss difference| and LoRA-gradient cosine of every case against stock on the same data."""
-    ref = {r["data"]: r for r in results if r.get("variant") == "stock" and r.get("case") in ("a", "b")}
-    for r in results:
-        base = ref.get(r.get("data"))
-        if "error" in r or base is None or r is base:
-            continue
-        deltas = [abs(x - y) for x, y in zip(r["losses"], base["losses"], strict=False)]
-        r["loss_delta"] = [round(d, 5) for d in deltas]
-        r["max_loss_delta"] = round(max(deltas), 5)
-        cos = []
+    """Per-step |loss difference| and LoRA-gradient cosine of every case against stock on the same data, and
+    the gradient cosine against the fp32 reference (``ref``) where it ran: how far each path, stock included,
+    is from the same computation done in fp32."""
+    def grads(r: dict, i: int) -> Path:
+        return grads_dir / f"{r['variant']}-{r['case'].replace('/', '_')}-{i}.pt"
+
+    def cosines(r: dict, other: dict) -> list[float]:
+        out = []
         for i in range(2):
-            mine = grads_dir / f"{r['variant']}-{r['case'].replace('/', '_')}-{i}.pt"
-            theirs = grads_dir / f"stock-{base['case']}-{i}.pt"
-            if mine.exists() and theirs.exists():
-                cos.append(round(cosine(torch.load(mine), torch.load(theirs)), 6))
-        r["grad_cosine"] = cos
+            if grads(r, i).exists() and grads(other, i).exists():
+                out.append(round(cosine(torch.load(grads(r, i)), torch.load(grads(other, i))), 6))
+        return out
+
+    def base_of(name: str) -> dict:
+        return {r["data"]: r for r in results if r.get("variant") == name and r.get("case") in ("a", "b")}
+
+    stock, ref = base_of("stock"), base_of("ref")
+    for r in results:
+        if "error" in r:
+            continue
+        base = stock.get(r.get("data"))
+        if base is not None and r is not base:
+            deltas = [abs(x - y) for x, y in zip(r["losses"], base["losses"], strict=False)]
+            r["loss_delta"] = [round(d, 5) for d in deltas]
+            r["max_loss_delta"] = round(max(deltas), 5)
+            r["grad_cosine"] = cosines(r, base)
+        exact = ref.get(r.get("data"))
+        if exact is not None and r is not exact:
+            r["grad_cosine_ref"] = cosines(r, exact)
 
 
 def table(results: list[dict]) -> str:
     head = f"{'variant':18} {'case':16} {'tok/s':>7} {'vs stock':>8} {'peak GiB':>8} {'first s':>7} {'step s':>7} " \
-           f"{'pad %':>5} {'max |dL|':>8} {'grad cos':>17}"
+           f"{'pad %':>5} {'max |dL|':>8} {'grad cos':>17} {'cos vs ref':>17}"
     lines = [head, "-" * len(head)]
     stock = {r["data"]: r["tok_s"] for r in results if r.get("variant") == "stock" and "tok_s" in r}
     for r in results:
@@ -456,9 +570,11 @@ def table(results: list[dict]) -> str:
             continue
         speedup = f"{r['tok_s'] / stock[r['data']]:.2f}x" if r["data"] in stock else "-"
         cos = ",".join(f"{c:.5f}" for c in r.get("grad_cosine", [])) or "-"
+        cos_ref = ",".join(f"{c:.5f}" for c in r.get("grad_cosine_ref", [])) or "-"
         delta = f"{r['max_loss_delta']:.4f}" if "max_loss_delta" in r else "-"
         lines.append(f"{r['variant']:18} {r['case']:16} {r['tok_s']:>7} {speedup:>8} {r['peak_gib'] or 0:>8.2f} "
-                     f"{r['first_step_s']:>7.2f} {r['median_step_s']:>7.3f} {r['padding_pct']:>5.1f} {delta:>8} {cos:>17}")
+                     f"{r['first_step_s']:>7.2f} {r['median_step_s']:>7.3f} {r['padding_pct']:>5.1f} {delta:>8} {cos:>17} "
+                     f"{cos_ref:>17}")
     return "\n".join(lines)
 
 
