@@ -7,8 +7,10 @@ AdamW lr 1e-4) on the same data for each variant of the plan:
 - ``stock``: transformers + peft + bitsandbytes as the anchor scripts run it (prepare_model_for_kbit_training,
   full logits + the model's own loss, gradient checkpointing, model.train()); with gradient accumulation the
   loss is normalized by the step's trained tokens (``num_items_in_batch``), as transformers' Trainer does;
-- ``kielo``: kielo's training path (load_base_model, add_lora, accumulate_gradients over kielo Batches: loss
-  only at trained positions, packed rows for variable-length data);
+- ``kielo``: kielo's training path with ``kielo train``'s defaults (load_base_model, add_lora,
+  accumulate_gradients over kielo Batches: loss only at trained positions, packed rows for variable-length
+  data; training.stream_dtype and training.kernels auto: a bf16 stream with Liger's kernels for Gemma 3);
+- ``kielo+fp32``: the same with the fp32 stream and no fused kernels on every model (stock's arithmetic);
 - lever variants of kielo: ``kielo+bf16`` (non-quantized weights kept in bf16 instead of peft's fp32 upcast),
   ``kielo+bf16+liger`` (also Liger's RMSNorm, RoPE and SwiGLU/GeGLU kernels), ``kielo+lean`` (fp32 norms and
   residual stream as stock, but embedding and head weights kept in bf16), ``kielo+lean+liger``;
@@ -80,12 +82,15 @@ class Variant:
     liger: bool = False  # Liger's RMSNorm, RoPE and SwiGLU (Llama) / GeGLU (Gemma) kernels
     lean: bool = False  # embedding and head weights back in bf16 (exact), norms and residual stream fp32
     reference: bool = False  # fp32 compute everywhere, TF32 off: the closest to exact arithmetic bnb allows
+    stream: str = "fp32"  # kielo's training.stream_dtype
+    kernels: str = "none"  # kielo's training.kernels
 
 
 VARIANTS = {
     "stock": Variant("stock"),
     "ref": Variant("kielo", reference=True),
-    "kielo": Variant("kielo"),
+    "kielo": Variant("kielo", stream="auto", kernels="auto"),  # kielo train's defaults
+    "kielo+fp32": Variant("kielo"),  # the fp32 stream everywhere (kielo's default before stream_dtype existed)
     "kielo+lean": Variant("kielo", lean=True),
     "kielo+bf16": Variant("kielo", bf16=True),
     "kielo+bf16+liger": Variant("kielo", bf16=True, liger=True),
@@ -203,13 +208,14 @@ def make_model(folder: Path, shape: str) -> None:
     print(f"made {shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
 
 
-def kielo_config(gc: bool = True, compute_dtype: str = "bf16"):
+def kielo_config(gc: bool = True, compute_dtype: str = "bf16", stream: str = "fp32", kernels: str = "none"):
     from kielo.config.load import from_dict
 
     return from_dict({
         "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": compute_dtype},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-        "training": {"learning_rate": 1e-4, "gradient_checkpointing": gc, "optimizer": "adamw", "max_grad_norm": 0},
+        "training": {"learning_rate": 1e-4, "gradient_checkpointing": gc, "optimizer": "adamw", "max_grad_norm": 0,
+                     "stream_dtype": stream, "kernels": kernels},
     })
 
 
@@ -259,7 +265,8 @@ def load(variant: Variant, folder: Path, device: torch.device):
         # only the arithmetic differs: fp32 matmuls without TF32, fp32 attention, head and LoRA.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    config = kielo_config(compute_dtype="fp32" if variant.reference else "bf16")
+    config = kielo_config(compute_dtype="fp32" if variant.reference else "bf16", stream=variant.stream,
+                          kernels=variant.kernels)
     model = load_base_model(ModelSource(str(folder)), config, device)
     if variant.bf16:
         # bf16 -> fp32 -> bf16 is exact, so this equals never upcasting (peft's prepare step upcasts).

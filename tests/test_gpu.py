@@ -25,6 +25,21 @@ STEPS = 20
 DEVICE = torch.device("cuda")
 
 
+GEMMA_SHAPE = dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=1, head_dim=128, max_position_embeddings=2048,
+                   sliding_window=128)
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory) -> Path:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gpu-gemma")
+    Gemma3ForCausalLM(Gemma3TextConfig(**GEMMA_SHAPE)).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -47,7 +62,7 @@ def loaded(path: str, folder: Path):
     return model
 
 
-def train(path: str, folder: Path, steps: list, mbs: int = 2) -> tuple[list[float], torch.Tensor]:
+def train(path: str, folder: Path, steps: list, mbs: int = 2, vocab: int = SHAPE["vocab_size"]) -> tuple[list[float], torch.Tensor]:
     """Losses of ``len(steps)`` optimizer steps and the flattened LoRA gradients of the first."""
     from kielo.train.optim import build_optimizer
     from kielo.train.trainer import accumulate_gradients
@@ -61,7 +76,7 @@ def train(path: str, folder: Path, steps: list, mbs: int = 2) -> tuple[list[floa
         opt, step_fn = build_optimizer(params, qb.kielo_config().training, device), accumulate_gradients
     losses, first_grads = [], None
     for examples in steps:
-        losses.append(step_fn(model, qb.micro_batches(examples, path, mbs, True, 512, SHAPE["vocab_size"] - 1), device))
+        losses.append(step_fn(model, qb.micro_batches(examples, path, mbs, True, 512, vocab - 1), device))
         if first_grads is None:
             first_grads = torch.cat([p.grad.detach().float().flatten() for p in params])
         opt.step()
@@ -83,6 +98,28 @@ def test_kielo_matches_stock_loss_and_gradients(llama_dir, data):
     print(f"\n{data}: stock losses {stock_losses[0]:.4f} .. {stock_losses[-1]:.4f}; max |dloss| {max(deltas):.5f} "
           f"over {STEPS} steps; LoRA grad cosine {cos:.6f}")
     assert all(map(math.isfinite, stock_losses + kielo_losses))
+    assert max(deltas) <= 0.02, deltas
+    assert cos >= 0.999
+    assert kielo_grads.abs().sum() > 0
+
+
+def test_gemma_fast_path_matches_stock(gemma_dir):
+    """kielo train's GPU default for Gemma 3 (bf16 stream, Liger kernels, fused loss head) against stock."""
+    from kielo.model.precision import liger_installed
+
+    vocab = GEMMA_SHAPE["vocab_size"]
+    model = loaded("kielo", gemma_dir)
+    norm = next(p for n, p in model.named_parameters() if n.endswith("input_layernorm.weight"))
+    assert norm.dtype == torch.bfloat16, "the Gemma 3 default must train on the bf16 stream"
+    assert model.get_base_model().kielo_fused_head == liger_installed()
+    del model
+    steps = qb.instruction_examples(STEPS, 8, 512, vocab, seed=6)
+    stock_losses, stock_grads = train("stock", gemma_dir, steps, vocab=vocab)
+    kielo_losses, kielo_grads = train("kielo", gemma_dir, steps, vocab=vocab)
+    deltas = [abs(a - b) for a, b in zip(stock_losses, kielo_losses, strict=True)]
+    cos = float(torch.nn.functional.cosine_similarity(stock_grads.double(), kielo_grads.double(), dim=0))
+    print(f"\ngemma fast path (liger={liger_installed()}): stock losses {stock_losses[0]:.4f} .. {stock_losses[-1]:.4f}; "
+          f"max |dloss| {max(deltas):.5f} over {STEPS} steps; LoRA grad cosine {cos:.6f}")
     assert max(deltas) <= 0.02, deltas
     assert cos >= 0.999
     assert kielo_grads.abs().sum() > 0

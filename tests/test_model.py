@@ -57,6 +57,26 @@ def test_other_quantization_modes_load_and_run(tiny_llama, data_file, tmp_path, 
     assert torch.isfinite(logits).all()
 
 
+@torch.no_grad()
+def test_cpu_inference_dequantizes_once_to_the_same_function(tiny_llama, data_file, tmp_path, monkeypatch):
+    import bitsandbytes as bnb
+
+    config = tiny_config(tiny_llama, data_file, tmp_path / "o")
+    ids = torch.tensor([[1, 5, 6, 7, 9, 11, 3]])
+    fast = load_bundle(config, for_training=False).model
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in fast.modules())
+    # The reference: the same 4-bit model with its bitsandbytes layers left in place.
+    monkeypatch.setattr(model_load, "dequantize_for_cpu_inference", lambda model: False)
+    slow = load_bundle(config, for_training=False).model
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in slow.modules())
+    a, b = fast(input_ids=ids).logits, slow(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (a - b).abs().max()
+    # A plain (never quantized) model differs: the check above can tell quantized weights from others.
+    plain = load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"bits": 0}),
+                        for_training=False).model
+    assert (plain(input_ids=ids).logits - b).abs().max() > 100 * (a - b).abs().max()
+
+
 def test_gpu_only_options_on_cpu_are_clear(tiny_llama, data_file, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CPU-only behaviour")

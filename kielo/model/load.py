@@ -165,11 +165,49 @@ def load_base_model(source: ModelSource, config: Config, device: torch.device, f
         elif config.training.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
+        from kielo.model.precision import apply_precision, resolve_precision
+
+        apply_precision(model, resolve_precision(config, model_config.model_type, device, dtype))
         # transformers skips gradient checkpointing silently in eval mode; training must be in train mode.
         model.train()
     else:
         model.eval()
+        if device.type == "cpu" and config.quantization.bits == 4:
+            dequantize_for_cpu_inference(model)
     return model
+
+
+def dequantize_for_cpu_inference(model) -> bool:
+    """Replace each 4-bit linear layer by a plain one holding its dequantized weight, when that fits in RAM.
+
+    bitsandbytes on CPU dequantizes every weight at every forward, so generating token by token with a 4-bit
+    model is several times slower than with a plain one. The dequantized weight is exactly what that
+    forward multiplies by, so the model computes the same function as the 4-bit one (a test checks the
+    logits), still the base its adapters were trained on, at a plain model's speed. Returns whether it did.
+    """
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if not layers:
+        return False
+    need = sum(m.in_features * m.out_features * torch.finfo(m.compute_dtype or torch.float32).bits // 8
+               for _, m in layers)
+    if need > 0.5 * _available_memory(torch.device("cpu")):
+        log.info("keeping the 4-bit layers (dequantized they would need %.1f GiB); generation will be slow",
+                 need / 2**30)
+        return False
+    for name, m in layers:
+        dtype = m.compute_dtype or torch.float32
+        weight = bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state).to(dtype)
+        plain = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=dtype)
+        plain.weight = torch.nn.Parameter(weight, requires_grad=False)
+        if m.bias is not None:
+            plain.bias = torch.nn.Parameter(m.bias.data.to(dtype), requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, plain)
+    log.info("4-bit weights dequantized once for CPU inference (%d layers, %.1f GiB)", len(layers), need / 2**30)
+    return True
 
 
 def warn_untrained_template_tokens(model, tokenizer, template_text: str) -> list[str]:

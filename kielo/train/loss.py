@@ -44,9 +44,19 @@ def trained_hidden(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
-    """Sum of token cross-entropies over the batch's trained positions, and their number."""
+    """Sum of token cross-entropies over the batch's trained positions, and their number.
+
+    With Liger's kernels (``kielo.model.precision``) the head and cross-entropy are one fused kernel that
+    never holds the logits; otherwise the head runs in chunks of :data:`HEAD_CHUNK` rows.
+    """
     lm = causal_lm(model)
     h, y, _ = trained_hidden(model, batch)
+    if getattr(lm, "kielo_fused_head", False):
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        w = lm.get_output_embeddings().weight
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        return liger_fused_linear_cross_entropy(h.to(w.dtype), w, y, reduction="sum", softcap=cap), int(y.numel())
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], HEAD_CHUNK):
         total = total + F.cross_entropy(head_logits(lm, h[i:i + HEAD_CHUNK]), y[i:i + HEAD_CHUNK], reduction="sum")

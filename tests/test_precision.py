@@ -1,0 +1,57 @@
+"""training.stream_dtype / training.kernels: what they resolve to, and the errors for GPU-only choices on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kielo.config.load import from_dict
+from kielo.errors import KieloError
+from kielo.model.precision import Precision, apply_precision, liger_installed, resolve_precision
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def cfg(bits: int = 4, **training):
+    return from_dict({"quantization": {"bits": bits}, "training": training})
+
+
+def test_auto_keeps_fp32_stream_except_gemma3_on_cuda():
+    bf16 = torch.bfloat16
+    assert resolve_precision(cfg(), "gemma3_text", CPU, torch.float32).stream == torch.float32
+    assert resolve_precision(cfg(), "llama", CUDA, bf16).stream == torch.float32
+    assert resolve_precision(cfg(), "bloom", CUDA, bf16).stream == torch.float32
+    gemma = resolve_precision(cfg(), "gemma3_text", CUDA, bf16)
+    assert gemma.stream == bf16
+    assert gemma.liger == liger_installed()  # auto: Liger only when it is there
+    # Asked for explicitly, each way.
+    assert resolve_precision(cfg(stream_dtype="compute"), "llama", CUDA, bf16).stream == bf16
+    assert resolve_precision(cfg(stream_dtype="fp32"), "gemma3_text", CUDA, bf16) == Precision(torch.float32, False)
+    # Unquantized models are never upcast: their stream is the weights' dtype.
+    assert resolve_precision(cfg(bits=0), "llama", CUDA, bf16).stream == bf16
+
+
+def test_liger_needs_cuda_and_a_supported_model():
+    with pytest.raises(KieloError, match="needs a CUDA GPU") as e:
+        resolve_precision(cfg(kernels="liger"), "llama", CPU, torch.float32)
+    assert "training.kernels auto" in e.value.fix
+    assert resolve_precision(cfg(kernels="none"), "gemma3_text", CUDA, torch.bfloat16).liger is False
+
+
+def test_unknown_choice_names_the_key():
+    with pytest.raises(KieloError, match="training.stream_dtype"):
+        cfg(stream_dtype="fp8")
+
+
+def test_apply_casts_only_frozen_fp32_weights(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = model.lm_head.weight
+    trainable.requires_grad_(True)
+    apply_precision(model, Precision(torch.bfloat16, False))
+    assert model.model.norm.weight.dtype == torch.bfloat16
+    assert trainable.dtype == torch.float32  # trainable weights keep their fp32 master copy
+    assert model.kielo_fused_head is False
