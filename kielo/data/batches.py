@@ -194,3 +194,10 @@ class BatchPlan:
     def all_batches(self) -> list[Batch]:
         """One pass in order (evaluation)."""
         return [self.batch(i) for i in range(self.per_epoch)]
+
+
+def eval_batch_size(config) -> int:
+    """Examples per batch when only the loss is computed: no gradients or optimizer state, so bigger than a
+    training micro-batch; a packed training row holds ~4 examples, so 4 padded examples per packed row."""
+    t = config.training
+    return t.micro_batch_size * (4 if config.data.packing else 2)

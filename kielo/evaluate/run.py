@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kielo.config.schema import Config
+from kielo.data.batches import eval_batch_size
 from kielo.data.records import Example
 from kielo.errors import KieloError
 from kielo.evaluate import metrics as m
@@ -80,7 +81,7 @@ def _score_variant(bundle: Bundle, examples: list[Example], encoded: list, gen_i
         r.update(loss=None, loss_sum=None, loss_tokens=0, generation=None)
     started = time.time()
     with _bar(progress, len(encoded), f"loss {name}") as bar:
-        losses = example_losses(bundle, encoded, bundle.config.training.micro_batch_size, progress=bar.update)
+        losses = example_losses(bundle, encoded, eval_batch_size(bundle.config), progress=bar.update)
     loss_s = time.time() - started
     for i, (loss_sum, tokens) in losses.items():
         rows[i].update(loss_sum=loss_sum, loss_tokens=tokens, loss=loss_sum / tokens if tokens else None)
@@ -157,7 +158,7 @@ def _header(config: Config, source, bundle: Bundle, data_path: str, examples: li
                  "generated": len(gen_idx), "tasks": tasks, "encoding": encode_report},
         "settings": {"generation": asdict(config.generation), "decoding": "greedy" if config.generation.temperature == 0
                      else "sampling", "max_length": config.data.max_length,
-                     "loss_batch_size": config.training.micro_batch_size, "bootstrap_resamples": resamples,
+                     "loss_batch_size": eval_batch_size(config), "bootstrap_resamples": resamples,
                      "level": stats.LEVEL},
     }
 
@@ -309,7 +310,7 @@ def _learning_curve(bundle: Bundle, names: list[str], name_paths: dict[str, str]
                 loss = results[name]["overall"]["loss"]
             else:
                 with use_variant(bundle, name):
-                    per = example_losses(bundle, encoded, bundle.config.training.micro_batch_size)
+                    per = example_losses(bundle, encoded, eval_batch_size(bundle.config))
                 tokens = sum(n for _, n in per.values())
                 loss = {"loss": sum(s for s, _ in per.values()) / tokens} if tokens else None
             series.append({"step": pt.step, "loss": loss["loss"] if loss else None, "variant": name})

@@ -23,7 +23,7 @@ import torch
 
 from kielo.config.load import save_config
 from kielo.config.schema import Config
-from kielo.data.batches import BatchPlan
+from kielo.data.batches import BatchPlan, eval_batch_size
 from kielo.data.encode import Encoded, EncodeStats
 from kielo.data.records import load_examples
 from kielo.errors import KieloError
@@ -224,7 +224,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     pad_id = bundle.tokenizer.pad_token_id
     plan = BatchPlan(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
     # Evaluation needs no gradients, so it affords bigger batches; sorting by length keeps padding small.
-    eval_batch = t.micro_batch_size * (4 if config.data.packing else 2)
+    eval_batch = eval_batch_size(config)
     val_sorted = sorted(val_items, key=lambda it: len(it.input_ids))
     val_plan = BatchPlan(val_sorted, eval_batch, pad_id, t.seed, False, shuffle=False) if val_items else None
     steps = total_steps(config, plan.per_epoch)
