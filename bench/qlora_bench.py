@@ -60,7 +60,10 @@ SHAPES = {
     # Llama-3.1-8B / Llama-Poro-2-8B
     "llama8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0),
-    # Gemma 3 text models: 1B and the 4B language tower
+    # Gemma 3 text models: 270M (kielo's embedded default), 1B and the 4B language tower
+    "gemma270m": dict(arch="gemma3", vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                      num_attention_heads=4, num_key_value_heads=1, head_dim=256, max_position_embeddings=32768,
+                      sliding_window=512),
     "gemma1b": dict(arch="gemma3", vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
                     num_attention_heads=4, num_key_value_heads=1, head_dim=256, max_position_embeddings=32768,
                     sliding_window=512),
