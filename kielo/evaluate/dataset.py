@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from kielo.data.records import SUFFIXES, Example, _read_rows, row_to_example
-from kielo.errors import KieloError
+from kielo.data.records import Example, load_examples
 
 NO_TASK = "other"
 
@@ -32,18 +31,9 @@ def _with_empty_answer(row):
 
 
 def load_eval_examples(path: str | Path, system_prompt: str | None = None) -> list[Example]:
-    """Read an evaluation file: any training-format row, or a prompt without an answer."""
-    p = Path(path)
-    if not p.exists():
-        raise KieloError(f"data file {p} does not exist", "check the path given with --data")
-    if p.is_dir():
-        raise KieloError(f"{p} is a folder, not a data file", f"point --data to a file ending in {', '.join(SUFFIXES)}")
-    # _read_rows is the data package's one reader (JSONL/JSON/CSV/Parquet with file:line errors); only the
-    # missing answer is handled here, so every other row problem gets the same message as in training.
-    examples = [row_to_example(_with_empty_answer(row), where, system_prompt) for where, row in _read_rows(p)]
-    if not examples:
-        raise KieloError(f"{p} holds no examples", "add at least one example row")
-    return examples
+    """Read an evaluation file: any training-format row, or a prompt without an answer (the data package's
+    one reader and row parser, so every other row problem gets the same message as in training)."""
+    return load_examples(path, system_prompt, prepare=_with_empty_answer, given_with="--data")
 
 
 def has_reference(example: Example) -> bool:
