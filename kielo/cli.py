@@ -117,81 +117,42 @@ def _setup_demo(p: argparse.ArgumentParser) -> None:
                    help="held-out examples generated on, task-stratified (default 48; --full: all)")
 
 
-def _prompt(args, config) -> int:
-    from kielo.prompt.command import run_command
+def _lazy(module: str, name: str) -> Callable:
+    """``module.name``, imported when first called: a command's own code (and torch) loads only when it runs."""
+    def call(*args):
+        import importlib
 
-    return run_command(args, config)
+        return getattr(importlib.import_module(module), name)(*args)
 
-
-def _setup_prompt(p: argparse.ArgumentParser) -> None:
-    from kielo.prompt.command import setup_parser
-
-    setup_parser(p)
-
-
-def _evaluate(args, config) -> int:
-    from kielo.evaluate.command import run_evaluate
-
-    return run_evaluate(args, config)
-
-
-def _setup_evaluate(p: argparse.ArgumentParser) -> None:
-    from kielo.evaluate.command import setup_evaluate
-
-    setup_evaluate(p)
-
-
-def _compare(args, config) -> int:
-    from kielo.evaluate.command import run_compare
-
-    return run_compare(args, config)
-
-
-def _setup_compare(p: argparse.ArgumentParser) -> None:
-    from kielo.evaluate.command import setup_compare
-
-    setup_compare(p)
-
-
-def _analyze_data(args, config) -> int:
-    from kielo.analyze.command import run_command
-
-    return run_command(args, config)
-
-
-def _setup_analyze_data(p: argparse.ArgumentParser) -> None:
-    from kielo.analyze.command import setup_parser
-
-    setup_parser(p)
-
-
-def _merge(args, config) -> int:
-    from kielo.merge.command import run_command
-
-    return run_command(args, config)
-
-
-def _setup_merge(p: argparse.ArgumentParser) -> None:
-    from kielo.merge.command import setup_parser
-
-    setup_parser(p)
+    return call
 
 
 COMMANDS: dict[str, Command] = {
     "train": Command(_train, "train a LoRA adapter on a (4-bit) base model", _setup_train, positional_config=True),
     "demo": Command(_demo, "the whole workflow on the embedded default model, offline", _setup_demo,
                     base=_demo_base),
-    "prompt": Command(_prompt, "answer prompts, compare models side by side, run prompt suites, or chat", _setup_prompt,
-                      base=lambda: {"output_dir": "runs/prompt"}),
-    "evaluate": Command(_evaluate, "loss, generations and metrics of one model (base or base + adapter) on a data set",
-                        _setup_evaluate, base=lambda: {"output_dir": "runs/evaluate"}),
-    "compare": Command(_compare, "the base vs each adapter on the same data: deltas with intervals, adapter analysis, "
-                       "HTML report", _setup_compare, base=lambda: {"output_dir": "runs/compare"}),
-    "analyze-data": Command(_analyze_data, "how the data meets the model's tokenizer: lengths, truncation, masking, "
-                            "padding, duplicates, languages, tokenizer efficiency", _setup_analyze_data,
-                            base=lambda: {"output_dir": "runs/analyze"}),
-    "merge": Command(_merge, "merge an adapter into its unquantized base, verify it, optionally NF4 / GGUF",
-                     _setup_merge, base=lambda: {"output_dir": ""}),  # "": ADAPTER_OR_RUN_DIR-merged
+    "prompt": Command(
+        _lazy("kielo.prompt.command", "run_command"),
+        "answer prompts, compare models side by side, run prompt suites, or chat",
+        _lazy("kielo.prompt.command", "setup_parser"), base=lambda: {"output_dir": "runs/prompt"}),
+    "evaluate": Command(
+        _lazy("kielo.evaluate.command", "run_evaluate"),
+        "loss, generations and metrics of one model (base or base + adapter) on a data set",
+        _lazy("kielo.evaluate.command", "setup_evaluate"), base=lambda: {"output_dir": "runs/evaluate"}),
+    "compare": Command(
+        _lazy("kielo.evaluate.command", "run_compare"),
+        "the base vs each adapter on the same data: deltas with intervals, adapter analysis, HTML report",
+        _lazy("kielo.evaluate.command", "setup_compare"), base=lambda: {"output_dir": "runs/compare"}),
+    "analyze-data": Command(
+        _lazy("kielo.analyze.command", "run_command"),
+        "how the data meets the model's tokenizer: lengths, truncation, masking, padding, duplicates, languages, "
+        "tokenizer efficiency",
+        _lazy("kielo.analyze.command", "setup_parser"), base=lambda: {"output_dir": "runs/analyze"}),
+    "merge": Command(
+        _lazy("kielo.merge.command", "run_command"),
+        "merge an adapter into its unquantized base, verify it, optionally NF4 / GGUF",
+        _lazy("kielo.merge.command", "setup_parser"),
+        base=lambda: {"output_dir": ""}),  # "": ADAPTER_OR_RUN_DIR-merged
 }
 
 
