@@ -369,15 +369,11 @@ class Bf16Attention:
 
 def liger_loss_sum(model, batch):
     """Liger's fused linear cross-entropy over kielo's trained positions (no logits kept)."""
-    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-
-    from kielo.train.loss import causal_lm, trained_hidden
+    from kielo.train.loss import causal_lm, fused_head_loss_sum, trained_hidden
 
     lm = causal_lm(model)
     h, y, _ = trained_hidden(model, batch)
-    w = lm.get_output_embeddings().weight
-    cap = getattr(lm.config, "final_logit_softcapping", None)
-    return liger_fused_linear_cross_entropy(h.to(w.dtype), w, y, reduction="sum", softcap=cap), int(y.numel())
+    return fused_head_loss_sum(lm, h, y), int(y.numel())
 
 
 # ---------------------------------------------------------------------------------------------- worker

@@ -30,24 +30,25 @@ GEMMA_SHAPE = dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, nu
                    sliding_window=128)
 
 
-@pytest.fixture(scope="module")
-def gemma_dir(tmp_path_factory) -> Path:
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+def _random_model(tmp_path_factory, name: str, model_cls: str, config_cls: str, shape: dict) -> Path:
+    """A seeded random-weight bf16 model of ``shape`` saved to a fresh folder."""
+    import transformers
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("gpu-gemma")
-    Gemma3ForCausalLM(Gemma3TextConfig(**GEMMA_SHAPE)).to(torch.bfloat16).save_pretrained(folder)
+    folder = tmp_path_factory.mktemp(name)
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**shape))
+    model.to(torch.bfloat16).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory) -> Path:
+    return _random_model(tmp_path_factory, "gpu-gemma", "Gemma3ForCausalLM", "Gemma3TextConfig", GEMMA_SHAPE)
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("gpu-llama")
-    LlamaForCausalLM(LlamaConfig(**SHAPE)).to(torch.bfloat16).save_pretrained(folder)
-    return folder
+    return _random_model(tmp_path_factory, "gpu-llama", "LlamaForCausalLM", "LlamaConfig", SHAPE)
 
 
 def loaded(path: str, folder: Path):

@@ -43,6 +43,15 @@ def trained_hidden(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, tor
     return hidden[:, :-1][mask], targets[mask], mask
 
 
+def fused_head_loss_sum(lm, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Head + cross-entropy summed over ``hidden``'s rows in Liger's fused kernel (no logits kept; CUDA)."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    w = lm.get_output_embeddings().weight
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    return liger_fused_linear_cross_entropy(hidden.to(w.dtype), w, targets, reduction="sum", softcap=cap)
+
+
 def loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
     """Sum of token cross-entropies over the batch's trained positions, and their number.
 
@@ -52,11 +61,7 @@ def loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
     lm = causal_lm(model)
     h, y, _ = trained_hidden(model, batch)
     if getattr(lm, "kielo_fused_head", False):
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-
-        w = lm.get_output_embeddings().weight
-        cap = getattr(lm.config, "final_logit_softcapping", None)
-        return liger_fused_linear_cross_entropy(h.to(w.dtype), w, y, reduction="sum", softcap=cap), int(y.numel())
+        return fused_head_loss_sum(lm, h, y), int(y.numel())
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], HEAD_CHUNK):
         total = total + F.cross_entropy(head_logits(lm, h[i:i + HEAD_CHUNK]), y[i:i + HEAD_CHUNK], reduction="sum")
