@@ -55,15 +55,24 @@ def split_validation(examples: list, fraction: float, seed: int) -> tuple[list, 
     return [e for i, e in enumerate(examples) if i not in val], [e for i, e in enumerate(examples) if i in val]
 
 
-def prepare_data(bundle: Bundle) -> tuple[list[Encoded], list[Encoded], dict]:
-    """Read, split and encode training and validation data; report what was cut or dropped."""
-    d = bundle.config.data
+def read_data(config: Config) -> tuple[list, list]:
+    """Read and validate the training and validation rows (and split off validation_split): no model needed,
+    so bad data fails before a model is loaded."""
+    d = config.data
     if not d.train:
         raise KieloError("no training data: data.train is not set", "set data.train in the config or pass --data.train FILE")
     train_ex = load_examples(d.train, d.system_prompt)
     val_ex = load_examples(d.validation, d.system_prompt) if d.validation else []
     if d.validation_split:
-        train_ex, val_ex = split_validation(train_ex, d.validation_split, bundle.config.training.seed)
+        train_ex, val_ex = split_validation(train_ex, d.validation_split, config.training.seed)
+    return train_ex, val_ex
+
+
+def prepare_data(bundle: Bundle, examples: tuple[list, list] | None = None) -> tuple[list[Encoded], list[Encoded], dict]:
+    """Encode training and validation data (read by :func:`read_data` unless given); report what was cut or
+    dropped."""
+    d = bundle.config.data
+    train_ex, val_ex = examples if examples is not None else read_data(bundle.config)
     train, train_stats = bundle.encoder.encode_all(train_ex)
     val, val_stats = bundle.encoder.encode_all(val_ex) if val_ex else ([], EncodeStats())
     for name, st in (("train", train_stats), ("validation", val_stats)):
@@ -218,9 +227,10 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
         raise KieloError(f"--resume: {out} has no checkpoint to resume from", "start without --resume")
     started = time.time()
     seed_everything(t.seed)
+    examples = read_data(config)
     bundle = load_bundle(config, for_training=True)
     check_packing_support(bundle.model, config.data.packing)
-    train_items, val_items, data_report = prepare_data(bundle)
+    train_items, val_items, data_report = prepare_data(bundle, examples)
     pad_id = bundle.tokenizer.pad_token_id
     plan = BatchPlan(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
     # Evaluation needs no gradients, so it affords bigger batches; sorting by length keeps padding small.
