@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import math
 import os
@@ -405,6 +404,7 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
     import kielo.train.loss as loss
     import kielo.train.trainer as trainer
     from kielo.train.optim import build_optimizer
+    from kielo.train.packing import packing_support
 
     params = trainable(model)
     with torch.no_grad():
@@ -412,8 +412,8 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
             p.copy_(init[n])
             p.grad = None
     set_checkpointing(model, case.gc)
-    # Packing isolates examples through position ids; a model without them (ALiBi: BLOOM) pads, as kielo does.
-    packing = "position_ids" in inspect.signature(loss.causal_lm(model).base_model.forward).parameters
+    # kielo packs decoders that take position ids, and BLOOM (ALiBi, through a block mask); any other pads.
+    packing = packing_support(model) is not None
     micro = [micro_batches(ex, path, case.mbs, packing, args.max_length, args.pad_id) for ex in steps]
     if path == "stock":
         opt = torch.optim.AdamW([p for _, p in params], lr=1e-4)  # the anchor's optimizer

@@ -40,19 +40,29 @@ def build_tokenizer(folder: Path, chat: bool = False):
 
 
 def build_model(folder: Path, arch: str, chat: bool = False) -> Path:
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig
+    """A 2-layer, 64-wide random model of ``arch`` (llama, gemma3, bloom or mpt) and its tokenizer in ``folder``."""
+    from transformers import AutoModelForCausalLM, BloomConfig, Gemma3TextConfig, LlamaConfig, MptConfig
 
     tok = build_tokenizer(folder, chat=chat)
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **ids)
     if arch == "llama":
         cfg = LlamaConfig(**common, tie_word_embeddings=False)
+    elif arch == "bloom":  # ALiBi, no position ids; weights large enough that outputs depend on the context
+        cfg = BloomConfig(vocab_size=len(tok), hidden_size=64, n_layer=2, n_head=4, initializer_range=0.3, **ids)
+    elif arch == "mpt":  # ALiBi too, but not a decoder kielo packs
+        cfg = MptConfig(vocab_size=len(tok), d_model=64, n_layers=2, n_heads=4, max_seq_len=512, **ids)
     else:
         cfg = Gemma3TextConfig(**common, head_dim=16, sliding_window=16, tie_word_embeddings=True,
                                layer_types=["sliding_attention", "full_attention"])
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    if arch == "bloom":
+        with torch.no_grad():  # BLOOM starts with zero biases and unit norms: make them count
+            for p in model.parameters():
+                if p.ndim == 1:
+                    p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(folder)
     return folder
 
@@ -65,6 +75,11 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gemma(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("tiny-gemma"), "gemma3", chat=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bloom(tmp_path_factory) -> Path:
+    return build_model(tmp_path_factory.mktemp("tiny-bloom"), "bloom")
 
 
 ROWS = [

@@ -2,7 +2,8 @@
 
 Both paths are the ones bench/qlora_bench.py times (stock = transformers + peft + bitsandbytes as the anchor
 scripts run them; kielo = load_base_model + add_lora + accumulate_gradients), on a small random Llama with
-NF4 weights and bf16 compute. Marked ``gpu`` and skipped without CUDA; bench/run_gpu_tests.sh runs them.
+NF4 weights and bf16 compute (Gemma 3 and BLOOM where named). Marked ``gpu`` and skipped without CUDA;
+bench/run_gpu_tests.sh runs them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ STEPS = 20
 DEVICE = torch.device("cuda")
 
 
+BLOOM_SHAPE = dict(vocab_size=8192, hidden_size=512, n_layer=4, n_head=8)  # ALiBi: packs through a block mask
 GEMMA_SHAPE = dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
                    num_attention_heads=4, num_key_value_heads=1, head_dim=128, max_position_embeddings=2048,
                    sliding_window=128)
@@ -49,6 +51,11 @@ def gemma_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
     return _random_model(tmp_path_factory, "gpu-llama", "LlamaForCausalLM", "LlamaConfig", SHAPE)
+
+
+@pytest.fixture(scope="module")
+def bloom_dir(tmp_path_factory) -> Path:
+    return _random_model(tmp_path_factory, "gpu-bloom", "BloomForCausalLM", "BloomConfig", BLOOM_SHAPE)
 
 
 def loaded(path: str, folder: Path):
@@ -128,9 +135,10 @@ def test_gemma_fast_path_matches_stock(gemma_dir):
 
 def _logits(model, batch) -> torch.Tensor:
     from kielo.train.loss import causal_lm
+    from kielo.train.packing import model_inputs
 
     lm = causal_lm(model)
-    out = lm.base_model(**batch.to(DEVICE).model_inputs(), use_cache=False)
+    out = lm.base_model(**model_inputs(model, batch.to(DEVICE)), use_cache=False)
     return lm.get_output_embeddings()(out[0]).float()
 
 
@@ -139,15 +147,17 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def test_packed_examples_never_attend_to_each_other(llama_dir):
+@pytest.mark.parametrize("folder", ["llama_dir", "bloom_dir"])
+def test_packed_examples_never_attend_to_each_other(request, folder):
     from kielo.data.batches import collate_packed, collate_padded
 
-    model = loaded("kielo", llama_dir)
+    model = loaded("kielo", request.getfixturevalue(folder))
     pad = SHAPE["vocab_size"] - 1
     examples = qb.instruction_examples(1, 3, 200, SHAPE["vocab_size"], seed=5)[0]
     packed_batch = collate_packed([examples], pad)
     packed = _logits(model, packed_batch)[0]
-    # Control: the same row as one causal sequence, where later examples do see earlier ones.
+    # Control: the same row as one causal sequence (one segment: for BLOOM a plain causal mask), where later
+    # examples do see earlier ones.
     leaky_batch = collate_packed([examples], pad)
     leaky_batch.position_ids = torch.arange(leaky_batch.input_ids.shape[1]).unsqueeze(0)
     leaky = _logits(model, leaky_batch)[0]

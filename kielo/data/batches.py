@@ -2,8 +2,9 @@
 
 Packing puts several examples into one row and restarts ``position_ids`` at 0 for each; with no 2D
 attention mask, transformers derives a block-diagonal causal mask from those positions (and varlen
-kernels use them on GPU), so no example attends to another. Padding at the end of a packed row is a
-segment of its own with labels -100.
+kernels use them on GPU), so no example attends to another. Decoders without position ids (BLOOM's ALiBi)
+get that mask built from the same positions instead (``kielo.train.packing``). Padding at the end of a
+packed row is a segment of its own with labels -100.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Batch:
                      self.real_tokens, self.trained_tokens, self.indices)
 
     def model_inputs(self) -> dict:
+        """Inputs for a decoder that takes position ids; ``kielo.train.packing.model_inputs`` fits any decoder."""
         if self.position_ids is not None:
             return {"input_ids": self.input_ids, "position_ids": self.position_ids}
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}

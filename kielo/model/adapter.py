@@ -1,4 +1,4 @@
-"""Attach a new LoRA adapter (PEFT) to a base model, or load a saved one."""
+"""Attach a new LoRA adapter (PEFT) to a base model, load a saved one, or find the base model inside one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from kielo.config.schema import LoraConfig
 from kielo.errors import KieloError
 
 log = logging.getLogger(__name__)
+
+
+def causal_lm(model):
+    """The transformers CausalLM inside a (PEFT-wrapped) model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def add_lora(model, lora: LoraConfig):

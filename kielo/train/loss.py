@@ -13,14 +13,11 @@ import torch.nn.functional as F
 
 from kielo.data.batches import Batch
 from kielo.data.encode import IGNORE
+from kielo.model.adapter import causal_lm
+from kielo.train.packing import model_inputs
 
 # Rows of hidden states sent through the head at once: bounds the fp32 logits tensor (rows x vocab).
 HEAD_CHUNK = 1024
-
-
-def causal_lm(model):
-    """The transformers CausalLM inside a (PEFT-wrapped) model."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def head_logits(lm, hidden: torch.Tensor) -> torch.Tensor:
@@ -36,7 +33,7 @@ def trained_hidden(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, tor
     """Hidden states at positions whose next token is trained, their targets, and the mask (B, L-1)."""
     lm = causal_lm(model)
     decoder = lm.base_model  # `.model` for Llama/Gemma, `.transformer` for BLOOM (base_model_prefix)
-    out = decoder(**batch.model_inputs(), use_cache=False)
+    out = decoder(**model_inputs(model, batch), use_cache=False)
     hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
     targets = batch.labels[:, 1:]
     mask = targets != IGNORE

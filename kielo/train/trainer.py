@@ -1,7 +1,7 @@
 """`kielo train`: a LoRA adapter on a (quantized) base model from instruction data.
 
 kielo runs its own loop instead of transformers' Trainer: the loss is computed only at trained positions
-(see loss.py), packing needs position ids passed through untouched, and gradient accumulation must
+(see loss.py), packing needs its own decoder inputs (packing.py), and gradient accumulation must
 normalize by the trained tokens of the whole accumulated batch. Each is a few lines here and a fight
 with a general trainer's hooks.
 """
@@ -29,8 +29,9 @@ from kielo.data.records import load_examples
 from kielo.errors import KieloError
 from kielo.model.bundle import Bundle, load_bundle
 from kielo.train import checkpoint as ckpt
-from kielo.train.loss import causal_lm, loss_sum
+from kielo.train.loss import loss_sum
 from kielo.train.optim import build_optimizer, build_scheduler
+from kielo.train.packing import require_packing_support
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +175,6 @@ class MetricsLog:
             self.tb.close()
 
 
-def check_packing_support(model, packing: bool) -> None:
-    """Packing isolates examples through position ids; models without them (ALiBi: BLOOM) can't pack."""
-    import inspect
-
-    decoder = causal_lm(model).base_model
-    if packing and "position_ids" not in inspect.signature(decoder.forward).parameters:
-        raise KieloError(
-            f"data.packing needs a model that takes position ids; {type(decoder).__name__} does not "
-            "(its examples would attend to each other)",
-            "set data.packing: false for this model",
-        )
-
-
 def accumulate_gradients(model, micro: list, device: torch.device) -> float:
     """Backward over the micro-batches of one optimizer step; returns the step's mean token loss.
 
@@ -229,7 +217,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     seed_everything(t.seed)
     examples = read_data(config)
     bundle = load_bundle(config, for_training=True)
-    check_packing_support(bundle.model, config.data.packing)
+    if config.data.packing:
+        require_packing_support(bundle.model)
     train_items, val_items, data_report = prepare_data(bundle, examples)
     pad_id = bundle.tokenizer.pad_token_id
     plan = BatchPlan(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
