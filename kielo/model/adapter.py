@@ -18,7 +18,8 @@ def causal_lm(model):
 
 
 def add_lora(model, lora: LoraConfig):
-    """Wrap ``model`` with a trainable LoRA adapter configured by ``lora.*``."""
+    """Wrap ``model`` with a trainable LoRA adapter configured by ``lora.*``, its LoRA branches computed in
+    the stream's dtype (``kielo.model.lora_forward``)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -33,13 +34,17 @@ def add_lora(model, lora: LoraConfig):
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, peft_config)
+        peft_model = get_peft_model(model, peft_config)
     except ValueError as e:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if "Linear" in type(m).__name__})
         raise KieloError(
             f"lora.target_modules {lora.target_modules!r} does not fit this model: {e}",
             f"use `all-linear` or names from this model's linear layers: {', '.join(names)}",
         ) from None
+    from kielo.model.lora_forward import lora_in_input_dtype
+
+    lora_in_input_dtype(peft_model)
+    return peft_model
 
 
 def load_adapter(model, adapter_dir: str, trainable: bool = False, name: str = "default"):

@@ -1,0 +1,110 @@
+"""LoRA branches in the input's dtype: peft's arithmetic on an fp32 stream, close to it on bf16 with
+fewer bytes kept for backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kielo.model.lora_forward import restore_peft_forward
+from kielo.train.loss import loss_sum
+from tests.conftest import tiny_config
+
+
+def _model(folder, tmp_path, **training):
+    from kielo.model.adapter import add_lora
+    from kielo.model.load import load_base_model
+    from kielo.model.source import ModelSource
+
+    config = tiny_config(folder, tmp_path / "d.jsonl", tmp_path / "o", lora={"r": 4, "alpha": 8, "dropout": 0.1},
+                         training=training, quantization={"bits": 4, "compute_dtype": training.pop("compute", "fp32")})
+    model = add_lora(load_base_model(ModelSource(str(folder)), config, torch.device("cpu")), config.lora)
+    torch.manual_seed(3)
+    with torch.no_grad():  # B starts at zero; give it values so that A gets gradients too
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return model
+
+
+def _batch(vocab):
+    from kielo.data.batches import collate_padded
+    from kielo.data.encode import Encoded
+
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i, n in enumerate((20, 14)):
+        ids = torch.randint(5, vocab, (n,), generator=g).tolist()
+        items.append(Encoded(ids, [-100] * 3 + ids[3:], 3, n - 3, index=i))
+    return collate_padded(items, 0)
+
+
+def _loss_and_grads(model, batch, seed=7):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # same dropout masks on both paths
+    s, _ = loss_sum(model, batch)
+    s.backward()
+    return float(s), torch.cat([p.grad.flatten().float() for _, p in sorted(
+        (n, p) for n, p in model.named_parameters() if p.requires_grad)])
+
+
+def test_fp32_stream_is_peft_exactly(tiny_llama, tmp_path):
+    model = _model(tiny_llama, tmp_path)
+    model.train()
+    batch = _batch(model.config.vocab_size)
+    ours = _loss_and_grads(model, batch)
+    restore_peft_forward(model)
+    theirs = _loss_and_grads(model, batch)
+    assert ours[0] == pytest.approx(theirs[0], rel=1e-6)
+    assert torch.allclose(ours[1], theirs[1], rtol=1e-5, atol=1e-7)
+    assert ours[1].abs().sum() > 0
+
+
+def _saved_bytes(model, batch) -> int:
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in seen and not isinstance(t, torch.nn.Parameter):
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        torch.manual_seed(7)
+        loss_sum(model, batch)
+    return total
+
+
+def test_bf16_stream_matches_peft_and_keeps_less(tiny_llama, tmp_path):
+    model = _model(tiny_llama, tmp_path, compute="bf16", stream_dtype="compute", gradient_checkpointing=False)
+    model.train()
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    batch = _batch(model.config.vocab_size)
+    ours = _loss_and_grads(model, batch)
+    ours_bytes = _saved_bytes(model, batch)
+    restore_peft_forward(model)
+    theirs = _loss_and_grads(model, batch)
+    theirs_bytes = _saved_bytes(model, batch)
+    assert ours[0] == pytest.approx(theirs[0], rel=2e-3)
+    cos = torch.nn.functional.cosine_similarity(ours[1], theirs[1], dim=0)
+    assert cos > 0.999, cos
+    # peft keeps an fp32 copy of every LoRA layer's input; here LoRA keeps the bf16 input itself.
+    assert ours_bytes < 0.8 * theirs_bytes, (ours_bytes, theirs_bytes)
+    # LoRA weights (and so their gradients and optimizer state) stay fp32
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def test_dora_keeps_pefts_forward(tiny_llama, tmp_path):
+    from kielo.model.adapter import add_lora
+    from kielo.model.load import load_base_model
+    from kielo.model.source import ModelSource
+
+    config = tiny_config(tiny_llama, tmp_path / "d.jsonl", tmp_path / "o", lora={"r": 4, "use_dora": True})
+    model = add_lora(load_base_model(ModelSource(str(tiny_llama)), config, torch.device("cpu")), config.lora)
+    batch = _batch(model.config.vocab_size)
+    s, _ = loss_sum(model, batch)
+    s.backward()
+    magnitudes = [p.grad for n, p in model.named_parameters() if "magnitude" in n]
+    assert magnitudes and all(g is not None for g in magnitudes)
