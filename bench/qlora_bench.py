@@ -378,6 +378,32 @@ def liger_loss_sum(model, batch):
 # ---------------------------------------------------------------------------------------------- worker
 
 
+def planned(model, variant: str, case: Case, micro: list) -> dict:
+    """kielo's memory planner's estimate for a case that is a kielo configuration (nothing for the others:
+    stock, the fp32 reference, lean and per-op experiments), printed beside the measured peak, and the
+    planner's inputs (``plan_setup``, with the shape: tests/test_plan.py recomputes the estimate from them)."""
+    from kielo.plan.memory import GIB, Setup, estimate
+    from kielo.plan.shape import shape_from_config
+    from kielo.train.loss import causal_lm
+
+    v = VARIANTS[variant]
+    if v.path != "kielo" or v.reference or v.lean or case.gc > 0 or case.autocast or case.attn_bf16 \
+            or case.head_bf16 or case.head == "ckpt" or case.profile:
+        return {}
+    lm = causal_lm(model)
+    fused = case.head == "liger" or getattr(lm, "kielo_fused_head", False)
+    batches = [b for mb in micro for b in mb]
+    masked = any(b.position_ids is not None or (b.attention_mask is not None and not bool(b.attention_mask.all()))
+                 for b in batches)
+    setup = Setup(stream_bytes=lm.get_input_embeddings().weight.element_size(),
+                  liger=v.liger or getattr(lm, "kielo_fused_head", False), fused_head=fused, lora_r=16,
+                  lora_dropout=0.0, gradient_checkpointing=case.gc != 0,
+                  tokens=max(b.input_ids.numel() for b in batches), row_width=max(b.input_ids.shape[1] for b in batches),
+                  trained=max(b.trained_tokens for b in batches), masked=masked)
+    return {"planned_gib": round(estimate(shape_from_config(lm.config), setup).total / GIB, 2),
+            "plan_setup": asdict(setup)}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -462,6 +488,7 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
         "padding_pct": round(100 * (1 - sum(real) / sum(slots)), 1),
         "trained_tokens_per_step": round(sum(sum(b.trained_tokens for b in m) for m in micro) / len(micro)),
         "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        **planned(model, variant, case, micro),
         "losses": [round(x, 5) for x in losses], "step_times": [round(t, 4) for t in times],
     }
 
@@ -566,7 +593,7 @@ def add_parity(results: list[dict], grads_dir: Path) -> None:
 
 
 def table(results: list[dict]) -> str:
-    head = f"{'variant':18} {'case':16} {'tok/s':>7} {'vs stock':>8} {'peak GiB':>8} {'first s':>7} {'step s':>7} " \
+    head = f"{'variant':18} {'case':16} {'tok/s':>7} {'vs stock':>8} {'peak GiB':>8} {'planned':>7} {'first s':>7} {'step s':>7} " \
            f"{'pad %':>5} {'max |dL|':>8} {'grad cos':>17} {'cos vs ref':>17}"
     lines = [head, "-" * len(head)]
     stock = {r["data"]: r["tok_s"] for r in results if r.get("variant") == "stock" and "tok_s" in r}
@@ -578,7 +605,8 @@ def table(results: list[dict]) -> str:
         cos = ",".join(f"{c:.5f}" for c in r.get("grad_cosine", [])) or "-"
         cos_ref = ",".join(f"{c:.5f}" for c in r.get("grad_cosine_ref", [])) or "-"
         delta = f"{r['max_loss_delta']:.4f}" if "max_loss_delta" in r else "-"
-        lines.append(f"{r['variant']:18} {r['case']:16} {r['tok_s']:>7} {speedup:>8} {r['peak_gib'] or 0:>8.2f} "
+        planned = f"{r['planned_gib']:.2f}" if r.get("planned_gib") is not None else "-"
+        lines.append(f"{r['variant']:18} {r['case']:16} {r['tok_s']:>7} {speedup:>8} {r['peak_gib'] or 0:>8.2f} {planned:>7} "
                      f"{r['first_step_s']:>7.2f} {r['median_step_s']:>7.3f} {r['padding_pct']:>5.1f} {delta:>8} {cos:>17} "
                      f"{cos_ref:>17}")
     return "\n".join(lines)

@@ -148,6 +148,10 @@ COMMANDS: dict[str, Command] = {
         "how the data meets the model's tokenizer: lengths, truncation, masking, padding, duplicates, languages, "
         "tokenizer efficiency",
         _lazy("kielo.analyze.command", "setup_parser"), base=lambda: {"output_dir": "runs/analyze"}),
+    "plan": Command(
+        _lazy("kielo.plan.command", "run_command"),
+        "estimate a training run's peak GPU memory and the micro-batch / checkpointing kielo train would pick",
+        _lazy("kielo.plan.command", "setup_parser")),
     "merge": Command(
         _lazy("kielo.merge.command", "run_command"),
         "merge an adapter into its unquantized base, verify it, optionally NF4 / GGUF",

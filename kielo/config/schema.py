@@ -146,6 +146,14 @@ class TrainingConfig:
     save_every: int = opt(0, "Write a checkpoint every N steps; 0 = only the final adapter.")
     keep_last: int = opt(2, "Checkpoints to keep.")
     gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass to save memory.")
+    memory_plan: str = opt(
+        "fit",
+        "On a GPU, estimate the step's peak memory before training and choose micro_batch_size (trading it "
+        "against gradient_accumulation, same examples per step) and gradient_checkpointing: fit = keep these "
+        "settings when they fit, else the fastest leaner ones; fastest = the fastest that fit (no "
+        "checkpointing, bigger micro-batches); off = use them as given.",
+        ("fit", "fastest", "off"),
+    )
     stream_dtype: str = opt(
         "auto",
         "Dtype of the unquantized weights (embedding, norms, head), so of the residual stream, when training a "

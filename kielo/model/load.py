@@ -177,6 +177,15 @@ def load_base_model(source: ModelSource, config: Config, device: torch.device, f
     return model
 
 
+def set_gradient_checkpointing(model, on: bool) -> None:
+    """Turn recomputation on (non-reentrant, as at load) or off on a loaded training model."""
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def dequantize_for_cpu_inference(model) -> bool:
     """Replace each 4-bit linear layer by a plain one holding its dequantized weight, when that fits in RAM.
 

@@ -15,19 +15,20 @@ import random
 import resource
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kielo.config.load import save_config
+from kielo.config.load import CONFIG_FILE, load_config, save_config
 from kielo.config.schema import Config
 from kielo.data.batches import BatchPlan, eval_batch_size
 from kielo.data.encode import Encoded, EncodeStats
 from kielo.data.records import load_examples
 from kielo.errors import KieloError
 from kielo.model.bundle import Bundle, load_bundle
+from kielo.plan.planner import plan_training
 from kielo.train import checkpoint as ckpt
 from kielo.train.loss import loss_sum
 from kielo.train.optim import build_optimizer, build_scheduler
@@ -220,6 +221,10 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     if config.data.packing:
         require_packing_support(bundle.model)
     train_items, val_items, data_report = prepare_data(bundle, examples)
+    saved = load_config(out / CONFIG_FILE) if latest is not None and (out / CONFIG_FILE).is_file() else None
+    config, memory_plan = plan_training(config, bundle.model, train_items, bundle.device, saved)
+    bundle.config = replace(bundle.config, training=config.training)
+    t = config.training
     pad_id = bundle.tokenizer.pad_token_id
     plan = BatchPlan(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
     # Evaluation needs no gradients, so it affords bigger batches; sorting by length keeps padding small.
@@ -297,6 +302,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
         "tokens_seen": tokens_seen,
         "wall_time_s": round(time.time() - started, 2),
         "peak_memory_bytes": peak_memory_bytes(bundle.device),
+        "estimated_peak_memory_bytes": memory_plan.estimate.total if memory_plan else None,
         "device": str(bundle.device),
         "trainable_parameters": trainable,
         "total_parameters": total,

@@ -1,0 +1,202 @@
+"""Choose micro-batch size and gradient checkpointing so that a training step fits the GPU.
+
+The effective batch (``micro_batch_size x gradient_accumulation``) never changes: the planner only trades
+micro-batch size against accumulation, and recomputation against memory. ``fit`` keeps the configured
+settings when they fit and otherwise takes the fastest smaller ones that do; ``fastest`` takes the fastest
+that fit: no checkpointing before checkpointing, then the biggest micro-batch (fewer, wider micro-batches
+ran faster in the benchmark: each pays the dequantization of every 4-bit weight).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from kielo.config.schema import Config
+from kielo.errors import KieloError
+from kielo.plan.memory import GIB, Estimate, Setup, estimate
+from kielo.plan.shape import ModelShape
+
+# An estimate must stay this far under the budget to count as fitting: estimates were within +-10% of the
+# measured peaks on the benchmark shapes, and the allocator's fragmentation takes a little more.
+HEADROOM = 0.9
+
+
+@dataclass(frozen=True)
+class DataSize:
+    """The training rows' sizes that set activation memory."""
+
+    row_width: int  # positions in the widest row (a packed row's capacity, or the longest example)
+    trained_per_row: int  # most trained positions in one row
+    packing: bool
+
+
+def data_size(items: list, packing: bool, max_length: int) -> DataSize:
+    """From encoded examples (``kielo.data.encode.Encoded``): packed rows are up to ``max_length`` wide."""
+    from kielo.data.batches import trained_count
+
+    longest = max(len(it.input_ids) for it in items)
+    most_trained = max(trained_count(it.labels) for it in items)
+    if packing:
+        return DataSize(max_length, max_length, True)
+    return DataSize(longest, most_trained, False)
+
+
+def full_rows(config: Config) -> DataSize:
+    """No data at hand: every row ``data.max_length`` long and trained throughout (the worst case)."""
+    n = config.data.max_length
+    return DataSize(n, n, config.data.packing)
+
+
+@dataclass(frozen=True)
+class Precision:
+    stream_bytes: int
+    liger: bool
+
+
+def model_precision(model) -> Precision:
+    """The stream dtype and kernels a loaded training model has (``kielo.model.precision`` set them)."""
+    emb = model.get_input_embeddings().weight
+    return Precision(emb.element_size(), bool(getattr(model, "kielo_fused_head", False)))
+
+
+def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_size: int,
+              checkpointing: bool) -> Setup:
+    """The memory-relevant setup of ``config`` with the given micro-batch size and checkpointing."""
+    q, lora = config.quantization, config.lora
+    compute = {"bf16": 2, "fp16": 2, "fp32": 4}.get(q.compute_dtype, 2)  # auto is bf16/fp16 on CUDA
+    trained = min(micro_batch_size * data.trained_per_row, micro_batch_size * data.row_width)
+    return Setup(
+        bits=q.bits, double_quant=q.double_quant, compute_bytes=compute, stream_bytes=precision.stream_bytes,
+        liger=precision.liger, fused_head=precision.liger, lora_r=lora.r, lora_targets=lora.target_modules, lora_dropout=lora.dropout,
+        optimizer=config.training.optimizer, gradient_checkpointing=checkpointing,
+        tokens=micro_batch_size * data.row_width, row_width=data.row_width, trained=trained,
+        masked=data.packing or micro_batch_size > 1,
+    )
+
+
+@dataclass
+class Plan:
+    mode: str
+    micro_batch_size: int
+    gradient_accumulation: int
+    gradient_checkpointing: bool
+    estimate: Estimate
+    budget: int  # bytes this process may use on the GPU
+    fits: bool
+    changed: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        head = (f"memory plan ({self.mode}): micro_batch_size {self.micro_batch_size} x gradient_accumulation "
+                f"{self.gradient_accumulation}, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}")
+        lines = [head, f"  estimated peak {self.estimate.describe()}",
+                 f"  budget {self.budget / GIB:.2f} GiB (estimates must stay under {HEADROOM:.0%} of it)"]
+        if self.changed:
+            lines.append("  changed from the config: " + "; ".join(self.changed))
+        if not self.fits:
+            lines.append("  WARNING: nothing fits the budget; this is the leanest setting")
+        return "\n".join(lines)
+
+
+def _divisors_down(n: int, start: int) -> list[int]:
+    return [d for d in range(min(start, n), 0, -1) if n % d == 0]
+
+
+def candidates(config: Config, mode: str) -> list[tuple[int, bool]]:
+    """(micro-batch size, checkpointing) to try, in order of preference."""
+    t = config.training
+    effective = t.micro_batch_size * t.gradient_accumulation
+    if mode == "fastest":
+        sizes = _divisors_down(effective, effective)
+        return [(m, False) for m in sizes] + [(m, True) for m in sizes]
+    # fit: the configured setting first, then smaller micro-batches, then (if it was off) checkpointing.
+    sizes = _divisors_down(effective, t.micro_batch_size)
+    order = [(m, t.gradient_checkpointing) for m in sizes]
+    if not t.gradient_checkpointing:
+        order += [(m, True) for m in sizes]
+    return order
+
+
+def make_plan(config: Config, shape: ModelShape, precision: Precision, data: DataSize, budget: int,
+              mode: str = "fit") -> Plan:
+    """The first candidate whose estimated peak fits ``HEADROOM`` of ``budget``, else the leanest one."""
+    t = config.training
+    effective = t.micro_batch_size * t.gradient_accumulation
+    tried = []
+    for mbs, gc in candidates(config, mode):
+        est = estimate(shape, setup_for(config, precision, data, mbs, gc))
+        tried.append((mbs, gc, est))
+        if est.total <= HEADROOM * budget:
+            break
+    else:
+        mbs, gc, est = min(tried, key=lambda x: x[2].total)
+    fits = est.total <= HEADROOM * budget
+    changed = []
+    if mbs != t.micro_batch_size:
+        changed.append(f"micro_batch_size {t.micro_batch_size} -> {mbs}, gradient_accumulation "
+                       f"{t.gradient_accumulation} -> {effective // mbs} (same {effective} per step)")
+    if gc != t.gradient_checkpointing:
+        changed.append(f"gradient_checkpointing {'on' if t.gradient_checkpointing else 'off'} -> "
+                       f"{'on' if gc else 'off'}")
+    return Plan(mode, mbs, effective // mbs, gc, est, budget, fits, changed)
+
+
+def check_plan(plan: Plan, model_name: str) -> None:
+    """Refuse a run whose leanest setting is estimated well over the budget (beyond the estimates' error)."""
+    if plan.estimate.total > plan.budget / HEADROOM:
+        raise KieloError(
+            f"training {model_name} needs about {plan.estimate.total / GIB:.1f} GiB of GPU memory even with "
+            f"micro_batch_size {plan.micro_batch_size} and gradient checkpointing, but {plan.budget / GIB:.1f} GiB "
+            "is available",
+            "lower data.max_length, use --training.stream_dtype compute (and kielo[gpu] for Liger's fused head), "
+            "--quantization.bits 4, or a bigger GPU",
+        )
+
+
+def apply_plan(config: Config, plan: Plan) -> Config:
+    """``config`` with the plan's micro-batch size, accumulation and checkpointing."""
+    t = replace(config.training, micro_batch_size=plan.micro_batch_size,
+                gradient_accumulation=plan.gradient_accumulation,
+                gradient_checkpointing=plan.gradient_checkpointing)
+    return replace(config, training=t)
+
+
+def gpu_budget(device: torch.device) -> int:
+    """Bytes this process can use on ``device``: free memory plus what it already holds (the weights)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free) + torch.cuda.memory_allocated(device)
+
+
+
+def plan_training(config: Config, model, items: list, device: torch.device,
+                  saved: Config | None = None) -> tuple[Config, Plan | None]:
+    """Plan a run's memory on ``device`` (GPU only, ``training.memory_plan``): the config to train with and
+    the plan (None when none was made); the model's checkpointing is switched to match.
+
+    A resumed run (``saved``: the run folder's config) keeps its saved micro-batch settings, because a
+    checkpoint's position in the data is counted in micro-batches of that size.
+    """
+    import logging
+
+    from kielo.model.load import set_gradient_checkpointing
+    from kielo.plan.shape import shape_from_config
+
+    log = logging.getLogger("kielo")
+    t = config.training
+    plan = None
+    if saved is not None:
+        s = saved.training
+        planned = replace(t, micro_batch_size=s.micro_batch_size, gradient_accumulation=s.gradient_accumulation,
+                          gradient_checkpointing=s.gradient_checkpointing)
+        config = replace(config, training=planned)
+    elif device.type == "cuda" and t.memory_plan != "off":
+        data = data_size(items, config.data.packing, config.data.max_length)
+        plan = make_plan(config, shape_from_config(model.config), model_precision(model), data,
+                         gpu_budget(device), t.memory_plan)
+        log.info("%s", plan.describe())
+        check_plan(plan, config.model.name)
+        config = apply_plan(config, plan)
+    if config.training.gradient_checkpointing != t.gradient_checkpointing:  # the load set the configured one
+        set_gradient_checkpointing(model, config.training.gradient_checkpointing)
+    return config, plan
