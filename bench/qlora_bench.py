@@ -11,6 +11,9 @@ AdamW lr 1e-4) on the same data for each variant of the plan:
   accumulate_gradients over kielo Batches: loss only at trained positions, packed rows for variable-length
   data; training.stream_dtype and training.kernels auto: a bf16 stream with Liger's kernels for Gemma 3);
 - ``kielo+fp32``: the same with the fp32 stream and no fused kernels on every model (stock's arithmetic);
+- ``kielo+compute``: ``training.stream_dtype: compute`` on any family (bf16 stream, Liger when installed);
+  ``+peftlora`` on ``kielo`` or ``kielo+compute``: peft's own LoRA forward instead of kielo's (the A/B of
+  ``kielo.model.lora_forward``);
 - lever variants of kielo: ``kielo+bf16`` (non-quantized weights kept in bf16 instead of peft's fp32 upcast),
   ``kielo+bf16+liger`` (also Liger's RMSNorm, RoPE and SwiGLU/GeGLU kernels), ``kielo+lean`` (fp32 norms and
   residual stream as stock, but embedding and head weights kept in bf16), ``kielo+lean+liger``;
@@ -86,6 +89,7 @@ class Variant:
     reference: bool = False  # fp32 compute everywhere, TF32 off: the closest to exact arithmetic bnb allows
     stream: str = "fp32"  # kielo's training.stream_dtype
     kernels: str = "none"  # kielo's training.kernels
+    peft_lora: bool = False  # peft's own LoRA forward (fp32 copies of bf16 inputs) instead of kielo's
 
 
 VARIANTS = {
@@ -93,6 +97,10 @@ VARIANTS = {
     "ref": Variant("kielo", reference=True),
     "kielo": Variant("kielo", stream="auto", kernels="auto"),  # kielo train's defaults
     "kielo+fp32": Variant("kielo"),  # the fp32 stream everywhere (kielo's default before stream_dtype existed)
+    "kielo+peftlora": Variant("kielo", stream="auto", kernels="auto", peft_lora=True),
+    # --training.stream_dtype compute: the bf16 stream (+ Liger when installed) on any family
+    "kielo+compute": Variant("kielo", stream="compute", kernels="auto"),
+    "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", peft_lora=True),
     "kielo+lean": Variant("kielo", lean=True),
     "kielo+bf16": Variant("kielo", bf16=True),
     "kielo+bf16+liger": Variant("kielo", bf16=True, liger=True),
@@ -282,7 +290,12 @@ def load(variant: Variant, folder: Path, device: torch.device):
         for module in (model.get_input_embeddings(), model.get_output_embeddings()):
             module.weight.data = module.weight.data.to(torch.bfloat16)
     torch.manual_seed(0)
-    return add_lora(model, config.lora)
+    model = add_lora(model, config.lora)
+    if variant.peft_lora:
+        from kielo.model.lora_forward import restore_peft_forward
+
+        restore_peft_forward(model)
+    return model
 
 
 def set_checkpointing(model, layers: int) -> None:
@@ -393,8 +406,9 @@ def planned(model, variant: str, case: Case, micro: list) -> dict:
     lm = causal_lm(model)
     fused = case.head == "liger" or getattr(lm, "kielo_fused_head", False)
     batches = [b for mb in micro for b in mb]
-    masked = any(b.position_ids is not None or (b.attention_mask is not None and not bool(b.attention_mask.all()))
-                 for b in batches)
+    # A mask exists where a row holds several examples (positions restart) or padding.
+    masked = any(bool((b.position_ids[:, 1:] == 0).any()) if b.position_ids is not None
+                 else not bool(b.attention_mask.all()) for b in batches)
     setup = Setup(stream_bytes=lm.get_input_embeddings().weight.element_size(),
                   liger=v.liger or getattr(lm, "kielo_fused_head", False), fused_head=fused, lora_r=16,
                   lora_dropout=0.0, gradient_checkpointing=case.gc != 0,
