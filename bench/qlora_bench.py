@@ -400,7 +400,7 @@ def planned(model, variant: str, case: Case, micro: list) -> dict:
     from kielo.train.loss import causal_lm
 
     v = VARIANTS[variant]
-    if v.path != "kielo" or v.reference or v.lean or case.gc > 0 or case.autocast or case.attn_bf16 \
+    if v.path != "kielo" or v.reference or v.lean or v.peft_lora or case.gc > 0 or case.autocast or case.attn_bf16 \
             or case.head_bf16 or case.head == "ckpt" or case.profile:
         return {}
     lm = causal_lm(model)
