@@ -13,7 +13,7 @@ AdamW lr 1e-4) on the same data for each variant of the plan:
 - ``kielo+fp32``: the same with the fp32 stream and no fused kernels on every model (stock's arithmetic);
 - ``kielo+compute``: ``training.stream_dtype: compute`` on any family (bf16 stream, Liger when installed);
   ``+peftlora`` on ``kielo`` or ``kielo+compute``: peft's own LoRA forward instead of kielo's (the A/B of
-  ``kielo.model.lora_forward``);
+  ``kielo.model.lora_forward``); ``kielo+tf32``: the defaults with TF32 for fp32 matmuls;
 - lever variants of kielo: ``kielo+bf16`` (non-quantized weights kept in bf16 instead of peft's fp32 upcast),
   ``kielo+bf16+liger`` (also Liger's RMSNorm, RoPE and SwiGLU/GeGLU kernels), ``kielo+lean`` (fp32 norms and
   residual stream as stock, but embedding and head weights kept in bf16), ``kielo+lean+liger``;
@@ -90,6 +90,7 @@ class Variant:
     stream: str = "fp32"  # kielo's training.stream_dtype
     kernels: str = "none"  # kielo's training.kernels
     peft_lora: bool = False  # peft's own LoRA forward (fp32 copies of bf16 inputs) instead of kielo's
+    tf32: bool = False  # fp32 matmuls (head, attention, LoRA on an fp32 stream) on TF32 tensor cores
 
 
 VARIANTS = {
@@ -98,6 +99,7 @@ VARIANTS = {
     "kielo": Variant("kielo", stream="auto", kernels="auto"),  # kielo train's defaults
     "kielo+fp32": Variant("kielo"),  # the fp32 stream everywhere (kielo's default before stream_dtype existed)
     "kielo+peftlora": Variant("kielo", stream="auto", kernels="auto", peft_lora=True),
+    "kielo+tf32": Variant("kielo", stream="auto", kernels="auto", tf32=True),
     # --training.stream_dtype compute: the bf16 stream (+ Liger when installed) on any family
     "kielo+compute": Variant("kielo", stream="compute", kernels="auto"),
     "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", peft_lora=True),
@@ -270,6 +272,9 @@ def load(variant: Variant, folder: Path, device: torch.device):
     from kielo.model.load import load_base_model
     from kielo.model.source import ModelSource
 
+    if variant.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if variant.reference:
         # bnb dequantizes NF4 to the stored bf16 values either way, so the weights equal stock's exactly;
         # only the arithmetic differs: fp32 matmuls without TF32, fp32 attention, head and LoRA.
