@@ -121,6 +121,7 @@ class Case:
     attn_bf16: bool = False  # attention (SDPA) on bf16 copies of q, k, v; the rest as the variant has it
     head_bf16: bool = False  # head matmul on bf16 operands, logits and cross-entropy in fp32
     profile: bool = False  # one extra, untimed step under torch.profiler: top CUDA kernels printed
+    compile: bool = False  # torch.compile each decoder layer (stays compiled for the worker's later cases)
 
 
 def parse_case(text: str) -> Case:
@@ -146,6 +147,8 @@ def parse_case(text: str) -> Case:
             case.head_bf16 = True
         elif key == "profile":
             case.profile = True
+        elif key == "compile":
+            case.compile = True
         else:
             raise SystemExit(f"case {text!r}: unknown option {opt!r}")
     return case
@@ -457,6 +460,12 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
             p.copy_(init[n])
             p.grad = None
     set_checkpointing(model, case.gc)
+    if case.compile:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        for block in model.modules():
+            if isinstance(block, GradientCheckpointingLayer):
+                block.compile()
     # kielo packs decoders that take position ids, and BLOOM (ALiBi, through a block mask); any other pads.
     packing = packing_support(model) is not None
     micro = [micro_batches(ex, path, case.mbs, packing, args.max_length, args.pad_id) for ex in steps]
