@@ -33,14 +33,14 @@ class DataSize:
 
 
 def data_size(items: list, packing: bool, max_length: int) -> DataSize:
-    """From encoded examples (``kielo.data.encode.Encoded``): packed rows are up to ``max_length`` wide."""
-    from kielo.data.batches import trained_count
+    """From encoded examples (``kielo.data.encode.Encoded``): the widest row and the most trained positions
+    in one row, of the examples or (packing) of the rows first-fit packing makes of them in this order."""
+    from kielo.data.batches import pack_rows, trained_count
 
-    longest = max(len(it.input_ids) for it in items)
-    most_trained = max(trained_count(it.labels) for it in items)
-    if packing:
-        return DataSize(max_length, max_length, True)
-    return DataSize(longest, most_trained, False)
+    rows = pack_rows(items, max_length) if packing else [[it] for it in items]
+    width = max(sum(len(it.input_ids) for it in row) for row in rows)
+    trained = max(sum(trained_count(it.labels) for it in row) for row in rows)
+    return DataSize(width, trained, packing)
 
 
 def full_rows(config: Config) -> DataSize:
