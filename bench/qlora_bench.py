@@ -122,6 +122,7 @@ class Case:
     head_bf16: bool = False  # head matmul on bf16 operands, logits and cross-entropy in fp32
     profile: bool = False  # one extra, untimed step under torch.profiler: top CUDA kernels printed
     compile: bool = False  # torch.compile each decoder layer (stays compiled for the worker's later cases)
+    memtrace: bool = False  # record CUDA allocations over the first step; snapshot written next to the results
 
 
 def parse_case(text: str) -> Case:
@@ -149,6 +150,8 @@ def parse_case(text: str) -> Case:
             case.profile = True
         elif key == "compile":
             case.compile = True
+        elif key == "memtrace":
+            case.memtrace = True
         else:
             raise SystemExit(f"case {text!r}: unknown option {opt!r}")
     return case
@@ -489,11 +492,20 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
     losses, times = [], []
     for i, mb in enumerate(micro):
         sync(device)
+        if case.memtrace and i == 0 and device.type == "cuda":
+            torch.cuda.memory._record_memory_history(max_entries=300000)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.autocast), Bf16Attention(case.attn_bf16):
             losses.append(step_fn(model, mb, device))
         sync(device)
         t1 = time.perf_counter()
+        if case.memtrace and i == 0 and device.type == "cuda":
+            import pickle
+
+            snap = torch.cuda.memory._snapshot()
+            torch.cuda.memory._record_memory_history(enabled=None)
+            name = f"memtrace-{variant}-{case.name.replace('/', '_')}.pickle"
+            (Path(args.result).parent / name).write_bytes(pickle.dumps(snap))
         if i < 2:  # not timed: kept for the gradient cosine against stock
             torch.save(torch.cat([p.grad.detach().float().cpu().flatten() for _, p in params]),
                        grads_dir / f"{variant}-{case.name.replace('/', '_')}-{i}.pt")

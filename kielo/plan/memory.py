@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from kielo.plan.shape import ModelShape
 
 GIB = 2**30
+# cuBLAS and cuBLASLt keep their workspaces in PyTorch's allocator (32 MiB each by default on recent
+# cards), so they count in max_memory_allocated like any tensor.
+LIBRARY_WORKSPACE = 64 * 2**20
 # Rows of hidden states sent through the chunked head at once (kielo.train.loss.HEAD_CHUNK).
 HEAD_CHUNK = 1024
 FP32 = 4
@@ -153,17 +156,26 @@ def attention_probs_bytes_per_token(shape: ModelShape, s: Setup) -> tuple[int, i
 
     BLOOM's eager attention saves the softmax output in fp32 (and its cast to the stream dtype when that is
     not fp32); backward adds the gradients of the probabilities and of the scores, in the stream dtype.
-    SDPA on an fp32 stream has no fused kernel for these shapes and takes the math path, which saves the
-    probabilities and adds one gradient of them (fits the measured peaks, bench/NOTES.md); in bf16 its fused
-    kernels keep only a log-sum-exp per row.
+    SDPA's fused kernels keep only a log-sum-exp per row (measured, ``bench/sdpa_probe.py``), except on an
+    fp32 stream without a mask in a model with fewer key/value heads than query heads: transformers then
+    asks SDPA for grouped-query attention, which in fp32 only the math path serves (see :func:`estimate`).
     """
     row = shape.n_heads * s.row_width
     sb = s.stream_bytes
     if shape.model_type == "bloom":
         return row * (FP32 + (0 if sb == FP32 else sb)), 2 * row * sb
-    if sb == FP32:
-        return row * FP32, row * FP32
     return 0, 0
+
+
+def math_attention_bytes_per_token(shape: ModelShape, s: Setup) -> int:
+    """Per token, what SDPA's math path holds at its backward peak: the saved fp32 probabilities, three more
+    tensors of their size in backward, and the key/value heads expanded for it (measured: ``sdpa_probe.py``
+    and a memory trace of the Llama-8B benchmark step, bench/NOTES.md). 0 where a fused kernel runs."""
+    math_path = (s.stream_bytes == FP32 and not s.masked and shape.kv_width < shape.q_width
+                 and shape.model_type != "bloom" and not shape.model_type.startswith("gemma"))
+    if not math_path:
+        return 0
+    return 4 * shape.n_heads * s.row_width * FP32 + 3 * shape.q_width * FP32
 
 
 def estimate(shape: ModelShape, s: Setup) -> Estimate:
@@ -183,12 +195,15 @@ def estimate(shape: ModelShape, s: Setup) -> Estimate:
     # Backward through one layer: gradients of the widest activations (MLP: gate, up, product) and of the
     # attention probabilities where they are kept.
     layer_grads = t * shape.intermediate * 3 * sb + probs_grads * t
+    # On SDPA's math path the layer's backward peaks inside the attention, after the MLP's saved tensors are
+    # gone: the probabilities and their gradients instead of the whole layer.
+    attention = math_attention_bytes_per_token(shape, s) * t
     if s.gradient_checkpointing:
         resident = shape.n_layers * t * shape.hidden * sb
-        layer = layer_saved + layer_grads + grads
+        layer = max(layer_saved + layer_grads, attention) + grads
     else:
-        resident = shape.n_layers * layer_saved
-        layer = layer_grads + grads
+        resident = shape.n_layers * (layer_saved + attention // 4)
+        layer = max(layer_grads, attention) + grads
     # The head: final norm input and output, then either fp32 log-probabilities of every trained position
     # (plus a tanh output with soft-capping) and, in backward, two chunks of gradients; or Liger's fused
     # kernel, which keeps only the hidden-state gradient and a chunk of logits about as large as the hidden
@@ -199,8 +214,8 @@ def estimate(shape: ModelShape, s: Setup) -> Estimate:
     else:
         chunk = min(HEAD_CHUNK, s.trained)
         head = final + s.trained * shape.vocab * FP32 + 2 * chunk * shape.vocab * FP32
-    # Dequantizing the widest 4-bit weight to the compute dtype for a matmul.
+    # Dequantizing the widest 4-bit weight to the compute dtype for a matmul, and the libraries' workspaces.
     widest = max(i * o for _, i, o in shape.layer_linears)
-    workspace = widest * s.compute_bytes if s.bits == 4 else 0
+    workspace = (widest * s.compute_bytes if s.bits == 4 else 0) + LIBRARY_WORKSPACE
     return Estimate(weights, adapter_fwd, resident, layer, head, workspace,
                     parts={"gc": int(s.gradient_checkpointing), "layer_per_token": per_token})

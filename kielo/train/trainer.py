@@ -303,6 +303,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
         "wall_time_s": round(time.time() - started, 2),
         "peak_memory_bytes": peak_memory_bytes(bundle.device),
         "estimated_peak_memory_bytes": memory_plan.estimate.total if memory_plan else None,
+        "memory_plan": memory_plan.describe() if memory_plan else None,
         "device": str(bundle.device),
         "trainable_parameters": trainable,
         "total_parameters": total,
