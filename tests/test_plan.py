@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from kielo.model.precision import Precision
 from kielo.plan.memory import GIB, Setup, estimate, quantized_bytes_per_param
-from kielo.plan.planner import DataSize, Precision, candidates, check_plan, make_plan, plan_training
+from kielo.plan.planner import DataSize, candidates, check_plan, make_plan, plan_training
 from kielo.plan.shape import shape_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +130,7 @@ def _llama_shape():
 def test_fit_keeps_a_setting_that_fits_and_shrinks_one_that_does_not():
     shape, config = _llama_shape(), _plan_config()
     data = DataSize(2048, 2048, True)
-    bf16 = Precision(2, True)
+    bf16 = Precision(torch.bfloat16, True)
     roomy = make_plan(config, shape, bf16, data, 80 * GIB, "fit")
     assert (roomy.micro_batch_size, roomy.gradient_accumulation, roomy.changed) == (4, 2, [])
     tight = make_plan(config, shape, bf16, data, 10 * GIB, "fit")
@@ -141,9 +142,9 @@ def test_fit_keeps_a_setting_that_fits_and_shrinks_one_that_does_not():
 def test_fastest_drops_checkpointing_when_memory_allows():
     shape, config = _llama_shape(), _plan_config()
     data = DataSize(2048, 2048, True)
-    plan = make_plan(config, shape, Precision(2, True), data, 140 * GIB, "fastest")
+    plan = make_plan(config, shape, Precision(torch.bfloat16, True), data, 140 * GIB, "fastest")
     assert plan.gradient_checkpointing is False and plan.fits and plan.micro_batch_size > 1
-    lean = make_plan(config, shape, Precision(2, True), data, 16 * GIB, "fastest")
+    lean = make_plan(config, shape, Precision(torch.bfloat16, True), data, 16 * GIB, "fastest")
     assert lean.gradient_checkpointing is True  # without it nothing fits 16 GiB
     assert lean.micro_batch_size == 8  # the widest micro-batch that fits with it
 
@@ -152,11 +153,11 @@ def test_nothing_fits_is_reported_and_far_over_is_refused():
     from kielo.errors import KieloError
 
     shape, config = _llama_shape(), _plan_config()
-    plan = make_plan(config, shape, Precision(4, False), DataSize(2048, 2048, True), 4 * GIB, "fit")
+    plan = make_plan(config, shape, Precision(torch.float32, False), DataSize(2048, 2048, True), 4 * GIB, "fit")
     assert not plan.fits and plan.micro_batch_size == 1 and plan.gradient_checkpointing
     with pytest.raises(KieloError, match="GiB of GPU memory"):
         check_plan(plan, "llama8b")
-    check_plan(make_plan(config, shape, Precision(4, False), DataSize(2048, 2048, True), 80 * GIB), "x")
+    check_plan(make_plan(config, shape, Precision(torch.float32, False), DataSize(2048, 2048, True), 80 * GIB), "x")
 
 
 def test_candidates_keep_the_effective_batch():

@@ -63,7 +63,7 @@ def run_command(args: argparse.Namespace, config) -> int:
     from kielo.model.bundle import effective_config
     from kielo.model.precision import resolve_precision
     from kielo.plan.memory import GIB, estimate
-    from kielo.plan.planner import Precision, candidates, make_plan, setup_for
+    from kielo.plan.planner import candidates, make_plan, setup_for
     from kielo.plan.shape import shape_from_config
 
     budget = _budget(args.gpu_memory)
@@ -76,12 +76,11 @@ def run_command(args: argparse.Namespace, config) -> int:
     shape = shape_from_config(model_config)
     compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
         config.quantization.compute_dtype, torch.bfloat16)
-    p = resolve_precision(config, shape.model_type, torch.device("cuda"), compute)
-    precision = Precision(torch.finfo(p.stream).bits // 8, p.liger)
+    precision = resolve_precision(config, shape.model_type, torch.device("cuda"), compute)
     data, data_note = _data(config)
     mode = args.mode or (config.training.memory_plan if config.training.memory_plan != "off" else "fit")
     print(f"model {config.model.name} ({shape.model_type}, {shape.n_layers} layers, hidden {shape.hidden}, "
-          f"vocab {shape.vocab:,}); {p.describe()}")
+          f"vocab {shape.vocab:,}); {precision.describe()}")
     print(f"data: {data_note}; widest row {data.row_width} tokens{' (packed)' if data.packing else ''}")
     print(f"{'micro-batch':>11}  {'checkpointing':>13}  {'estimated peak GiB':>18}")
     for mbs, gc in candidates(config, "fastest"):

@@ -15,6 +15,7 @@ import torch
 
 from kielo.config.schema import Config
 from kielo.errors import KieloError
+from kielo.model.precision import Precision
 from kielo.plan.memory import GIB, Estimate, Setup, estimate
 from kielo.plan.shape import ModelShape
 
@@ -49,16 +50,9 @@ def full_rows(config: Config) -> DataSize:
     return DataSize(n, n, config.data.packing)
 
 
-@dataclass(frozen=True)
-class Precision:
-    stream_bytes: int
-    liger: bool
-
-
 def model_precision(model) -> Precision:
     """The stream dtype and kernels a loaded training model has (``kielo.model.precision`` set them)."""
-    emb = model.get_input_embeddings().weight
-    return Precision(emb.element_size(), bool(getattr(model, "kielo_fused_head", False)))
+    return Precision(model.get_input_embeddings().weight.dtype, bool(getattr(model, "kielo_fused_head", False)))
 
 
 def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_size: int,
@@ -68,7 +62,7 @@ def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_
     compute = {"bf16": 2, "fp16": 2, "fp32": 4}.get(q.compute_dtype, 2)  # auto is bf16/fp16 on CUDA
     trained = min(micro_batch_size * data.trained_per_row, micro_batch_size * data.row_width)
     return Setup(
-        bits=q.bits, double_quant=q.double_quant, compute_bytes=compute, stream_bytes=precision.stream_bytes,
+        bits=q.bits, double_quant=q.double_quant, compute_bytes=compute, stream_bytes=precision.stream.itemsize,
         liger=precision.liger, fused_head=precision.liger, lora_r=lora.r, lora_targets=lora.target_modules, lora_dropout=lora.dropout,
         optimizer=config.training.optimizer, gradient_checkpointing=checkpointing,
         tokens=micro_batch_size * data.row_width, row_width=data.row_width, trained=trained,
