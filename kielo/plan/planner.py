@@ -162,7 +162,6 @@ def gpu_budget(device: torch.device) -> int:
     return int(free) + torch.cuda.memory_allocated(device)
 
 
-
 def plan_training(config: Config, model, items: list, device: torch.device,
                   saved: Config | None = None) -> tuple[Config, Plan | None]:
     """Plan a run's memory on ``device`` (GPU only, ``training.memory_plan``): the config to train with and
@@ -181,6 +180,10 @@ def plan_training(config: Config, model, items: list, device: torch.device,
     plan = None
     if saved is not None:
         s = saved.training
+        kept = (s.micro_batch_size, s.gradient_accumulation, s.gradient_checkpointing)
+        if kept != (t.micro_batch_size, t.gradient_accumulation, t.gradient_checkpointing):
+            log.info("resuming with the run's saved micro_batch_size %d, gradient_accumulation %d, gradient "
+                     "checkpointing %s (the checkpoint's data position is counted in those micro-batches)", *kept)
         planned = replace(t, micro_batch_size=s.micro_batch_size, gradient_accumulation=s.gradient_accumulation,
                           gradient_checkpointing=s.gradient_checkpointing)
         config = replace(config, training=planned)
