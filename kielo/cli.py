@@ -152,6 +152,11 @@ COMMANDS: dict[str, Command] = {
         _lazy("kielo.plan.command", "run_command"),
         "estimate a training run's peak GPU memory and the micro-batch / checkpointing kielo train would pick",
         _lazy("kielo.plan.command", "setup_parser")),
+    "bench": Command(
+        _lazy("kielo.bench.command", "run_command"),
+        "time QLoRA training of the stock stack and kielo's path on one GPU in one invocation (tokens/s, peak "
+        "memory, loss and gradient parity, the memory plan's estimate)",
+        _lazy("kielo.bench.command", "setup_parser")),
     "merge": Command(
         _lazy("kielo.merge.command", "run_command"),
         "merge an adapter into its unquantized base, verify it, optionally NF4 / GGUF",

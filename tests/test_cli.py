@@ -71,3 +71,13 @@ def test_train_through_the_cli(tiny_llama, tmp_path):
     assert summary["steps"] == 2
     saved = (tmp_path / "out" / "kielo_config.yaml").read_text()
     assert "max_steps: 2" in saved and "r: 4" in saved
+
+
+def test_the_parser_does_not_load_torch():
+    """`kielo --help` stays fast: building the parser imports no command's heavy dependencies."""
+    import subprocess
+    import sys
+
+    code = "import sys, kielo.cli; kielo.cli.make_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,6 +1,6 @@
 """GPU checks: kielo's training path gives the stock path's losses and LoRA gradients, and packing isolates examples.
 
-Both paths are the ones bench/qlora_bench.py times (stock = transformers + peft + bitsandbytes as the anchor
+Both paths are the ones `kielo bench` (kielo/bench/qlora.py) times (stock = transformers + peft + bitsandbytes as the anchor
 scripts run them; kielo = load_base_model + add_lora + accumulate_gradients), on a small random Llama with
 NF4 weights and bf16 compute (Gemma 3 and BLOOM where named). Marked ``gpu`` and skipped without CUDA;
 bench/run_gpu_tests.sh runs them.
@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+import kielo.bench.qlora as qb
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import qlora_bench as qb  # noqa: E402
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 SHAPE = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
              num_key_value_heads=4, max_position_embeddings=2048)
@@ -215,7 +214,6 @@ def test_kielo_train_plans_its_memory(tmp_path, stream):
     # A fresh process, as a user runs it: CUDA libraries' workspaces (in the estimate) are not yet allocated
     # there, while in this test process earlier tests already hold them.
     import subprocess
-    import sys
 
     from kielo.config.load import save_config
 

@@ -4,7 +4,6 @@ choices, and `kielo plan`."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from kielo.plan.planner import DataSize, candidates, check_plan, make_plan, plan
 from kielo.plan.shape import shape_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 def _config(folder: Path):
@@ -83,10 +81,11 @@ def _measured_cases() -> list[tuple[str, dict]]:
 
 
 def _shape(name: str):
-    import qlora_bench as qb
     import transformers
 
-    spec = dict(qb.SHAPES[name])
+    from kielo.bench.shapes import SHAPES
+
+    spec = dict(SHAPES[name])
     arch = spec.pop("arch", "llama")
     cls = {"llama": "LlamaConfig", "gemma3": "Gemma3TextConfig", "bloom": "BloomConfig"}[arch]
     return shape_from_config(getattr(transformers, cls)(**spec))

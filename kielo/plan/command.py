@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from kielo.errors import KieloError
 
 # What a CUDA context and the allocator's own structures take on a card before any tensor (measured ~0.5 GiB
@@ -28,6 +26,8 @@ def setup_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _budget(gpu_memory: float | None) -> int:
+    import torch
+
     if gpu_memory is not None:
         if gpu_memory <= 0.5:
             raise KieloError(f"--gpu-memory {gpu_memory} is too small to train on", "give the card's size in GiB, e.g. 24")
@@ -58,6 +58,7 @@ def _data(config):
 
 
 def run_command(args: argparse.Namespace, config) -> int:
+    import torch
     from transformers import AutoConfig
 
     from kielo.model.bundle import effective_config

@@ -10,7 +10,7 @@ Per-layer activations are counted from what autograd saves in the transformers, 
 kielo trains through (bitsandbytes' 4-bit matmul saves only its quantized weight, so base projections cost
 no activation memory; a LoRA branch saves its input, in the stream's dtype; SDPA saves
 q, k, v and its output; eager attention saves the probabilities). The byte counts per token are written
-out per family below with the tensors they stand for, and ``bench/qlora_bench.py`` prints each estimate
+out per family below with the tensors they stand for, and ``kielo bench`` prints each estimate
 beside the measured peak.
 """
 

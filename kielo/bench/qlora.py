@@ -33,8 +33,9 @@ shipped, each chunk recomputed in backward, or Liger's fused linear cross-entrop
 ``attn=bf16`` (SDPA on bf16 copies of q, k, v), ``headmm=bf16`` (the chunked head's matmul on bf16 operands),
 ``profile`` (one extra untimed step under torch.profiler; its top CUDA kernels are printed).
 
-    python bench/qlora_bench.py --shape llama8b --plan "stock:a,b kielo:a,b kielo+bf16:a,b,a/nogc"
-    python bench/qlora_bench.py --shape tiny --seq 256 --max-length 256 --plan "stock:a,b kielo:a,b"  # CPU smoke
+    kielo bench --shape llama8b --plan "stock:a,b kielo:a,b kielo+compute:a,b,a/nogc"
+    kielo bench --shape tiny --seq 256 --max-length 256 --plan "stock:a,b kielo:a,b"  # CPU smoke test
+    bash bench/run_qlora_bench.sh ARGS  # on a GPU machine: installs the carried wheels, then kielo bench ARGS
 
 Results: a table on stdout and ``results.json`` in --out (default $OUT, else runs/qlora-bench).
 """
@@ -45,7 +46,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -55,29 +55,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # kielo travels with the working tree; no install needed
+from kielo.bench.shapes import SHAPES
 
-SHAPES = {
-    # Llama-3.1-8B / Llama-Poro-2-8B
-    "llama8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0),
-    # Gemma 3 text models: 270M (kielo's embedded default), 1B and the 4B language tower
-    "gemma270m": dict(arch="gemma3", vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
-                      num_attention_heads=4, num_key_value_heads=1, head_dim=256, max_position_embeddings=32768,
-                      sliding_window=512),
-    "gemma1b": dict(arch="gemma3", vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
-                    num_attention_heads=4, num_key_value_heads=1, head_dim=256, max_position_embeddings=32768,
-                    sliding_window=512),
-    "gemma4b": dict(arch="gemma3", vocab_size=262144, hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
-                    num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=32768,
-                    sliding_window=1024),
-    # BLOOM with ALiBi (TurkuNLP gpt3-finnish-8B / Poro-34B family), 7B so it fits one GPU
-    "bloom8b": dict(arch="bloom", vocab_size=131072, hidden_size=4096, n_layer=32, n_head=32),
-    # CPU smoke test of the bench itself
-    "tiny": dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=4096),
-}
+# The worker and model-building subprocesses run this module again (each variant in a clean process).
+MODULE = [sys.executable, "-m", "kielo.bench.qlora"]
 
 
 @dataclass
@@ -654,28 +635,14 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="llama8b", choices=sorted(SHAPES))
-    p.add_argument("--plan", default="stock:a,b kielo:a,b",
-                   help="space-separated VARIANT:CASE,CASE,...; =VARIANT reuses that variant's results from an earlier "
-                        "invocation in the same workdir (same machine) instead of running it")
-    p.add_argument("--workdir", default=str(ROOT / "build" / "qlora-bench"), help="model folder and gradient dumps")
-    p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "runs" / "qlora-bench"))
-    p.add_argument("--batch", type=int, default=2, help="data a: rows per optimizer step")
-    p.add_argument("--seq", type=int, default=2048, help="data a: tokens per row")
-    p.add_argument("--max-length", type=int, default=2048, help="data b: longest example and packed row width")
-    p.add_argument("--examples-per-step", type=int, default=32, help="data b: examples per optimizer step")
-    p.add_argument("--warmup-a", type=int, default=3)
-    p.add_argument("--timed-a", type=int, default=6)
-    p.add_argument("--warmup-b", type=int, default=2)
-    p.add_argument("--timed-b", type=int, default=4)
-    p.add_argument("--worker-timeout", type=int, default=420, help="seconds for one variant's process")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--cases", help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help=argparse.SUPPRESS)
-    p.add_argument("--grads-dir", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
-    p.add_argument("--make", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    from kielo.bench.command import add_arguments
+
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the model if needed, run every variant of the plan in its own process, print and save the table."""
     if args.worker:
         worker(args)
         return 0
@@ -688,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (model_dir / "config.json").is_file():
         t = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--make", "--shape", args.shape, "--workdir", str(work)], check=True)
+        subprocess.run([*MODULE, "--make", "--shape", args.shape, "--workdir", str(work)], check=True)
         print(f"model built in {time.perf_counter() - t:.0f}s", flush=True)
     passthrough = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
                    ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")]
@@ -707,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
                 results += [{**r, "reused": True} for r in json.loads(result_file.read_text())]
             continue
         result_file.unlink(missing_ok=True)
-        cmd = [sys.executable, __file__, "--worker", name, "--cases", cases, "--model-dir", str(model_dir),
+        cmd = [*MODULE, "--worker", name, "--cases", cases, "--model-dir", str(model_dir),
                "--grads-dir", str(grads_dir), "--result", str(result_file), *passthrough]
         t = time.perf_counter()
         try:
