@@ -24,13 +24,16 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# quantization.compute_dtype's names; `auto` resolves per device in compute_dtype.
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
 def compute_dtype(q: QuantizationConfig, device: torch.device) -> torch.dtype:
     """Resolve ``quantization.compute_dtype``; CPUs get fp32 by default (bf16 matmuls are slow on most)."""
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if q.compute_dtype != "auto":
         if device.type == "cpu" and q.compute_dtype == "fp16":
             raise KieloError("fp16 compute is not supported on CPU", "use --quantization.compute_dtype bf16 or fp32")
-        return table[q.compute_dtype]
+        return COMPUTE_DTYPES[q.compute_dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
@@ -129,19 +132,26 @@ def bnb_config(q: QuantizationConfig, dtype: torch.dtype):
     )
 
 
-def load_base_model(source: ModelSource, config: Config, device: torch.device, for_training: bool = True):
-    """Load the frozen base model quantized per ``config.quantization``, on ``device``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_model_config(source: ModelSource, trust_remote_code: bool = False):
+    """The model's transformers config (no weights); a name that resolves to nothing is a clear error."""
+    from transformers import AutoConfig
 
-    trust = config.model.trust_remote_code
     try:
-        model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust)
+        return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0]
         fix = "check the model name; hub ids need network access (or a local folder / .gguf file)"
         if "trust_remote_code" in str(e):
             fix = "this model needs its own code: set model.trust_remote_code: true if you trust it"
         raise KieloError(f"cannot load model config from {source.path}: {msg}", fix) from None
+
+
+def load_base_model(source: ModelSource, config: Config, device: torch.device, for_training: bool = True):
+    """Load the frozen base model quantized per ``config.quantization``, on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    trust = config.model.trust_remote_code
+    model_config = load_model_config(source, trust)
     dtype = compute_dtype(config.quantization, device)
     check_fits(model_config, config.quantization.bits, dtype, device, source.path)
     kwargs = {

@@ -45,23 +45,20 @@ def _data(config):
     if not config.data.train:
         return full_rows(config), "no data.train: every row taken as data.max_length long and fully trained"
     from kielo.model.bundle import effective_config, load_tokenizer_and_template, make_encoder
-    from kielo.train.trainer import read_data
+    from kielo.train.trainer import encode_data, read_data
 
-    train_ex, _ = read_data(config)
+    examples = read_data(config)
     config, source = effective_config(config)
     tok, template = load_tokenizer_and_template(config, source)
-    items, _ = make_encoder(tok, template, config).encode_all(train_ex)
-    if not items:
-        raise KieloError(f"no training example fits data.max_length={config.data.max_length}",
-                         "raise data.max_length or use shorter examples")
+    items, _, _ = encode_data(make_encoder(tok, template, config), config, examples)
     return data_size(items, config.data.packing, config.data.max_length), f"{len(items)} training examples"
 
 
 def run_command(args: argparse.Namespace, config) -> int:
     import torch
-    from transformers import AutoConfig
 
     from kielo.model.bundle import effective_config
+    from kielo.model.load import COMPUTE_DTYPES, load_model_config
     from kielo.model.precision import resolve_precision
     from kielo.plan.memory import GIB, estimate
     from kielo.plan.planner import candidates, make_plan, setup_for
@@ -69,14 +66,9 @@ def run_command(args: argparse.Namespace, config) -> int:
 
     budget = _budget(args.gpu_memory)
     config, source = effective_config(config)
-    try:
-        model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=config.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise KieloError(f"cannot load model config from {source.path}: {str(e).splitlines()[0]}",
-                         "check the model name; hub ids need network access (or a local folder / .gguf file)") from None
-    shape = shape_from_config(model_config)
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
-        config.quantization.compute_dtype, torch.bfloat16)
+    shape = shape_from_config(load_model_config(source, config.model.trust_remote_code))
+    # `auto` is bf16 on the cards this plans for.
+    compute = COMPUTE_DTYPES.get(config.quantization.compute_dtype, torch.bfloat16)
     precision = resolve_precision(config, shape.model_type, torch.device("cuda"), compute)
     data, data_note = _data(config)
     mode = args.mode or (config.training.memory_plan if config.training.memory_plan != "off" else "fit")

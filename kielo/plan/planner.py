@@ -9,15 +9,19 @@ ran faster in the benchmark: each pays the dequantization of every 4-bit weight)
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from kielo.config.schema import Config
 from kielo.errors import KieloError
+from kielo.model.load import COMPUTE_DTYPES
 from kielo.model.precision import Precision
 from kielo.plan.memory import GIB, Estimate, Setup, estimate
 from kielo.plan.shape import ModelShape
+
+log = logging.getLogger(__name__)
 
 # An estimate must stay this far under the budget to count as fitting: estimates were within +-10% of the
 # measured peaks on the benchmark shapes, and the allocator's fragmentation takes a little more.
@@ -59,7 +63,7 @@ def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_
               checkpointing: bool) -> Setup:
     """The memory-relevant setup of ``config`` with the given micro-batch size and checkpointing."""
     q, lora = config.quantization, config.lora
-    compute = {"bf16": 2, "fp16": 2, "fp32": 4}.get(q.compute_dtype, 2)  # auto is bf16/fp16 on CUDA
+    compute = COMPUTE_DTYPES.get(q.compute_dtype, torch.bfloat16).itemsize  # auto is bf16/fp16 on CUDA
     trained = min(micro_batch_size * data.trained_per_row, micro_batch_size * data.row_width)
     return Setup(
         bits=q.bits, double_quant=q.double_quant, compute_bytes=compute, stream_bytes=precision.stream.itemsize,
@@ -170,12 +174,9 @@ def plan_training(config: Config, model, items: list, device: torch.device,
     A resumed run (``saved``: the run folder's config) keeps its saved micro-batch settings, because a
     checkpoint's position in the data is counted in micro-batches of that size.
     """
-    import logging
-
     from kielo.model.load import set_gradient_checkpointing
     from kielo.plan.shape import shape_from_config
 
-    log = logging.getLogger("kielo")
     t = config.training
     plan = None
     if saved is not None:

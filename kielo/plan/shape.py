@@ -69,8 +69,8 @@ def shape_from_config(model_config) -> ModelShape:
     head = shell.get_output_embeddings()
     cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     # On the meta device the head and embedding are separate tensors even when the loaded model ties them.
-    tied = head is None or head.weight is emb or bool(getattr(cfg, "tie_word_embeddings", False))
-    head_params = 0 if tied else head.weight.numel()
+    separate = 0 if head is None or head.weight is emb else head.weight.numel()  # a second tensor on meta
+    tied = not separate or bool(getattr(cfg, "tie_word_embeddings", False))
     total = sum(p.numel() for p in shell.parameters())
     linear_params = sum(m.weight.numel() for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear))
     hidden = cfg.hidden_size
@@ -89,6 +89,6 @@ def shape_from_config(model_config) -> ModelShape:
         n_heads=n_heads,
         layer_linears=linears,
         embedding_params=emb.numel(),
-        head_params=head_params,
-        other_params=total - linear_params - emb.numel() - (0 if head is None or head.weight is emb else head.weight.numel()),
+        head_params=0 if tied else separate,
+        other_params=total - linear_params - emb.numel() - separate,
     )

@@ -73,10 +73,16 @@ def read_data(config: Config) -> tuple[list, list]:
 def prepare_data(bundle: Bundle, examples: tuple[list, list] | None = None) -> tuple[list[Encoded], list[Encoded], dict]:
     """Encode training and validation data (read by :func:`read_data` unless given); report what was cut or
     dropped."""
-    d = bundle.config.data
-    train_ex, val_ex = examples if examples is not None else read_data(bundle.config)
-    train, train_stats = bundle.encoder.encode_all(train_ex)
-    val, val_stats = bundle.encoder.encode_all(val_ex) if val_ex else ([], EncodeStats())
+    return encode_data(bundle.encoder, bundle.config, examples if examples is not None else read_data(bundle.config))
+
+
+def encode_data(encoder, config: Config, examples: tuple[list, list]) -> tuple[list[Encoded], list[Encoded], dict]:
+    """Encode read training and validation rows with ``encoder`` (no model needed); warn about what was cut
+    or dropped; no training example left is an error."""
+    d = config.data
+    train_ex, val_ex = examples
+    train, train_stats = encoder.encode_all(train_ex)
+    val, val_stats = encoder.encode_all(val_ex) if val_ex else ([], EncodeStats())
     for name, st in (("train", train_stats), ("validation", val_stats)):
         if st.truncated or st.dropped_overlong or st.dropped_no_target:
             log.warning(
