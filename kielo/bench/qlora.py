@@ -12,7 +12,6 @@ AdamW lr 1e-4) on the same data for each variant of the plan:
   data; training.stream_dtype and training.kernels auto: a bf16 stream with Liger's kernels for Gemma 3);
 - ``kielo+fp32``: the same with the fp32 stream and no fused kernels on every model (stock's arithmetic);
 - ``kielo+compute``: ``training.stream_dtype: compute`` on any family (bf16 stream, Liger when installed);
-  ``kielo+mixed``: ``training.stream_dtype: mixed`` (fp32 residual stream and split fp32 head, layers in bf16);
   ``+peftlora`` on ``kielo`` or ``kielo+compute``: peft's own LoRA forward instead of kielo's (the A/B of
   ``kielo.model.lora_forward``); ``kielo+tf32``: the defaults with TF32 for fp32 matmuls;
 - lever variants of kielo: ``kielo+bf16`` (non-quantized weights kept in bf16 instead of peft's fp32 upcast),
@@ -85,8 +84,6 @@ VARIANTS = {
     # --training.stream_dtype compute: the bf16 stream (+ Liger when installed) on any family
     "kielo+compute": Variant("kielo", stream="compute", kernels="auto"),
     "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", peft_lora=True),
-    # --training.stream_dtype mixed: fp32 residual stream and split fp32 head, decoder layers in bf16
-    "kielo+mixed": Variant("kielo", stream="mixed", kernels="auto"),
     "kielo+lean": Variant("kielo", lean=True),
     "kielo+bf16": Variant("kielo", bf16=True),
     "kielo+bf16+liger": Variant("kielo", bf16=True, liger=True),
@@ -395,19 +392,17 @@ def planned(model, variant: str, case: Case, micro: list) -> dict:
     from kielo.train.loss import causal_lm
 
     v = VARIANTS[variant]
-    if v.path != "kielo" or v.reference or v.lean or v.peft_lora or v.stream == "mixed" or case.gc > 0 \
-            or case.autocast or case.attn_bf16 \
+    if v.path != "kielo" or v.reference or v.lean or v.peft_lora or case.gc > 0 or case.autocast or case.attn_bf16 \
             or case.head_bf16 or case.head == "ckpt" or case.profile:
         return {}
     lm = causal_lm(model)
-    precision = lm.kielo_precision
-    fused = case.head == "liger" or precision.head == "fused"
+    fused = case.head == "liger" or getattr(lm, "kielo_fused_head", False)
     batches = [b for mb in micro for b in mb]
     # A mask exists where a row holds several examples (positions restart) or padding.
     masked = any(bool((b.position_ids[:, 1:] == 0).any()) if b.position_ids is not None
                  else not bool(b.attention_mask.all()) for b in batches)
     setup = Setup(stream_bytes=lm.get_input_embeddings().weight.element_size(),
-                  liger=v.liger or precision.liger, fused_head=fused, lora_r=16,
+                  liger=v.liger or getattr(lm, "kielo_fused_head", False), fused_head=fused, lora_r=16,
                   lora_dropout=0.0, gradient_checkpointing=case.gc != 0,
                   tokens=max(b.input_ids.numel() for b in batches), row_width=max(b.input_ids.shape[1] for b in batches),
                   trained=max(b.trained_tokens for b in batches), masked=masked)

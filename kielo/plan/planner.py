@@ -16,7 +16,6 @@ import torch
 
 from kielo.config.schema import Config
 from kielo.errors import KieloError
-from kielo.model.adapter import causal_lm
 from kielo.model.load import COMPUTE_DTYPES
 from kielo.model.precision import Precision
 from kielo.plan.memory import GIB, Estimate, Setup, estimate
@@ -55,6 +54,11 @@ def full_rows(config: Config) -> DataSize:
     return DataSize(n, n, config.data.packing)
 
 
+def model_precision(model) -> Precision:
+    """The stream dtype and kernels a loaded training model has (``kielo.model.precision`` set them)."""
+    return Precision(model.get_input_embeddings().weight.dtype, bool(getattr(model, "kielo_fused_head", False)))
+
+
 def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_size: int,
               checkpointing: bool) -> Setup:
     """The memory-relevant setup of ``config`` with the given micro-batch size and checkpointing."""
@@ -63,8 +67,7 @@ def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_
     trained = min(micro_batch_size * data.trained_per_row, micro_batch_size * data.row_width)
     return Setup(
         bits=q.bits, double_quant=q.double_quant, compute_bytes=compute, stream_bytes=precision.stream.itemsize,
-        liger=precision.liger, fused_head=precision.head == "fused",
-        lora_r=lora.r, lora_targets=lora.target_modules, lora_dropout=lora.dropout,
+        liger=precision.liger, fused_head=precision.liger, lora_r=lora.r, lora_targets=lora.target_modules, lora_dropout=lora.dropout,
         optimizer=config.training.optimizer, gradient_checkpointing=checkpointing,
         tokens=micro_batch_size * data.row_width, row_width=data.row_width, trained=trained,
         masked=data.packing or micro_batch_size > 1,
@@ -187,7 +190,7 @@ def plan_training(config: Config, model, items: list, device: torch.device,
         config = replace(config, training=planned)
     elif device.type == "cuda" and t.memory_plan != "off":
         data = data_size(items, config.data.packing, config.data.max_length)
-        plan = make_plan(config, shape_from_config(model.config), causal_lm(model).kielo_precision, data,
+        plan = make_plan(config, shape_from_config(model.config), model_precision(model), data,
                          gpu_budget(device), t.memory_plan)
         log.info("%s", plan.describe())
         check_plan(plan, config.model.name)

@@ -52,19 +52,13 @@ def fused_head_loss_sum(lm, hidden: torch.Tensor, targets: torch.Tensor) -> torc
 def loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
     """Sum of token cross-entropies over the batch's trained positions, and their number.
 
-    The head ``kielo.model.precision`` chose: Liger's fused kernel (``fused``) or the split fp32 head
-    (``split``, ``kielo.train.split_head``), neither of which holds the logits of all rows; otherwise the head
-    runs in chunks of :data:`HEAD_CHUNK` rows.
+    With Liger's kernels (``kielo.model.precision``) the head and cross-entropy are one fused kernel that
+    never holds the logits; otherwise the head runs in chunks of :data:`HEAD_CHUNK` rows.
     """
     lm = causal_lm(model)
     h, y, _ = trained_hidden(model, batch)
-    head = getattr(lm, "kielo_head", "chunked")
-    if head == "fused":
+    if getattr(lm, "kielo_fused_head", False):
         return fused_head_loss_sum(lm, h, y), int(y.numel())
-    if head == "split":
-        from kielo.train.split_head import split_head_loss_sum
-
-        return split_head_loss_sum(lm, h, y), int(y.numel())
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], HEAD_CHUNK):
         total = total + F.cross_entropy(head_logits(lm, h[i:i + HEAD_CHUNK]), y[i:i + HEAD_CHUNK], reduction="sum")
