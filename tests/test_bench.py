@@ -26,3 +26,24 @@ def test_kielo_bench_runs_stock_and_kielo_in_one_invocation(tmp_path, capsys):
     # kielo packs several examples into a row, stock pads each pair of examples
     assert kielo_b["micro_batches_per_step"] < stock_b["micro_batches_per_step"]
     assert "vs stock" in capsys.readouterr().out
+
+
+def test_another_stack_starts_from_stocks_lora_weights():
+    """The unsloth variant takes stock's LoRA start by layer and module, whatever the wrappers call them; a
+    weight without a partner stops the bench instead of comparing gradients of different starts."""
+    import pytest
+    import torch
+
+    from kielo.bench.qlora import init_from, lora_key
+
+    stock = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight": torch.ones(2, 3),
+             "base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight": torch.zeros(3, 2)}
+    own = {"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.full((2, 3), 5.0, dtype=torch.bfloat16),
+           "base_model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.full((3, 2), 5.0, dtype=torch.bfloat16)}
+    assert lora_key(next(iter(own))) == "layers.0.self_attn.q_proj.lora_A"
+    got = init_from(own, stock)
+    assert got.keys() == own.keys()
+    a, b = got.values()
+    assert a.dtype == torch.bfloat16 and bool((a == 1).all()) and bool((b == 0).all())
+    with pytest.raises(SystemExit, match="do not pair up"):
+        init_from({**own, "base_model.model.layers.1.mlp.up_proj.lora_A.weight": torch.ones(1)}, stock)

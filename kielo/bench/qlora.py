@@ -17,6 +17,10 @@ AdamW lr 1e-4) on the same data for each variant of the plan:
 - lever variants of kielo: ``kielo+bf16`` (non-quantized weights kept in bf16 instead of peft's fp32 upcast),
   ``kielo+bf16+liger`` (also Liger's RMSNorm, RoPE and SwiGLU/GeGLU kernels), ``kielo+lean`` (fp32 norms and
   residual stream as stock, but embedding and head weights kept in bf16), ``kielo+lean+liger``;
+- ``unsloth`` / ``unsloth+nogc``: Unsloth (when installed) with its offloaded gradient checkpointing / none,
+  loaded and adapted as its anchor script does, its own loss (``num_items_in_batch``), data b padded as stock,
+  starting from stock's LoRA weights (both LoRA matrices, by layer and module): its speed and its gradients'
+  cosine against stock's in the same table;
 - ``ref``: kielo's path with every matmul in fp32 and TF32 off (same dequantized weights): the yardstick for
   how far each path's gradients, stock's included, are from exact arithmetic (``cos vs ref``).
 
@@ -72,6 +76,7 @@ class Variant:
     kernels: str = "none"  # kielo's training.kernels
     peft_lora: bool = False  # peft's own LoRA forward (fp32 copies of bf16 inputs) instead of kielo's
     tf32: bool = False  # fp32 matmuls (head, attention, LoRA on an fp32 stream) on TF32 tensor cores
+    unsloth_gc: bool = True  # unsloth: its offloaded gradient checkpointing (the variant fixes it at load)
 
 
 VARIANTS = {
@@ -84,6 +89,8 @@ VARIANTS = {
     # --training.stream_dtype compute: the bf16 stream (+ Liger when installed) on any family
     "kielo+compute": Variant("kielo", stream="compute", kernels="auto"),
     "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", peft_lora=True),
+    "unsloth": Variant("unsloth"),
+    "unsloth+nogc": Variant("unsloth", unsloth_gc=False),
     "kielo+lean": Variant("kielo", lean=True),
     "kielo+bf16": Variant("kielo", bf16=True),
     "kielo+bf16+liger": Variant("kielo", bf16=True, liger=True),
@@ -207,6 +214,18 @@ def make_model(folder: Path, shape: str) -> None:
     print(f"made {shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
 
 
+def save_stand_in_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer with the model's vocabulary size (one word per id, specials among them): Unsloth
+    loads a tokenizer with every model, and the bench's random models have none."""
+    from tokenizers import Tokenizer, models
+    from transformers import AutoConfig, PreTrainedTokenizerFast
+
+    vocab = AutoConfig.from_pretrained(folder).vocab_size
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", bos_token="w1", eos_token="w2",
+                            pad_token=f"w{vocab - 1}").save_pretrained(folder)
+
+
 def kielo_config(gc: bool = True, compute_dtype: str = "bf16", stream: str = "fp32", kernels: str = "none"):
     from kielo.config.load import from_dict
 
@@ -232,13 +251,35 @@ def apply_liger(model_type: str) -> None:
         raise SystemExit(f"Liger has no kernels for {model_type}")
 
 
-def load(variant: Variant, folder: Path, device: torch.device):
+UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def load_unsloth(variant: Variant, folder: Path, model_type: str, max_len: int):
+    """Unsloth's 4-bit model and LoRA adapter, set up as its anchor script does (same LoRA settings as stock)."""
+    from unsloth import FastLanguageModel, FastModel
+
+    if model_type not in ("llama", "gemma3_text"):
+        raise SystemExit(f"the unsloth variant covers Llama and Gemma 3, not {model_type}")
+    fast = FastModel if model_type == "gemma3_text" else FastLanguageModel
+    model, _ = fast.from_pretrained(model_name=str(folder), max_seq_length=max_len, dtype=torch.bfloat16,
+                                    load_in_4bit=True, local_files_only=True)
+    model = fast.get_peft_model(model, r=16, lora_alpha=32, lora_dropout=0, bias="none", target_modules=UNSLOTH_TARGETS,
+                                use_gradient_checkpointing="unsloth" if variant.unsloth_gc else False, random_state=0)
+    fast.for_training(model)
+    return model
+
+
+def load(variant: Variant, folder: Path, device: torch.device, max_len: int = 2048):
     """The variant's model with a fresh LoRA adapter (seeded, so every path starts from the same weights)."""
+    if variant.path == "unsloth":
+        import unsloth  # noqa: F401  (Unsloth patches transformers and peft: it must be imported before them)
     from transformers import AutoConfig
 
     model_type = AutoConfig.from_pretrained(folder).model_type
     if variant.liger:
         apply_liger(model_type)
+    if variant.path == "unsloth":
+        return load_unsloth(variant, folder, model_type, max_len)
     if variant.path == "stock":  # as the anchor: hf_qlora_baseline.py run()
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -301,6 +342,21 @@ def set_checkpointing(model, layers: int) -> None:
 
 def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
     return sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def lora_key(name: str) -> str:
+    """A LoRA weight's place independent of the wrapper's prefix: ``layers.3.self_attn.q_proj.lora_A``."""
+    name = name[name.index("layers."):] if "layers." in name else name
+    return name.replace(".default", "").removesuffix(".weight")
+
+
+def init_from(own: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``own``'s LoRA weights replaced by ``other``'s at the same layer and module (another stack's start)."""
+    theirs = {lora_key(n): t for n, t in other.items()}
+    missing = sorted({lora_key(n) for n in own} ^ set(theirs))
+    if missing:
+        raise SystemExit(f"LoRA weights do not pair up between the stacks: {missing[:6]}")
+    return {n: theirs[lora_key(n)].to(t.dtype) for n, t in own.items()}
 
 
 # ------------------------------------------------------------------------------------------ loss heads
@@ -443,7 +499,11 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
         for n, p in params:
             p.copy_(init[n])
             p.grad = None
-    set_checkpointing(model, case.gc)
+    if path == "unsloth":
+        if case.gc != -1:
+            raise SystemExit("unsloth's checkpointing is fixed at load: use the unsloth+nogc variant, not a gc option")
+    else:
+        set_checkpointing(model, case.gc)
     if case.compile:
         from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -451,9 +511,9 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
             if isinstance(block, GradientCheckpointingLayer):
                 block.compile()
     # kielo packs decoders that take position ids, and BLOOM (ALiBi, through a block mask); any other pads.
-    packing = packing_support(model) is not None
+    packing = path == "kielo" and packing_support(model) is not None
     micro = [micro_batches(ex, path, case.mbs, packing, args.max_length, args.pad_id) for ex in steps]
-    if path == "stock":
+    if path in ("stock", "unsloth"):
         opt = torch.optim.AdamW([p for _, p in params], lr=1e-4)  # the anchor's optimizer
         step_fn = stock_step
     else:
@@ -537,9 +597,17 @@ def worker(args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     variant = VARIANTS[args.worker]
     t0 = time.perf_counter()
-    model = load(variant, Path(args.model_dir), device)
+    model = load(variant, Path(args.model_dir), device, max(args.seq, args.max_length))
     load_s = time.perf_counter() - t0
     init = {n: p.detach().cpu().clone() for n, p in trainable(model)}
+    # kielo's and stock's seeded peft adapters start equal; Unsloth seeds its own, so it takes stock's.
+    stock_init = Path(args.grads_dir) / "lora-init-stock.pt"
+    if variant.path == "stock":
+        torch.save(init, stock_init)
+    elif variant.path == "unsloth":
+        if not stock_init.is_file():
+            raise SystemExit("the unsloth variant starts from stock's LoRA weights: put stock first in the plan")
+        init = init_from(init, torch.load(stock_init))
     vocab = model.config.vocab_size
     args.pad_id = vocab - 1
     results = []
@@ -568,7 +636,7 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel", "triton"):
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel", "triton", "unsloth"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -657,6 +725,8 @@ def run(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         subprocess.run([*MODULE, "--make", "--shape", args.shape, "--workdir", str(work)], check=True)
         print(f"model built in {time.perf_counter() - t:.0f}s", flush=True)
+    if "unsloth" in args.plan and not (model_dir / "tokenizer.json").is_file():
+        save_stand_in_tokenizer(model_dir)
     passthrough = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
                    ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")]
     meta = {"shape": args.shape, "plan": args.plan, "versions": versions(), **{k: getattr(args, k) for k in
