@@ -11,12 +11,12 @@ from kielo.train.loss import loss_sum
 from tests.conftest import tiny_config
 
 
-def _model(folder, tmp_path, **training):
+def _model(folder, tmp_path, dropout=0.1, **training):
     from kielo.model.adapter import add_lora
     from kielo.model.load import load_base_model
     from kielo.model.source import ModelSource
 
-    config = tiny_config(folder, tmp_path / "d.jsonl", tmp_path / "o", lora={"r": 4, "alpha": 8, "dropout": 0.1},
+    config = tiny_config(folder, tmp_path / "d.jsonl", tmp_path / "o", lora={"r": 4, "alpha": 8, "dropout": dropout},
                          training=training, quantization={"bits": 4, "compute_dtype": training.pop("compute", "fp32")})
     model = add_lora(load_base_model(ModelSource(str(folder)), config, torch.device("cpu")), config.lora)
     torch.manual_seed(3)
@@ -94,6 +94,33 @@ def test_bf16_stream_matches_peft_and_keeps_less(tiny_llama, tmp_path):
     assert ours_bytes < 0.8 * theirs_bytes, (ours_bytes, theirs_bytes)
     # LoRA weights (and so their gradients and optimizer state) stay fp32
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_fused_4bit_lora_matches_the_unfused_paths(tiny_llama, tmp_path, monkeypatch, checkpointing):
+    """On a bf16 stream without dropout, base + LoRA is one node (LoraLinear4bit): same loss and gradients as
+    the unfused branch and as peft's forward, with and without recomputation in backward."""
+    import kielo.model.lora_forward as lf
+
+    model = _model(tiny_llama, tmp_path, dropout=0.0, compute="bf16", stream_dtype="compute",
+                   gradient_checkpointing=checkpointing)
+    model.train()
+    batch = _batch(model.config.vocab_size)
+    calls = []
+    fused_forward = lf.LoraLinear4bit.forward
+    monkeypatch.setattr(lf.LoraLinear4bit, "forward", staticmethod(lambda *a: calls.append(1) or fused_forward(*a)))
+    fused = _loss_and_grads(model, batch)
+    n_lora = sum(1 for m in model.modules() if hasattr(m, "_kielo_peft_forward"))
+    assert len(calls) == n_lora * (2 if checkpointing else 1)  # every LoRA layer, again when recomputed
+    monkeypatch.setattr(lf, "_fusable", lambda *a: False)
+    unfused = _loss_and_grads(model, batch)
+    restore_peft_forward(model)
+    peft = _loss_and_grads(model, batch)
+    assert fused[1].abs().sum() > 0
+    for other in (unfused, peft):
+        assert fused[0] == pytest.approx(other[0], rel=2e-3)
+        cos = torch.nn.functional.cosine_similarity(fused[1], other[1], dim=0)
+        assert cos > 0.999, cos
 
 
 def test_dora_keeps_pefts_forward(tiny_llama, tmp_path):

@@ -13,7 +13,8 @@ AdamW lr 1e-4) on the same data for each variant of the plan:
 - ``kielo+fp32``: the same with the fp32 stream and no fused kernels on every model (stock's arithmetic);
 - ``kielo+compute``: ``training.stream_dtype: compute`` on any family (bf16 stream, Liger when installed);
   ``+peftlora`` on ``kielo`` or ``kielo+compute``: peft's own LoRA forward instead of kielo's (the A/B of
-  ``kielo.model.lora_forward``); ``kielo+tf32``: the defaults with TF32 for fp32 matmuls;
+  ``kielo.model.lora_forward``); ``+unfused``: kielo's LoRA forward without its fused 4-bit + LoRA node;
+  ``kielo+tf32``: the defaults with TF32 for fp32 matmuls;
 - lever variants of kielo: ``kielo+bf16`` (non-quantized weights kept in bf16 instead of peft's fp32 upcast),
   ``kielo+bf16+liger`` (also Liger's RMSNorm, RoPE and SwiGLU/GeGLU kernels), ``kielo+lean`` (fp32 norms and
   residual stream as stock, but embedding and head weights kept in bf16), ``kielo+lean+liger``;
@@ -77,6 +78,7 @@ class Variant:
     peft_lora: bool = False  # peft's own LoRA forward (fp32 copies of bf16 inputs) instead of kielo's
     tf32: bool = False  # fp32 matmuls (head, attention, LoRA on an fp32 stream) on TF32 tensor cores
     unsloth_gc: bool = True  # unsloth: its offloaded gradient checkpointing (the variant fixes it at load)
+    unfused: bool = False  # kielo's LoRA forward without the fused 4-bit + LoRA node (LoraLinear4bit)
 
 
 VARIANTS = {
@@ -89,6 +91,8 @@ VARIANTS = {
     # --training.stream_dtype compute: the bf16 stream (+ Liger when installed) on any family
     "kielo+compute": Variant("kielo", stream="compute", kernels="auto"),
     "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", peft_lora=True),
+    "kielo+unfused": Variant("kielo", stream="auto", kernels="auto", unfused=True),
+    "kielo+compute+unfused": Variant("kielo", stream="compute", kernels="auto", unfused=True),
     "unsloth": Variant("unsloth"),
     "unsloth+nogc": Variant("unsloth", unsloth_gc=False),
     "kielo+lean": Variant("kielo", lean=True),
@@ -328,6 +332,10 @@ def load(variant: Variant, folder: Path, device: torch.device, max_len: int = 20
         from kielo.model.lora_forward import restore_peft_forward
 
         restore_peft_forward(model)
+    if variant.unfused:
+        import kielo.model.lora_forward as lora_forward
+
+        lora_forward._fusable = lambda *args: False
     return model
 
 
@@ -448,7 +456,7 @@ def planned(model, variant: str, case: Case, micro: list) -> dict:
     from kielo.train.loss import causal_lm
 
     v = VARIANTS[variant]
-    if v.path != "kielo" or v.reference or v.lean or v.peft_lora or case.gc > 0 or case.autocast or case.attn_bf16 \
+    if v.path != "kielo" or v.reference or v.lean or v.peft_lora or v.unfused or case.gc > 0 or case.autocast or case.attn_bf16 \
             or case.head_bf16 or case.head == "ckpt" or case.profile:
         return {}
     lm = causal_lm(model)
