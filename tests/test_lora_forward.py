@@ -96,13 +96,13 @@ def test_bf16_stream_matches_peft_and_keeps_less(tiny_llama, tmp_path):
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_fused_4bit_lora_matches_the_unfused_paths(tiny_llama, tmp_path, monkeypatch, checkpointing):
-    """On a bf16 stream without dropout, base + LoRA is one node (LoraLinear4bit): same loss and gradients as
-    the unfused branch and as peft's forward, with and without recomputation in backward."""
+@pytest.mark.parametrize(("checkpointing", "dropout"), [(False, 0.0), (True, 0.0), (True, 0.1)])
+def test_fused_4bit_lora_matches_the_unfused_paths(tiny_llama, tmp_path, monkeypatch, checkpointing, dropout):
+    """On a bf16 stream, base + LoRA is one node (LoraLinear4bit): same loss and gradients as the unfused
+    branch and as peft's forward (same dropout masks), with and without recomputation in backward."""
     import kielo.model.lora_forward as lf
 
-    model = _model(tiny_llama, tmp_path, dropout=0.0, compute="bf16", stream_dtype="compute",
+    model = _model(tiny_llama, tmp_path, dropout=dropout, compute="bf16", stream_dtype="compute",
                    gradient_checkpointing=checkpointing)
     model.train()
     batch = _batch(model.config.vocab_size)
