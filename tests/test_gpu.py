@@ -70,7 +70,8 @@ def loaded(path: str, folder: Path):
 
 
 def train(path: str, folder: Path, steps: list, mbs: int = 2, vocab: int = SHAPE["vocab_size"]) -> tuple[list[float], torch.Tensor]:
-    """Losses of ``len(steps)`` optimizer steps and the flattened LoRA gradients of the first."""
+    """Losses of ``len(steps)`` optimizer steps of bench variant ``path`` and the flattened LoRA gradients of the
+    first."""
     from kielo.train.optim import build_optimizer
     from kielo.train.trainer import accumulate_gradients
 
@@ -83,7 +84,8 @@ def train(path: str, folder: Path, steps: list, mbs: int = 2, vocab: int = SHAPE
         opt, step_fn = build_optimizer(params, qb.kielo_config().training, device), accumulate_gradients
     losses, first_grads = [], None
     for examples in steps:
-        losses.append(step_fn(model, qb.micro_batches(examples, path, mbs, True, 512, vocab - 1), device))
+        micro = qb.micro_batches(examples, qb.VARIANTS[path].path, mbs, True, 512, vocab - 1)
+        losses.append(step_fn(model, micro, device))
         if first_grads is None:
             first_grads = torch.cat([p.grad.detach().float().flatten() for p in params])
         opt.step()
@@ -91,18 +93,21 @@ def train(path: str, folder: Path, steps: list, mbs: int = 2, vocab: int = SHAPE
     return losses, first_grads
 
 
+@pytest.mark.parametrize("path", ["kielo", "kielo+fp32"])
 @pytest.mark.parametrize("data", ["full", "instruction"])
-def test_kielo_matches_stock_loss_and_gradients(llama_dir, data):
+def test_kielo_matches_stock_loss_and_gradients(llama_dir, data, path):
+    """kielo train's GPU default for Llama (bf16 stream, Liger, fused head and LoRA) and its fp32 stream
+    (stock's arithmetic) against stock."""
     vocab = SHAPE["vocab_size"]
     if data == "full":
         steps = qb.full_examples(STEPS, 2, 512, vocab, seed=3)
     else:  # variable lengths: stock pads micro-batches of 2, kielo packs rows of 512
         steps = qb.instruction_examples(STEPS, 8, 512, vocab, seed=4)
     stock_losses, stock_grads = train("stock", llama_dir, steps)
-    kielo_losses, kielo_grads = train("kielo", llama_dir, steps)
+    kielo_losses, kielo_grads = train(path, llama_dir, steps)
     deltas = [abs(a - b) for a, b in zip(stock_losses, kielo_losses, strict=True)]
     cos = float(torch.nn.functional.cosine_similarity(stock_grads.double(), kielo_grads.double(), dim=0))
-    print(f"\n{data}: stock losses {stock_losses[0]:.4f} .. {stock_losses[-1]:.4f}; max |dloss| {max(deltas):.5f} "
+    print(f"\n{path}, {data}: stock losses {stock_losses[0]:.4f} .. {stock_losses[-1]:.4f}; max |dloss| {max(deltas):.5f} "
           f"over {STEPS} steps; LoRA grad cosine {cos:.6f}")
     assert all(map(math.isfinite, stock_losses + kielo_losses))
     assert max(deltas) <= 0.02, deltas
@@ -182,10 +187,10 @@ PLAN_SHAPE = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, nu
                   num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048)
 
 
-@pytest.mark.parametrize("stream", ["auto", "compute"])
+@pytest.mark.parametrize("stream", ["fp32", "auto"])
 def test_kielo_train_plans_its_memory(tmp_path, stream):
-    """`kielo train` on CUDA: the memory plan's estimate within 10% of the run's measured peak, for the
-    default (fp32 stream on Llama) and the bf16 fast path (Liger + fused head when installed)."""
+    """`kielo train` on CUDA: the memory plan's estimate within 10% of the run's measured peak, for the fp32
+    stream and the default on Llama (the bf16 fast path: Liger + fused head when installed, fused LoRA)."""
     import json
     import random
 

@@ -16,11 +16,13 @@ def cfg(bits: int = 4, **training):
     return from_dict({"quantization": {"bits": bits}, "training": training})
 
 
-def test_auto_keeps_fp32_stream_except_gemma3_on_cuda():
+def test_auto_takes_the_bf16_stream_only_where_measured_and_on_cuda():
     bf16 = torch.bfloat16
     assert resolve_precision(cfg(), "gemma3_text", CPU, torch.float32).stream == torch.float32
-    assert resolve_precision(cfg(), "llama", CUDA, bf16).stream == torch.float32
+    assert resolve_precision(cfg(), "llama", CPU, bf16).stream == torch.float32
+    assert resolve_precision(cfg(), "llama", CUDA, bf16).stream == bf16
     assert resolve_precision(cfg(), "bloom", CUDA, bf16).stream == torch.float32
+    assert resolve_precision(cfg(), "mistral", CUDA, bf16).stream == torch.float32  # not measured
     gemma = resolve_precision(cfg(), "gemma3_text", CUDA, bf16)
     assert gemma.stream == bf16
     assert gemma.liger == liger_installed()  # auto: Liger only when it is there

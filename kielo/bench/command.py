@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--examples-per-step", type=int, default=32, help="data b: examples per optimizer step")
     p.add_argument("--warmup-a", type=int, default=3)
     p.add_argument("--timed-a", type=int, default=6)
-    p.add_argument("--warmup-b", type=int, default=2)
+    p.add_argument("--warmup-b", type=int, default=8,
+                   help="data b: untimed steps; its first steps bring new shapes (kernel selection), see bench/NOTES.md")
     p.add_argument("--timed-b", type=int, default=4)
     p.add_argument("--worker-timeout", type=int, default=420, help="seconds for one variant's process")
     p.add_argument("--worker", help=argparse.SUPPRESS)

@@ -9,7 +9,8 @@ AdamW lr 1e-4) on the same data for each variant of the plan:
   loss is normalized by the step's trained tokens (``num_items_in_batch``), as transformers' Trainer does;
 - ``kielo``: kielo's training path with ``kielo train``'s defaults (load_base_model, add_lora,
   accumulate_gradients over kielo Batches: loss only at trained positions, packed rows for variable-length
-  data; training.stream_dtype and training.kernels auto: a bf16 stream with Liger's kernels for Gemma 3);
+  data; training.stream_dtype and training.kernels auto: a bf16 stream with Liger's kernels and the fused LoRA
+  node for Gemma 3 and Llama);
 - ``kielo+fp32``: the same with the fp32 stream and no fused kernels on every model (stock's arithmetic);
 - ``kielo+compute``: ``training.stream_dtype: compute`` on any family (bf16 stream, Liger when installed);
   ``+peftlora`` on ``kielo`` or ``kielo+compute``: peft's own LoRA forward instead of kielo's (the A/B of

@@ -159,7 +159,8 @@ class TrainingConfig:
         "Dtype of the unquantized weights (embedding, norms, head), so of the residual stream, when training a "
         "quantized model: fp32 as peft's k-bit preparation does (the stock stack's arithmetic); compute = "
         "quantization.compute_dtype (faster and leaner on GPU; LoRA gradients measured 0.9996 from fp32's on "
-        "Gemma 3, 0.995 on Llama, 0.86 on BLOOM); auto = compute for Gemma 3 on CUDA, else fp32.",
+        "Gemma 3, 0.995 on Llama as Unsloth's, 0.86 on BLOOM); auto = compute for Gemma 3 and Llama on CUDA, "
+        "else fp32.",
         ("auto", "fp32", "compute"),
     )
     kernels: str = opt(

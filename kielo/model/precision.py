@@ -2,13 +2,16 @@
 
 peft's ``prepare_model_for_kbit_training`` upcasts the embedding, norms and head to fp32, so the whole
 residual stream, the attention and the head run in fp32 between the 4-bit matmuls. That is the stock
-stack's arithmetic; kielo keeps it wherever a faster one has not been measured to give the same gradients.
+stack's arithmetic; ``training.stream_dtype: fp32`` keeps it.
 
-Measured on one H100 (``bench/NOTES.md``: random weights, LoRA-gradient cosine against stock): a bf16
+Measured on H100/H200 (``bench/NOTES.md``: random weights, LoRA-gradient cosine against stock): a bf16
 stream with Liger's kernels and its fused head is 0.9996 from stock on the Gemma 3 1B and 4B shapes at
-1.2-1.7x the speed and a quarter of the memory, but 0.995 on Llama-3.1-8B and 0.86 on BLOOM (whose eager
-attention does the softmax in the stream's dtype). So ``auto`` takes the bf16 stream only for Gemma 3 on
-CUDA; ``training.stream_dtype: compute`` asks for it anywhere.
+1.2-1.7x the speed and a quarter of the memory; 0.9955 on Llama-3.1-8B at 3x the speed and 43% of the
+memory, where Unsloth, measured the same way, is 0.9957 and stock itself 0.996 from exact fp32 arithmetic
+(bf16 rounding anywhere in 32 random-weight layers costs that much; losses stay within 0.003 of stock's);
+and 0.86 on BLOOM, whose eager attention does the softmax in the stream's dtype. So ``auto`` takes the bf16
+stream for Gemma 3 and Llama on CUDA and keeps fp32 for BLOOM and the families not measured;
+``training.stream_dtype: compute`` asks for it anywhere.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from kielo.errors import KieloError
 
 log = logging.getLogger("kielo")
 
-# Model types whose bf16-stream gradients matched the fp32 stream's (cosine >= 0.999) in the benchmark.
-COMPUTE_STREAM_MEASURED = ("gemma3_text",)
+# Model types whose bf16-stream training was measured against stock's: Gemma 3 (gradient cosine 0.9996) and
+# Llama (0.9955, as close as Unsloth's 0.9957).
+COMPUTE_STREAM_MEASURED = ("gemma3_text", "llama")
 # Liger's per-family patch functions, and the MLP kernel each family takes.
 LIGER_FAMILIES = {
     "llama": ("apply_liger_kernel_to_llama", {"swiglu": True}),
