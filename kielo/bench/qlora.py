@@ -259,10 +259,13 @@ def apply_liger(model_type: str) -> None:
 UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def load_unsloth(variant: Variant, folder: Path, model_type: str, max_len: int):
+def load_unsloth(variant: Variant, folder: Path, max_len: int):
     """Unsloth's 4-bit model and LoRA adapter, set up as its anchor script does (same LoRA settings as stock)."""
-    from unsloth import FastLanguageModel, FastModel
+    # Unsloth patches transformers and peft: it must be imported before them (so not in sorted order).
+    from unsloth import FastLanguageModel, FastModel  # noqa: I001
+    from transformers import AutoConfig
 
+    model_type = AutoConfig.from_pretrained(folder).model_type
     if model_type not in ("llama", "gemma3_text"):
         raise SystemExit(f"the unsloth variant covers Llama and Gemma 3, not {model_type}")
     fast = FastModel if model_type == "gemma3_text" else FastLanguageModel
@@ -277,14 +280,12 @@ def load_unsloth(variant: Variant, folder: Path, model_type: str, max_len: int):
 def load(variant: Variant, folder: Path, device: torch.device, max_len: int = 2048):
     """The variant's model with a fresh LoRA adapter (seeded, so every path starts from the same weights)."""
     if variant.path == "unsloth":
-        import unsloth  # noqa: F401  (Unsloth patches transformers and peft: it must be imported before them)
+        return load_unsloth(variant, folder, max_len)
     from transformers import AutoConfig
 
     model_type = AutoConfig.from_pretrained(folder).model_type
     if variant.liger:
         apply_liger(model_type)
-    if variant.path == "unsloth":
-        return load_unsloth(variant, folder, model_type, max_len)
     if variant.path == "stock":  # as the anchor: hf_qlora_baseline.py run()
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig

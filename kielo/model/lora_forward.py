@@ -64,11 +64,11 @@ class LoraLinear4bit(torch.autograd.Function):
         gx = gh = ga = gb = None
         if ctx.needs_input_grad[0]:
             gx = g2 @ _dequantized(ctx.base).to(lora_in.dtype)
-            if ctx.dropout:
-                gh = (gxa @ a_c).view(ctx.x_shape)
-            else:
+            if not ctx.dropout:  # x is the LoRA input too: its LoRA part lands on the base part in the GEMM
                 gx.addmm_(gxa, a_c)
             gx = gx.view(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            gh = (gxa @ a_c).view(ctx.x_shape)
         if ctx.needs_input_grad[2]:
             ga = (gxa.t() @ lora_in.reshape(-1, lora_in.shape[-1])).float()
         if ctx.needs_input_grad[3]:
@@ -76,7 +76,8 @@ class LoraLinear4bit(torch.autograd.Function):
         return gx, gh, ga, gb, None, None
 
 
-def _fusable(self, name: str, x: torch.Tensor, args, kwargs) -> bool:
+def _fusable(self, x: torch.Tensor, args, kwargs) -> bool:
+    """Whether :class:`LoraLinear4bit` computes this layer: a compute-dtype input to a bias-free 4-bit base."""
     import bitsandbytes as bnb
 
     return (not args and not kwargs and x.dtype != torch.float32 and isinstance(self.base_layer, bnb.nn.Linear4bit)
@@ -89,7 +90,7 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             or active[0] in self.lora_variant or active[0] not in self.lora_A):
         return self._kielo_peft_forward(x, *args, **kwargs)
     name = active[0]
-    if _fusable(self, name, x, args, kwargs):
+    if _fusable(self, x, args, kwargs):
         dropout = self.lora_dropout[name]
         h = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
         return LoraLinear4bit.apply(x, h, self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer,
