@@ -123,7 +123,7 @@ def test_gemma_fast_path_matches_stock(gemma_dir):
     model = loaded("kielo", gemma_dir)
     norm = next(p for n, p in model.named_parameters() if n.endswith("input_layernorm.weight"))
     assert norm.dtype == torch.bfloat16, "the Gemma 3 default must train on the bf16 stream"
-    assert model.get_base_model().kielo_fused_head == liger_installed()
+    assert model.get_base_model().kielo_precision.liger == liger_installed()
     del model
     steps = qb.instruction_examples(STEPS, 8, 512, vocab, seed=6)
     stock_losses, stock_grads = train("stock", gemma_dir, steps, vocab=vocab)

@@ -56,4 +56,4 @@ def test_apply_casts_only_frozen_fp32_weights(tiny_llama):
     apply_precision(model, Precision(torch.bfloat16, False))
     assert model.model.norm.weight.dtype == torch.bfloat16
     assert trainable.dtype == torch.float32  # trainable weights keep their fp32 master copy
-    assert model.kielo_fused_head is False
+    assert model.kielo_precision == Precision(torch.bfloat16, False)

@@ -462,13 +462,13 @@ def planned(model, variant: str, case: Case, micro: list) -> dict:
             or case.head_bf16 or case.head == "ckpt" or case.profile:
         return {}
     lm = causal_lm(model)
-    fused = case.head == "liger" or getattr(lm, "kielo_fused_head", False)
+    fused = case.head == "liger" or lm.kielo_precision.liger
     batches = [b for mb in micro for b in mb]
     # A mask exists where a row holds several examples (positions restart) or padding.
     masked = any(bool((b.position_ids[:, 1:] == 0).any()) if b.position_ids is not None
                  else not bool(b.attention_mask.all()) for b in batches)
     setup = Setup(stream_bytes=lm.get_input_embeddings().weight.element_size(),
-                  liger=v.liger or getattr(lm, "kielo_fused_head", False), fused_head=fused, lora_r=16,
+                  liger=v.liger or lm.kielo_precision.liger, fused_head=fused, lora_r=16,
                   lora_dropout=0.0, gradient_checkpointing=case.gc != 0,
                   tokens=max(b.input_ids.numel() for b in batches), row_width=max(b.input_ids.shape[1] for b in batches),
                   trained=max(b.trained_tokens for b in batches), masked=masked)

@@ -96,6 +96,6 @@ def apply_precision(model, precision: Precision) -> None:
         name, mlp = LIGER_FAMILIES[model.config.model_type]
         getattr(liger, name)(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False,
                              model=model, **mlp)
-    # The loss head reads this: Liger's fused linear cross-entropy never holds the logits.
-    model.kielo_fused_head = precision.liger
+    # The loss head (Liger's fused linear cross-entropy never holds the logits) and the memory planner read it.
+    model.kielo_precision = precision
     log.info("training precision: %s", precision.describe())

@@ -16,6 +16,7 @@ import torch
 
 from kielo.config.schema import Config
 from kielo.errors import KieloError
+from kielo.model.adapter import causal_lm
 from kielo.model.load import COMPUTE_DTYPES
 from kielo.model.precision import Precision
 from kielo.plan.memory import GIB, Estimate, Setup, estimate
@@ -52,11 +53,6 @@ def full_rows(config: Config) -> DataSize:
     """No data at hand: every row ``data.max_length`` long and trained throughout (the worst case)."""
     n = config.data.max_length
     return DataSize(n, n, config.data.packing)
-
-
-def model_precision(model) -> Precision:
-    """The stream dtype and kernels a loaded training model has (``kielo.model.precision`` set them)."""
-    return Precision(model.get_input_embeddings().weight.dtype, bool(getattr(model, "kielo_fused_head", False)))
 
 
 def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_size: int,
@@ -190,7 +186,7 @@ def plan_training(config: Config, model, items: list, device: torch.device,
         config = replace(config, training=planned)
     elif device.type == "cuda" and t.memory_plan != "off":
         data = data_size(items, config.data.packing, config.data.max_length)
-        plan = make_plan(config, shape_from_config(model.config), model_precision(model), data,
+        plan = make_plan(config, shape_from_config(model.config), causal_lm(model).kielo_precision, data,
                          gpu_budget(device), t.memory_plan)
         log.info("%s", plan.describe())
         check_plan(plan, config.model.name)

@@ -57,7 +57,8 @@ def loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
     """
     lm = causal_lm(model)
     h, y, _ = trained_hidden(model, batch)
-    if getattr(lm, "kielo_fused_head", False):
+    precision = getattr(lm, "kielo_precision", None)
+    if precision is not None and precision.liger:
         return fused_head_loss_sum(lm, h, y), int(y.numel())
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], HEAD_CHUNK):
