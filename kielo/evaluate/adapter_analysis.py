@@ -57,9 +57,9 @@ def base_weight(layer) -> torch.Tensor:
     weight = layer.weight
     kind = type(weight).__name__
     if kind == "Params4bit":
-        import bitsandbytes.functional as bnbf
+        from kielo.model.load import dequantize_4bit_weight
 
-        return bnbf.dequantize_4bit(weight.data, weight.quant_state).float()
+        return dequantize_4bit_weight(layer).float()
     if kind == "Int8Params":
         from peft.utils.integrations import dequantize_bnb_weight
 

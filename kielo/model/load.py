@@ -196,6 +196,13 @@ def set_gradient_checkpointing(model, on: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
+def dequantize_4bit_weight(layer) -> torch.Tensor:
+    """A bitsandbytes 4-bit layer's weight as a dense (out, in) matrix in its quantization's dtype (a copy)."""
+    import bitsandbytes.functional as bnbf
+
+    return bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+
+
 def dequantize_for_cpu_inference(model) -> bool:
     """Replace each 4-bit linear layer by a plain one holding its dequantized weight, when that fits in RAM.
 
@@ -205,7 +212,6 @@ def dequantize_for_cpu_inference(model) -> bool:
     logits), still the base its adapters were trained on, at a plain model's speed. Returns whether it did.
     """
     import bitsandbytes as bnb
-    import bitsandbytes.functional as bnbf
 
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     if not layers:
@@ -218,7 +224,7 @@ def dequantize_for_cpu_inference(model) -> bool:
         return False
     for name, m in layers:
         dtype = m.compute_dtype or torch.float32
-        weight = bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state).to(dtype)
+        weight = dequantize_4bit_weight(m).to(dtype)
         plain = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=dtype)
         plain.weight = torch.nn.Parameter(weight, requires_grad=False)
         if m.bias is not None:

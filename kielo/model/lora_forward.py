@@ -27,12 +27,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-
-def _dequantized(base) -> torch.Tensor:
-    """The 4-bit base weight as a dense (out, in) matrix in its compute dtype."""
-    import bitsandbytes.functional as bnbf
-
-    return bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state)
+from kielo.model.load import dequantize_4bit_weight
 
 
 class LoraLinear4bit(torch.autograd.Function):
@@ -63,7 +58,7 @@ class LoraLinear4bit(torch.autograd.Function):
         gxa = g2 @ b_c  # (rows, r): the gradient reaching h @ A^T, scale included through b_c
         gx = gh = ga = gb = None
         if ctx.needs_input_grad[0]:
-            gx = g2 @ _dequantized(ctx.base).to(lora_in.dtype)
+            gx = g2 @ dequantize_4bit_weight(ctx.base).to(lora_in.dtype)
             if not ctx.dropout:  # x is the LoRA input too: its LoRA part lands on the base part in the GEMM
                 gx.addmm_(gxa, a_c)
             gx = gx.view(ctx.x_shape)
