@@ -47,3 +47,17 @@ def test_another_stack_starts_from_stocks_lora_weights():
     assert a.dtype == torch.bfloat16 and bool((a == 1).all()) and bool((b == 0).all())
     with pytest.raises(SystemExit, match="do not pair up"):
         init_from({**own, "base_model.model.layers.1.mlp.up_proj.lora_A.weight": torch.ones(1)}, stock)
+
+
+def test_unsloth_variant_without_unsloth_says_what_to_install(tmp_path):
+    import importlib.util
+
+    import pytest
+    import torch
+
+    from kielo.bench.qlora import VARIANTS, load
+
+    if importlib.util.find_spec("unsloth") is not None:
+        pytest.skip("Unsloth is installed here")
+    with pytest.raises(SystemExit, match="the unsloth variant needs Unsloth .*install its wheels"):
+        load(VARIANTS["unsloth"], tmp_path, torch.device("cpu"))

@@ -262,7 +262,11 @@ UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 def load_unsloth(variant: Variant, folder: Path, max_len: int):
     """Unsloth's 4-bit model and LoRA adapter, set up as its anchor script does (same LoRA settings as stock)."""
     # Unsloth patches transformers and peft: it must be imported before them (so not in sorted order).
-    from unsloth import FastLanguageModel, FastModel  # noqa: I001
+    try:
+        from unsloth import FastLanguageModel, FastModel  # noqa: I001
+    except ImportError as e:
+        raise SystemExit(f"the unsloth variant needs Unsloth ({e}): install its wheels (unsloth, unsloth_zoo and "
+                         "their dependencies; bench/NOTES.md, 'Unsloth inside the bench') and run it on a GPU") from None
     from transformers import AutoConfig
 
     model_type = AutoConfig.from_pretrained(folder).model_type
