@@ -24,4 +24,5 @@ test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: setup
-	$(VENV)/bin/ruff check kielo tests data
+	$(VENV)/bin/ruff check kielo tests data bench
+	$(VENV)/bin/ruff format --check kielo tests data bench

@@ -58,8 +58,9 @@ def main() -> None:
     tokens = args.batch * args.seq
     med = {m: statistics.median(t) for m, t in times.items()}
     for m, t in times.items():
-        print(f"{args.shape} {m:8} median {med[m]:.4f} s ({tokens / med[m]:,.0f} tok/s), "
-              f"min {min(t):.4f}, max {max(t):.4f}, n {len(t)}")
+        print(
+            f"{args.shape} {m:8} median {med[m]:.4f} s ({tokens / med[m]:,.0f} tok/s), min {min(t):.4f}, max {max(t):.4f}, n {len(t)}"
+        )
     print(f"{args.shape} fused / unfused step time: {med['fused'] / med['unfused']:.3f}")
 
 

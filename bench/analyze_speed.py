@@ -45,10 +45,13 @@ def synthesize(n: int, seed: int = 0) -> list[dict]:
     by_task: dict[str, list[dict]] = {}
     for r in rows:
         by_task.setdefault(r["task"], []).append(r)
-    sentences = {task: [s for r in group for s in _SENTENCE.split(r.get("output", "")) if s]
-                 for task, group in by_task.items()}
-    pairs = [(a, b) for r in by_task["dialogue"] for a, b in zip(r["messages"], r["messages"][1:], strict=False)
-             if a["role"] == "user" and b["role"] == "assistant"]
+    sentences = {task: [s for r in group for s in _SENTENCE.split(r.get("output", "")) if s] for task, group in by_task.items()}
+    pairs = [
+        (a, b)
+        for r in by_task["dialogue"]
+        for a, b in zip(r["messages"], r["messages"][1:], strict=False)
+        if a["role"] == "user" and b["role"] == "assistant"
+    ]
     out = []
     for _ in range(n):
         base = rng.choice(rows)
@@ -57,19 +60,27 @@ def synthesize(n: int, seed: int = 0) -> list[dict]:
         k = rng.choice((1, 1, 2, 2, 3, 4, 6, 12, 30))
         if "messages" in base:
             turns = [m for pair in rng.sample(pairs, min(k, 4)) for m in pair]
-            out.append({"task": task, "answer_lang": base["answer_lang"],
-                        "messages": [{**m, "content": _renumber(m["content"], rng)} for m in turns]})
+            out.append(
+                {
+                    "task": task,
+                    "answer_lang": base["answer_lang"],
+                    "messages": [{**m, "content": _renumber(m["content"], rng)} for m in turns],
+                }
+            )
             continue
         instruction = base["instruction"]
         if rng.random() < 0.5:
             instruction += " " + rng.choice(_SENTENCE.split(rng.choice(by_task[task])["instruction"]))
         inputs = [r["input"] for r in [base] + rng.sample(by_task[task], min(k, 6) - 1) if r.get("input")]
-        out.append({
-            "task": task, "answer_lang": base["answer_lang"],
-            "instruction": _renumber(instruction, rng),
-            "input": _renumber("\n\n".join(inputs), rng),
-            "output": _renumber(" ".join(rng.choice(sentences[task]) for _ in range(k)), rng),
-        })
+        out.append(
+            {
+                "task": task,
+                "answer_lang": base["answer_lang"],
+                "instruction": _renumber(instruction, rng),
+                "input": _renumber("\n\n".join(inputs), rng),
+                "output": _renumber(" ".join(rng.choice(sentences[task]) for _ in range(k)), rng),
+            }
+        )
     return out
 
 
@@ -101,10 +112,17 @@ def time_one(label: str, model: str, files: list[Path], out: Path, workers: int 
     result = analyze_data(files, config, output_dir=out / label, workers=workers)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     n = result["timing"]["examples"]
-    return {"tokenizer": label, "examples": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "examples_per_s": round(n / wall), "workers": result["timing"]["workers"],
-            "analysis_s": result["timing"]["seconds"], "phases_s": result["timing"]["phases"],
-            "tokens": sum(s["tokens"] for s in result["splits"].values())}
+    return {
+        "tokenizer": label,
+        "examples": n,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "examples_per_s": round(n / wall),
+        "workers": result["timing"]["workers"],
+        "analysis_s": result["timing"]["seconds"],
+        "phases_s": result["timing"]["phases"],
+        "tokens": sum(s["tokens"] for s in result["splits"].values()),
+    }
 
 
 def main() -> int:
@@ -135,16 +153,23 @@ def main() -> int:
     load = os.getloadavg()[0]
     results = [time_one(label, model, files, out, args.workers) for label, model in models.items()]
     detectors = "py3langid + lingua" if importlib.util.find_spec("lingua") else "py3langid only (lingua missing)"
-    report = {"examples": args.examples, "cores": len(os.sched_getaffinity(0)), "language_detectors": detectors,
-              "load_average_before": round(load, 2),
-              "load_average_after": round(os.getloadavg()[0], 2), "results": results}
+    report = {
+        "examples": args.examples,
+        "cores": len(os.sched_getaffinity(0)),
+        "language_detectors": detectors,
+        "load_average_before": round(load, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
+        "results": results,
+    }
     (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=1))
     print(f"\n{'tokenizer':<22} {'examples':>9} {'wall s':>7} {'cpu s':>7} {'examples/s':>11}")
     for r in results:
         print(f"{r['tokenizer']:<22} {r['examples']:>9} {r['wall_s']:>7} {r['cpu_s']:>7} {r['examples_per_s']:>11}")
-    print(f"({report['cores']} cores, {detectors}; load average {report['load_average_before']} before, "
-          f"{report['load_average_after']} after: other work on the machine slows the numbers)")
+    print(
+        f"({report['cores']} cores, {detectors}; load average {report['load_average_before']} before, "
+        f"{report['load_average_after']} after: other work on the machine slows the numbers)"
+    )
     return 0
 
 

@@ -1,6 +1,6 @@
 """Record CUDA allocations during a short `kielo train` on the GPU-test model and write the snapshot.
 
-    python bench/memtrace_probe.py OUT_DIR [stream]
+python bench/memtrace_probe.py OUT_DIR [stream]
 """
 
 from __future__ import annotations

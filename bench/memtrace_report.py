@@ -14,14 +14,25 @@ import argparse
 import collections
 import pickle
 
-LIBRARIES = ("kielo/", "transformers/", "peft/", "bitsandbytes/", "liger", "torch/utils/checkpoint",
-             "torch/nn/functional", "torch/autograd")
+LIBRARIES = (
+    "kielo/",
+    "transformers/",
+    "peft/",
+    "bitsandbytes/",
+    "liger",
+    "torch/utils/checkpoint",
+    "torch/nn/functional",
+    "torch/autograd",
+)
 
 
 def where(frames: list[dict], depth: int = 3) -> str:
     """The first ``depth`` frames that belong to the libraries above (the C++ frame name when there are none)."""
-    named = [f"{f['filename'].split('site-packages/')[-1]}:{f['line']}:{f['name']}" for f in frames
-             if any(lib in f["filename"] for lib in LIBRARIES)]
+    named = [
+        f"{f['filename'].split('site-packages/')[-1]}:{f['line']}:{f['name']}"
+        for f in frames
+        if any(lib in f["filename"] for lib in LIBRARIES)
+    ]
     return " < ".join(named[:depth]) or (frames[0]["name"] if frames else "?")
 
 

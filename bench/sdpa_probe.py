@@ -40,8 +40,10 @@ def case(dtype, head_dim: int, masked: bool, gqa: bool, batch: int = 2, heads: i
     extra = torch.cuda.max_memory_allocated() - before
     per_token = kept / (batch * t)
     probs = heads * t * 4
-    return (f"{str(dtype):15} d={head_dim:3} mask={masked!s:5} gqa={gqa!s:5} backends {','.join(accepted):28} "
-            f"kept {per_token:9.0f} B/token (probs fp32 would be {probs}), backward peak +{extra / 2**20:7.1f} MiB")
+    return (
+        f"{str(dtype):15} d={head_dim:3} mask={masked!s:5} gqa={gqa!s:5} backends {','.join(accepted):28} "
+        f"kept {per_token:9.0f} B/token (probs fp32 would be {probs}), backward peak +{extra / 2**20:7.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ def build() -> dict[str, list[dict]]:
         random.Random(f"{SEED}-{part.stem}").shuffle(rows)
         n_test, n_dev = round(len(rows) * TEST), round(len(rows) * DEV)
         splits["test"] += rows[:n_test]
-        splits["dev"] += rows[n_test:n_test + n_dev]
-        splits["train"] += rows[n_test + n_dev:]
+        splits["dev"] += rows[n_test : n_test + n_dev]
+        splits["train"] += rows[n_test + n_dev :]
     for rows in splits.values():
         rows.sort(key=lambda r: r["id"])
     return splits
@@ -35,8 +35,7 @@ def build() -> dict[str, list[dict]]:
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     for name, rows in build().items():
-        (OUT / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                          encoding="utf-8")
+        (OUT / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         print(f"{name}: {len(rows)}")
 
 

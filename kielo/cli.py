@@ -87,8 +87,7 @@ def _train(args, config) -> int:
     from kielo.train.trainer import train
 
     summary = train(config, resume=args.resume)
-    keys = ("steps", "wall_time_s", "train_loss_first", "train_loss_last", "validation_loss_start",
-            "validation_loss_end")
+    keys = ("steps", "wall_time_s", "train_loss_first", "train_loss_last", "validation_loss_start", "validation_loss_end")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
     print(f"adapter: {config.output_dir}")
     return 0
@@ -113,12 +112,18 @@ def _demo_base() -> dict:
 def _setup_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="evaluate on every held-out example (the README's evidence)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when the prompt suite fails")
-    p.add_argument("--generate", type=int, default=None, metavar="N",
-                   help="held-out examples generated on, task-stratified (default 48; --full: all)")
+    p.add_argument(
+        "--generate",
+        type=int,
+        default=None,
+        metavar="N",
+        help="held-out examples generated on, task-stratified (default 48; --full: all)",
+    )
 
 
 def _lazy(module: str, name: str) -> Callable:
     """``module.name``, imported when first called: a command's own code (and torch) loads only when it runs."""
+
     def call(*args):
         import importlib
 
@@ -129,51 +134,64 @@ def _lazy(module: str, name: str) -> Callable:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(_train, "train a LoRA adapter on a (4-bit) base model", _setup_train, positional_config=True),
-    "demo": Command(_demo, "the whole workflow on the embedded default model, offline", _setup_demo,
-                    base=_demo_base),
+    "demo": Command(_demo, "the whole workflow on the embedded default model, offline", _setup_demo, base=_demo_base),
     "prompt": Command(
         _lazy("kielo.prompt.command", "run_command"),
         "answer prompts, compare models side by side, run prompt suites, or chat",
-        _lazy("kielo.prompt.command", "setup_parser"), base=lambda: {"output_dir": "runs/prompt"}),
+        _lazy("kielo.prompt.command", "setup_parser"),
+        base=lambda: {"output_dir": "runs/prompt"},
+    ),
     "evaluate": Command(
         _lazy("kielo.evaluate.command", "run_evaluate"),
         "loss, generations and metrics of one model (base or base + adapter) on a data set",
-        _lazy("kielo.evaluate.command", "setup_evaluate"), base=lambda: {"output_dir": "runs/evaluate"}),
+        _lazy("kielo.evaluate.command", "setup_evaluate"),
+        base=lambda: {"output_dir": "runs/evaluate"},
+    ),
     "compare": Command(
         _lazy("kielo.evaluate.command", "run_compare"),
         "the base vs each adapter on the same data: deltas with intervals, adapter analysis, HTML report",
-        _lazy("kielo.evaluate.command", "setup_compare"), base=lambda: {"output_dir": "runs/compare"}),
+        _lazy("kielo.evaluate.command", "setup_compare"),
+        base=lambda: {"output_dir": "runs/compare"},
+    ),
     "analyze-data": Command(
         _lazy("kielo.analyze.command", "run_command"),
-        "how the data meets the model's tokenizer: lengths, truncation, masking, padding, duplicates, languages, "
-        "tokenizer efficiency",
-        _lazy("kielo.analyze.command", "setup_parser"), base=lambda: {"output_dir": "runs/analyze"}),
+        "how the data meets the model's tokenizer: lengths, truncation, masking, padding, duplicates, languages, tokenizer efficiency",
+        _lazy("kielo.analyze.command", "setup_parser"),
+        base=lambda: {"output_dir": "runs/analyze"},
+    ),
     "plan": Command(
         _lazy("kielo.plan.command", "run_command"),
         "estimate a training run's peak GPU memory and the micro-batch / checkpointing kielo train would pick",
-        _lazy("kielo.plan.command", "setup_parser")),
+        _lazy("kielo.plan.command", "setup_parser"),
+    ),
     "bench": Command(
         _lazy("kielo.bench.command", "run_command"),
         "time QLoRA training of the stock stack and kielo's path on one GPU in one invocation (tokens/s, peak "
         "memory, loss and gradient parity, the memory plan's estimate)",
-        _lazy("kielo.bench.command", "setup_parser")),
+        _lazy("kielo.bench.command", "setup_parser"),
+    ),
     "merge": Command(
         _lazy("kielo.merge.command", "run_command"),
         "merge an adapter into its unquantized base, verify it, optionally NF4 / GGUF",
         _lazy("kielo.merge.command", "setup_parser"),
-        base=lambda: {"output_dir": ""}),  # "": ADAPTER_OR_RUN_DIR-merged
+        base=lambda: {"output_dir": ""},
+    ),  # "": ADAPTER_OR_RUN_DIR-merged
 }
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kielo", description="QLoRA instruction fine-tuning, Finnish first.",
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="kielo", description="QLoRA instruction fine-tuning, Finnish first.", allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in COMMANDS.items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False,
-                           epilog="Any config key is also an option: --lora.r 8 --training.max_steps 20 "
-                                  "(see the README's config reference); --model X is --model.name X.")
+        p = sub.add_parser(
+            name,
+            help=cmd.help,
+            description=cmd.help,
+            allow_abbrev=False,
+            epilog="Any config key is also an option: --lora.r 8 --training.max_steps 20 "
+            "(see the README's config reference); --model X is --model.name X.",
+        )
         if cmd.positional_config:
             p.add_argument("config_file", nargs="?", help="YAML config file")
         p.add_argument("--config", help="YAML config file")
@@ -183,8 +201,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="kielo: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="kielo: %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "peft", "accelerate", "bitsandbytes", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
     if not debug:

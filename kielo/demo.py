@@ -77,8 +77,9 @@ class Report:
         return result
 
     def write(self) -> None:
-        (self.out / "report.json").write_text(json.dumps({"stages": self.stages, "results": self.results},
-                                                         indent=2, default=str), encoding="utf-8")
+        (self.out / "report.json").write_text(
+            json.dumps({"stages": self.stages, "results": self.results}, indent=2, default=str), encoding="utf-8"
+        )
 
 
 def evidence(summary: dict, tuned: str) -> dict:
@@ -88,16 +89,23 @@ def evidence(summary: dict, tuned: str) -> dict:
     checks = {}
     if base.get("loss") and model.get("loss") is not None:
         reduction = (base["loss"] - model["loss"]) / base["loss"]
-        checks["loss_reduction"] = {"value": reduction, "bar": f">= {BARS['loss_reduction']:.0%}",
-                                    "passed": reduction >= BARS["loss_reduction"]}
+        checks["loss_reduction"] = {
+            "value": reduction,
+            "bar": f">= {BARS['loss_reduction']:.0%}",
+            "passed": reduction >= BARS["loss_reduction"],
+        }
     for key, metric in (("ended", "end_token"), ("expected_language", "expected_language")):
         if model.get(metric) is not None:
             checks[key] = {"value": model[metric], "bar": f">= {BARS[key]:.0%}", "passed": model[metric] >= BARS[key]}
     for metric in ("chrf", "task_success"):
         d = deltas.get(metric)
         if d:
-            checks[f"{metric}_delta"] = {"value": d["delta"], "interval": [d["low"], d["high"]],
-                                         "bar": "95% interval above 0", "passed": d["low"] > 0}
+            checks[f"{metric}_delta"] = {
+                "value": d["delta"],
+                "interval": [d["low"], d["high"]],
+                "bar": "95% interval above 0",
+                "passed": d["low"] > 0,
+            }
     return checks
 
 
@@ -106,13 +114,21 @@ def markdown(report: Report, checks: dict, summary: dict | None, suite: dict | N
     lines += [f"| {s['stage']} | {s['seconds']:.0f} |" for s in report.stages]
     lines += [f"| **total** | **{report.results.get('total_seconds', 0):.0f}** |", ""]
     if summary:
-        lines += ["## Held-out results (base vs tuned)", "", "| model | loss | chrF | task success | ends with end token | "
-                  "expected language |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Held-out results (base vs tuned)",
+            "",
+            "| model | loss | chrF | task success | ends with end token | expected language |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, m in summary["models"].items():
+
             def fmt(v, pct=False):
                 return "–" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}")
-            lines.append(f"| {name} | {fmt(m.get('loss'))} | {fmt(m.get('chrf'))} | {fmt(m.get('task_success'), True)} | "
-                         f"{fmt(m.get('end_token'), True)} | {fmt(m.get('expected_language'), True)} |")
+
+            lines.append(
+                f"| {name} | {fmt(m.get('loss'))} | {fmt(m.get('chrf'))} | {fmt(m.get('task_success'), True)} | "
+                f"{fmt(m.get('end_token'), True)} | {fmt(m.get('expected_language'), True)} |"
+            )
         lines += ["", "## Evidence bars", "", "| check | measured | bar | passed |", "|---|---|---|---|"]
         for key, c in checks.items():
             interval = f" (95% CI {c['interval'][0]:.3f} … {c['interval'][1]:.3f})" if "interval" in c else ""
@@ -121,9 +137,12 @@ def markdown(report: Report, checks: dict, summary: dict | None, suite: dict | N
         if not full:
             # The rates and intervals above come from a subset; the claim is judged on all held-out examples.
             n = next(iter(summary["models"].values())).get("generated_examples")
-            lines += [f"Generation metrics here come from {n} task-stratified held-out examples (the loss from all "
-                      "of them); the evidence is judged on every held-out example with `kielo demo --full`, "
-                      "where the intervals are narrower.", ""]
+            lines += [
+                f"Generation metrics here come from {n} task-stratified held-out examples (the loss from all "
+                "of them); the evidence is judged on every held-out example with `kielo demo --full`, "
+                "where the intervals are narrower.",
+                "",
+            ]
     if suite:
         lines += ["## Prompt suite pass rates", ""] + [f"- {k}: {v:.0%}" for k, v in suite.items()] + [""]
     return "\n".join(lines)
@@ -178,9 +197,17 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
         r = merge(copy.deepcopy(config), str(run_dir), out / "merged", dtype="bf16", samples=2, max_new_tokens=16)
         return {k: r[k] for k in ("output", "verification") if k in r}
 
-    report.stage("analyze-data", lambda: {"warnings": analyze_data(
-        [config.data.train, config.data.validation or held_out, held_out], copy.deepcopy(config),
-        output_dir=out / "analyze", examples=2).get("warnings", [])})
+    report.stage(
+        "analyze-data",
+        lambda: {
+            "warnings": analyze_data(
+                [config.data.train, config.data.validation or held_out, held_out],
+                copy.deepcopy(config),
+                output_dir=out / "analyze",
+                examples=2,
+            ).get("warnings", [])
+        },
+    )
     report.stage("train", train_stage)
     summary = report.stage("compare", compare_stage)["summary"]
     suite = report.stage("prompt-suite", suite_stage)

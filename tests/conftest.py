@@ -9,10 +9,17 @@ import pytest
 import torch
 
 FINNISH = [
-    "Suomen pääkaupunki on Helsinki.", "Kirjoita lyhyt runo syksystä.", "Vastaus: kolme omenaa.",
-    "Selitä, miksi taivas on sininen.", "Kissa istuu ikkunalla ja katselee lintuja.",
-    "Käännä englanniksi: Hyvää huomenta!", "Luettele kolme suomalaista järveä.", "Good morning!",
-    "Järjestelmä Käyttäjä Vastaus ohje syöte", "0 1 2 3 4 5 6 7 8 9 + - * / = ?", "### Vastaus:\n",
+    "Suomen pääkaupunki on Helsinki.",
+    "Kirjoita lyhyt runo syksystä.",
+    "Vastaus: kolme omenaa.",
+    "Selitä, miksi taivas on sininen.",
+    "Kissa istuu ikkunalla ja katselee lintuja.",
+    "Käännä englanniksi: Hyvää huomenta!",
+    "Luettele kolme suomalaista järveä.",
+    "Good morning!",
+    "Järjestelmä Käyttäjä Vastaus ohje syöte",
+    "0 1 2 3 4 5 6 7 8 9 + - * / = ?",
+    "### Vastaus:\n",
 ]
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 CHAT_TEMPLATE = (
@@ -28,11 +35,9 @@ def build_tokenizer(folder: Path, chat: bool = False):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(FINNISH * 20, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
     if chat:
         fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
@@ -45,8 +50,16 @@ def build_model(folder: Path, arch: str, chat: bool = False) -> Path:
 
     tok = build_tokenizer(folder, chat=chat)
     ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **ids)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        **ids,
+    )
     if arch == "llama":
         cfg = LlamaConfig(**common, tie_word_embeddings=False)
     elif arch == "bloom":  # ALiBi, no position ids; weights large enough that outputs depend on the context
@@ -54,8 +67,9 @@ def build_model(folder: Path, arch: str, chat: bool = False) -> Path:
     elif arch == "mpt":  # ALiBi too, but not a decoder kielo packs
         cfg = MptConfig(vocab_size=len(tok), d_model=64, n_layers=2, n_heads=4, max_seq_len=512, **ids)
     else:
-        cfg = Gemma3TextConfig(**common, head_dim=16, sliding_window=16, tie_word_embeddings=True,
-                               layer_types=["sliding_attention", "full_attention"])
+        cfg = Gemma3TextConfig(
+            **common, head_dim=16, sliding_window=16, tie_word_embeddings=True, layer_types=["sliding_attention", "full_attention"]
+        )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     if arch == "bloom":
@@ -86,12 +100,22 @@ ROWS = [
     {"instruction": "Mikä on Suomen pääkaupunki?", "input": "", "output": "Suomen pääkaupunki on Helsinki."},
     {"instruction": "Kirjoita lyhyt runo.", "input": "syksy", "output": "Kissa istuu ikkunalla."},
     {"instruction": "Käännä englanniksi.", "input": "Hyvää huomenta!", "output": "Good morning!"},
-    {"messages": [{"role": "user", "content": "Luettele kolme järveä."},
-                  {"role": "assistant", "content": "Saimaa, Päijänne ja Inari."}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Luettele kolme järveä."},
+            {"role": "assistant", "content": "Saimaa, Päijänne ja Inari."},
+        ]
+    },
     {"instruction": "Selitä lyhyesti.", "input": "Miksi taivas on sininen?", "output": "Valo siroaa ilmassa."},
-    {"messages": [{"role": "system", "content": "Vastaa lyhyesti."},
-                  {"role": "user", "content": "Paljonko on 2 + 3?"}, {"role": "assistant", "content": "5"},
-                  {"role": "user", "content": "Entä 4 * 3?"}, {"role": "assistant", "content": "12"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Vastaa lyhyesti."},
+            {"role": "user", "content": "Paljonko on 2 + 3?"},
+            {"role": "assistant", "content": "5"},
+            {"role": "user", "content": "Entä 4 * 3?"},
+            {"role": "assistant", "content": "12"},
+        ]
+    },
 ]
 
 

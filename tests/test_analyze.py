@@ -37,18 +37,25 @@ def config_for(model, train, out, **data):
 # Distinct rows with no duplicates, empty fields or long texts: the checks must stay quiet on them.
 CLEAN = [
     {"instruction": "Mikä on Suomen pääkaupunki?", "output": "Suomen pääkaupunki on Helsinki.", "answer_lang": "fi"},
-    {"instruction": "Kirjoita lyhyt runo syksystä.", "output": "Kissa istuu ikkunalla ja katselee lintuja.",
-     "answer_lang": "fi"},
+    {"instruction": "Kirjoita lyhyt runo syksystä.", "output": "Kissa istuu ikkunalla ja katselee lintuja.", "answer_lang": "fi"},
     {"instruction": "Luettele kolme suomalaista järveä.", "output": "Saimaa, Päijänne ja Inarijärvi.", "answer_lang": "fi"},
     {"instruction": "Selitä, miksi taivas on sininen.", "output": "Auringon valo siroaa ilmakehässä.", "answer_lang": "fi"},
-    {"messages": [{"role": "user", "content": "Paljonko on kaksi plus kolme?"},
-                  {"role": "assistant", "content": "Viisi."}, {"role": "user", "content": "Entä neljä kertaa kolme?"},
-                  {"role": "assistant", "content": "Kaksitoista."}], "answer_lang": "fi"},
+    {
+        "messages": [
+            {"role": "user", "content": "Paljonko on kaksi plus kolme?"},
+            {"role": "assistant", "content": "Viisi."},
+            {"role": "user", "content": "Entä neljä kertaa kolme?"},
+            {"role": "assistant", "content": "Kaksitoista."},
+        ],
+        "answer_lang": "fi",
+    },
     {"instruction": "Käännä englanniksi.", "input": "Hyvää huomenta!", "output": "Good morning!", "answer_lang": "en"},
 ]
-LEAVES = {"instruction": "Kerro lyhyesti, miksi syksyllä lehdet muuttuvat keltaisiksi ja punaisiksi ennen kuin ne "
-                         "putoavat puista maahan.",
-          "output": "Lehtivihreä hajoaa syksyllä, jolloin muut väriaineet tulevat näkyviin.", "answer_lang": "fi"}
+LEAVES = {
+    "instruction": "Kerro lyhyesti, miksi syksyllä lehdet muuttuvat keltaisiksi ja punaisiksi ennen kuin ne putoavat puista maahan.",
+    "output": "Lehtivihreä hajoaa syksyllä, jolloin muut väriaineet tulevat näkyviin.",
+    "answer_lang": "fi",
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +66,9 @@ def tokenizers(tiny_llama, tiny_gemma):
 # --- the shared data code the analysis relies on -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, mode, train_on_prompt", [("llama", "builtin", False), ("gemma", "chat", False),
-                                                         ("gemma", "builtin", True)])
+@pytest.mark.parametrize(
+    "name, mode, train_on_prompt", [("llama", "builtin", False), ("gemma", "chat", False), ("gemma", "builtin", True)]
+)
 def test_encode_many_is_encode_bit_for_bit(tokenizers, data_file, name, mode, train_on_prompt):
     tok = tokenizers[name]
     enc = Encoder(tok, resolve_template(tok, mode), 48, train_on_prompt=train_on_prompt)
@@ -94,8 +102,7 @@ def test_pack_rows_is_first_fit():
         capacity = rng.randint(4, 50)
         top = capacity + 6 if trial % 4 == 0 else capacity  # sometimes longer than a row
         items = [Encoded([1] * rng.randint(1, top), [1], 0, 0, index=i) for i in range(rng.randint(0, 60))]
-        assert [[x.index for x in r] for r in pack_rows(items, capacity)] == \
-            [[x.index for x in r] for r in first_fit(items, capacity)]
+        assert [[x.index for x in r] for r in pack_rows(items, capacity)] == [[x.index for x in r] for r in first_fit(items, capacity)]
 
 
 # --- the analysis agrees with what training feeds the model -------------------------------------------------
@@ -127,8 +134,7 @@ def test_token_counts_agree_with_training_batches(tiny_llama, tmp_path, packing)
     assert budget["training_uses"] == ("packed" if packing else "padded")
     assert used["micro_batches"] == len(batches)
     assert used["slots"] == sum(b.input_ids.numel() for b in batches)
-    assert used["trained"] == sum(b.trained_tokens for b in batches) == sum(int((b.labels[:, 1:] != -100).sum())
-                                                                             for b in batches)
+    assert used["trained"] == sum(b.trained_tokens for b in batches) == sum(int((b.labels[:, 1:] != -100).sum()) for b in batches)
     assert used["slots"] - used["padding"] == sum(b.real_tokens for b in batches)
     assert used["trained"] + used["masked"] + used["padding"] == used["slots"]
 
@@ -143,9 +149,11 @@ def test_token_counts_match_collated_batches_in_every_mode(tokenizers, data_file
     for packing in (False, True):
         groups = BatchPlan(items, 3, tok.pad_token_id, 5, packing=packing, max_length=64).groups(0)
         batches = [collate_packed(g, tok.pad_token_id) if packing else collate_padded(g, tok.pad_token_id) for g in groups]
-        assert token_counts(groups, packing) == {"slots": sum(b.input_ids.numel() for b in batches),
-                                                 "real": sum(b.real_tokens for b in batches),
-                                                 "trained": sum(b.trained_tokens for b in batches)}
+        assert token_counts(groups, packing) == {
+            "slots": sum(b.input_ids.numel() for b in batches),
+            "real": sum(b.real_tokens for b in batches),
+            "trained": sum(b.trained_tokens for b in batches),
+        }
     grouped = length_grouped(items, 3, seed=5)
     assert sorted(it.index for g in grouped for it in g) == [it.index for it in items]
     padded = token_counts(BatchPlan(items, 3, tok.pad_token_id, 5).groups(0), False)
@@ -158,13 +166,17 @@ def test_token_counts_match_collated_batches_in_every_mode(tokenizers, data_file
 def test_checks_report_duplicates_empty_fields_overlong_and_leaks(tiny_llama, tmp_path):
     bad = CLEAN + [
         CLEAN[0],  # exact duplicate
-        LEAVES, {**LEAVES, "instruction": LEAVES["instruction"].replace("punaisiksi", "oransseiksi")},  # near
+        LEAVES,
+        {**LEAVES, "instruction": LEAVES["instruction"].replace("punaisiksi", "oransseiksi")},  # near
         {"instruction": "Vastaa tyhjällä.", "output": "   "},  # whitespace-only answer
         {"instruction": "Toista tämä.", "input": "  ", "output": "Toistan."},  # whitespace-only input
         {"instruction": "Kerro tarina.", "output": "Vastaus: kolme omenaa. " * 40},  # truncated
         {"instruction": "Järjestelmä Käyttäjä Vastaus ohje syöte. " * 40, "output": "Luin."},  # prompt fills max_length
-        {"instruction": "Mikä on Ruotsin pääkaupunki?", "output": "The capital of Sweden is Stockholm, a large city.",
-         "answer_lang": "fi"},  # answer not in its answer_lang
+        {
+            "instruction": "Mikä on Ruotsin pääkaupunki?",
+            "output": "The capital of Sweden is Stockholm, a large city.",
+            "answer_lang": "fi",
+        },  # answer not in its answer_lang
     ]
     train = write_rows(tmp_path / "train.jsonl", bad)
     dev = write_rows(tmp_path / "dev.jsonl", [CLEAN[2], {"instruction": "Uusi kysymys tähän?", "output": "Uusi vastaus."}])
@@ -182,8 +194,14 @@ def test_checks_report_duplicates_empty_fields_overlong_and_leaks(tiny_llama, tm
     overlap = result["duplicates"]["overlap"][0]
     assert (overlap["a"], overlap["b"], overlap["exact"], overlap["exact_or_near"]) == ("train", "dev", 1, 1)
     text = "\n".join(result["warnings"])
-    for phrase in ("1 exact and 1 near duplicate", "empty or whitespace-only", "answer is cut entirely",
-                   "longer than data.max_length", "also appear in train", "answer_lang"):
+    for phrase in (
+        "1 exact and 1 near duplicate",
+        "empty or whitespace-only",
+        "answer is cut entirely",
+        "longer than data.max_length",
+        "also appear in train",
+        "answer_lang",
+    ):
         assert phrase in text, phrase
     assert result["max_length"]["configured_covers"] < 1
 
@@ -213,7 +231,7 @@ def test_minhash_finds_near_duplicates_and_only_them():
     a, b, jac = similar_pairs(signatures(texts + copies))
 
     def exact_jaccard(x, y):
-        sx, sy = ({t[i:i + 5] for i in range(len(t) - 4)} for t in (x, y))
+        sx, sy = ({t[i : i + 5] for i in range(len(t) - 4)} for t in (x, y))
         return len(sx & sy) / len(sx | sy)
 
     found = set(zip(a.tolist(), b.tolist(), strict=True))
@@ -232,8 +250,9 @@ def test_rendered_examples_show_tokens_trained_span_and_cut(tokenizers, tmp_path
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert "".join(token_pieces(tok, ids)) == tok.decode(ids)  # multi-byte characters split over tokens too
     enc = Encoder(tok, resolve_template(tok, "builtin"), 20)
-    ex = Example([{"role": "user", "content": "Kissa istuu."}, {"role": "assistant", "content": "Good morning! " * 8}],
-                 source="d.jsonl:3")
+    ex = Example(
+        [{"role": "user", "content": "Kissa istuu."}, {"role": "assistant", "content": "Good morning! " * 8}], source="d.jsonl:3"
+    )
     e = enc.encode(ex)
     rendered = render_example(tok, e.input_ids, e.labels, 20, ex, "train", dropped=False)
     plain = to_ansi(rendered, color=False)
@@ -275,13 +294,37 @@ def test_cli_writes_summary_report_plots_and_json(tiny_llama, tiny_gemma, tmp_pa
     train = write_rows(tmp_path / "train.jsonl", CLEAN + [LEAVES])
     dev = write_rows(tmp_path / "dev.jsonl", [CLEAN[1]])
     out = tmp_path / "report"
-    rc = main(["analyze-data", str(train), str(dev), "--model", str(tiny_llama), "--tokenizer", str(tiny_gemma),
-               "--output_dir", str(out), "--examples", "1", "--data.max_length", "64"])
+    rc = main(
+        [
+            "analyze-data",
+            str(train),
+            str(dev),
+            "--model",
+            str(tiny_llama),
+            "--tokenizer",
+            str(tiny_gemma),
+            "--output_dir",
+            str(out),
+            "--examples",
+            "1",
+            "--data.max_length",
+            "64",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0
     assert "── train: " in printed and "⟦" in printed  # rendered examples, no colour when not a terminal
-    for title in ("Token lengths", "What data.max_length=64", "Tokens in one epoch", "Duplicates", "Languages",
-                  "Tokenizers on Finnish text", "Recommendation", "Warnings", "dev in train"):
+    for title in (
+        "Token lengths",
+        "What data.max_length=64",
+        "Tokens in one epoch",
+        "Duplicates",
+        "Languages",
+        "Tokenizers on Finnish text",
+        "Recommendation",
+        "Warnings",
+        "dev in train",
+    ):
         assert title in printed, title
     data = json.loads((out / "analysis.json").read_text(encoding="utf-8"))
     assert list(data["splits"]) == ["train", "dev"] and list(data["tokenizers"]) == [str(tiny_llama), str(tiny_gemma)]
@@ -298,8 +341,25 @@ def test_cli_default_output_dir_and_config_validation(tiny_llama, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     write_rows(tmp_path / "train.jsonl", CLEAN)
     write_rows(tmp_path / "held.jsonl", [LEAVES])
-    assert main(["analyze-data", "train.jsonl", "--model", str(tiny_llama), "--examples", "0",
-                 "--data.validation", "held.jsonl", "--data.overlong", "drop", "--data.max_length", "100"]) == 0
+    assert (
+        main(
+            [
+                "analyze-data",
+                "train.jsonl",
+                "--model",
+                str(tiny_llama),
+                "--examples",
+                "0",
+                "--data.validation",
+                "held.jsonl",
+                "--data.overlong",
+                "drop",
+                "--data.max_length",
+                "100",
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "runs" / "analyze" / "analysis.json").read_text(encoding="utf-8"))
     assert list(data["splits"]) == ["train", "held"]  # data.validation is analysed as a split too
     assert data["splits"]["held"]["dropped_overlong"] == 1
@@ -310,7 +370,7 @@ def test_cli_default_output_dir_and_config_validation(tiny_llama, tmp_path, monk
 def test_bad_input_names_file_line_and_tokenizer(tiny_llama, tmp_path, capsys):
     good = write_rows(tmp_path / "good.jsonl", CLEAN)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(CLEAN[0]) + "\n{\"instruction\": \"x\", \n", encoding="utf-8")
+    bad.write_text(json.dumps(CLEAN[0]) + '\n{"instruction": "x", \n', encoding="utf-8")
     model = ["--model", str(tiny_llama)]
 
     assert main(["analyze-data", str(tmp_path / "missing.jsonl"), *model]) == 2

@@ -9,14 +9,36 @@ import json
 def test_kielo_bench_runs_stock_and_kielo_in_one_invocation(tmp_path, capsys):
     from kielo.cli import main
 
-    rc = main(["bench", "--shape", "tiny", "--seq", "128", "--max-length", "1024", "--examples-per-step", "8",
-               "--warmup-a", "1", "--timed-a", "1", "--warmup-b", "1", "--timed-b", "1",
-               "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-               "--plan", "stock:a,b kielo:a,b"])
+    rc = main(
+        [
+            "bench",
+            "--shape",
+            "tiny",
+            "--seq",
+            "128",
+            "--max-length",
+            "1024",
+            "--examples-per-step",
+            "8",
+            "--warmup-a",
+            "1",
+            "--timed-a",
+            "1",
+            "--warmup-b",
+            "1",
+            "--timed-b",
+            "1",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "out"),
+            "--plan",
+            "stock:a,b kielo:a,b",
+        ]
+    )
     assert rc == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
-    assert [(r["variant"], r["case"]) for r in results] == [("stock", "a"), ("stock", "b"), ("kielo", "a"),
-                                                            ("kielo", "b")]
+    assert [(r["variant"], r["case"]) for r in results] == [("stock", "a"), ("stock", "b"), ("kielo", "a"), ("kielo", "b")]
     assert all("error" not in r and r["tok_s"] > 0 for r in results)
     for r in results[2:]:
         # On CPU both paths compute in fp32: the same losses and gradients up to summation order.
@@ -36,10 +58,14 @@ def test_another_stack_starts_from_stocks_lora_weights():
 
     from kielo.bench.qlora import init_from, lora_key
 
-    stock = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight": torch.ones(2, 3),
-             "base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight": torch.zeros(3, 2)}
-    own = {"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.full((2, 3), 5.0, dtype=torch.bfloat16),
-           "base_model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.full((3, 2), 5.0, dtype=torch.bfloat16)}
+    stock = {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight": torch.ones(2, 3),
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight": torch.zeros(3, 2),
+    }
+    own = {
+        "base_model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.full((2, 3), 5.0, dtype=torch.bfloat16),
+        "base_model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.full((3, 2), 5.0, dtype=torch.bfloat16),
+    }
     assert lora_key(next(iter(own))) == "layers.0.self_attn.q_proj.lora_A"
     got = init_from(own, stock)
     assert got.keys() == own.keys()

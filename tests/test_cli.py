@@ -15,13 +15,15 @@ from kielo.errors import KieloError
 
 def run_cli(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, "-m", "kielo", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "kielo", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 def test_parse_overrides():
     assert parse_overrides(["--lora.r", "8", "--training.max_steps=20", "--model", "x"]) == {
-        "lora.r": "8", "training.max_steps": "20", "model": "x"}
+        "lora.r": "8",
+        "training.max_steps": "20",
+        "model": "x",
+    }
     with pytest.raises(KieloError, match="needs a value"):
         parse_overrides(["--lora.r"])
     with pytest.raises(KieloError, match="underscores"):
@@ -63,8 +65,10 @@ def test_train_through_the_cli(tiny_llama, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in ROWS * 3))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"model:\n  name: {tiny_llama}\ndata:\n  train: {data}\n  validation_split: 0.2\n"
-                   "lora:\n  r: 4\ntraining:\n  max_steps: 1\n  micro_batch_size: 2\n")
+    cfg.write_text(
+        f"model:\n  name: {tiny_llama}\ndata:\n  train: {data}\n  validation_split: 0.2\n"
+        "lora:\n  r: 4\ntraining:\n  max_steps: 1\n  micro_batch_size: 2\n"
+    )
     r = run_cli("train", str(cfg), "--training.max_steps", "2", "--output_dir", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

@@ -54,8 +54,16 @@ def test_bad_values_name_the_key(overrides, fragment):
 def test_overrides_are_typed_and_model_shorthand(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("training:\n  max_steps: 5\nlora:\n  r: 4\n")
-    cfg = load_config(p, {"training.max_steps": "20", "lora.target_modules": "q_proj,v_proj", "model": "x/y",
-                          "training.learning_rate": "1e-4", "data.packing": "true"})
+    cfg = load_config(
+        p,
+        {
+            "training.max_steps": "20",
+            "lora.target_modules": "q_proj,v_proj",
+            "model": "x/y",
+            "training.learning_rate": "1e-4",
+            "data.packing": "true",
+        },
+    )
     assert cfg.training.max_steps == 20 and cfg.lora.r == 4
     assert cfg.lora.target_modules == ["q_proj", "v_proj"]
     assert cfg.model.name == "x/y" and cfg.training.learning_rate == 1e-4 and cfg.data.packing is True
@@ -82,8 +90,13 @@ def test_every_shipped_config_validates(path):
 
 def test_presets_cover_the_finnish_models():
     names = {load_config(p).model.name for p in (ROOT / "configs" / "presets").glob("*.yaml")}
-    for hub_id in ("LumiOpen/Llama-Poro-2-8B-base", "Finnish-NLP/Ahma-7B", "LumiOpen/Viking-7B",
-                   "TurkuNLP/gpt3-finnish-large", "LumiOpen/Poro-34B"):
+    for hub_id in (
+        "LumiOpen/Llama-Poro-2-8B-base",
+        "Finnish-NLP/Ahma-7B",
+        "LumiOpen/Viking-7B",
+        "TurkuNLP/gpt3-finnish-large",
+        "LumiOpen/Poro-34B",
+    ):
         assert hub_id in names
 
 

@@ -23,8 +23,10 @@ def write(tmp_path, text, name="d.jsonl"):
 
 def test_reads_alpaca_and_chat_rows(data_file):
     ex = load_examples(data_file)
-    assert ex[0].messages == [{"role": "user", "content": "Mikä on Suomen pääkaupunki?"},
-                              {"role": "assistant", "content": "Suomen pääkaupunki on Helsinki."}]
+    assert ex[0].messages == [
+        {"role": "user", "content": "Mikä on Suomen pääkaupunki?"},
+        {"role": "assistant", "content": "Suomen pääkaupunki on Helsinki."},
+    ]
     assert ex[1].messages[0]["content"] == "Kirjoita lyhyt runo.\n\nsyksy"
     assert ex[3].messages[-1]["role"] == "assistant"
     assert ex[0].source.endswith("train.jsonl:1")
@@ -37,7 +39,7 @@ def test_reads_alpaca_and_chat_rows(data_file):
         ('{"instruction": "a"}\n', "d.jsonl:1: missing field(s) output"),
         ('{"messages": [{"role": "user", "content": "a"}]}\n', "last message is not from the assistant"),
         ('{"messages": [{"role": "bot", "content": "a"}]}\n', "role 'bot'"),
-        ('[1, 2]\n', "expected a JSON object"),
+        ("[1, 2]\n", "expected a JSON object"),
         ("\n\n", "holds no examples"),
     ],
 )
@@ -80,8 +82,10 @@ def test_labels_mask_prompt_and_train_answer_with_end_token(encoder, data_file):
         assert sum(enc.input_ids[i] == encoder.template.end_token_id for i in trained) == n_answers
         assert enc.ends_with_end_token
         # The prompt tokens are exactly what inference feeds the model.
-        assert enc.input_ids[: enc.prompt_tokens] == encoder.prompt_ids(ex.prompt_messages[: len(ex.messages) - 1])[
-            : enc.prompt_tokens] or n_answers > 1
+        assert (
+            enc.input_ids[: enc.prompt_tokens] == encoder.prompt_ids(ex.prompt_messages[: len(ex.messages) - 1])[: enc.prompt_tokens]
+            or n_answers > 1
+        )
         # Answer text decodes back.
         answer = tok.decode([enc.input_ids[i] for i in trained], skip_special_tokens=True)
         assert ex.messages[-1]["content"] in answer
@@ -105,8 +109,7 @@ def test_no_double_bos_when_template_and_tokenizer_both_add_it(tiny_gemma):
     tok = load_tokenizer(str(tiny_gemma))
     template = resolve_template(tok, "builtin")
     template.chat_template = "{{ bos_token }}" + template.chat_template  # a template that adds BOS twice
-    enc = Encoder(tok, template, 128).encode(Example([{"role": "user", "content": "a"},
-                                                      {"role": "assistant", "content": "b"}]))
+    enc = Encoder(tok, template, 128).encode(Example([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]))
     assert enc.double_bos and enc.input_ids[:2].count(tok.bos_token_id) == 1
 
 
@@ -175,11 +178,10 @@ def test_packing_isolates_examples(request, model_fixture, data_file):
         for it in items:
             alone = model(input_ids=torch.tensor([it.input_ids])).logits[0]
             n = len(it.input_ids)
-            torch.testing.assert_close(logits[at:at + n], alone, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(logits[at : at + n], alone, atol=1e-4, rtol=1e-4)
             at += n
     # And the check can fail: without restarting positions, later examples see earlier ones.
     with torch.no_grad():
         leaky = model(input_ids=packed.input_ids, use_cache=False).logits[0]
     n0 = len(items[0].input_ids)
-    assert not torch.allclose(leaky[n0:n0 + len(items[1].input_ids)], logits[n0:n0 + len(items[1].input_ids)],
-                              atol=1e-4)
+    assert not torch.allclose(leaky[n0 : n0 + len(items[1].input_ids)], logits[n0 : n0 + len(items[1].input_ids)], atol=1e-4)

@@ -15,11 +15,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "fi_instruct"
-SPLITS = {name: [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
-          for name in ("train", "dev", "test")}
+SPLITS = {
+    name: [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+    for name in ("train", "dev", "test")
+}
 ALL = [r for rows in SPLITS.values() for r in rows]
-TASKS = {"open_qa", "explanation", "summarization", "rewrite", "grammar", "classification", "extraction", "list",
-         "creative", "translation_en_fi", "translation_fi_en", "arithmetic", "format", "dialogue"}
+TASKS = {
+    "open_qa",
+    "explanation",
+    "summarization",
+    "rewrite",
+    "grammar",
+    "classification",
+    "extraction",
+    "list",
+    "creative",
+    "translation_en_fi",
+    "translation_fi_en",
+    "arithmetic",
+    "format",
+    "dialogue",
+}
 
 
 def answer(row) -> str:
@@ -66,12 +82,19 @@ def test_responses_are_mostly_short():
     assert short >= 0.9 * len(ALL)
 
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.FloorDiv: operator.floordiv, ast.USub: operator.neg}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.USub: operator.neg,
+}
 
 
 def evaluate(expr: str) -> float:
     """Arithmetic only: numbers and + - * / // ( )."""
+
     def ev(node):
         if isinstance(node, ast.Expression):
             return ev(node.body)
@@ -82,6 +105,7 @@ def evaluate(expr: str) -> float:
         if isinstance(node, ast.UnaryOp):
             return _OPS[type(node.op)](ev(node.operand))
         raise ValueError(f"not arithmetic: {expr}")
+
     return ev(ast.parse(expr, mode="eval"))
 
 
@@ -158,7 +182,7 @@ def test_spelling_is_accepted_by_voikko():
 
 def shingles(text: str, n: int = 5) -> set[str]:
     t = re.sub(r"\s+", " ", text.lower())
-    return {t[i:i + n] for i in range(max(1, len(t) - n + 1))}
+    return {t[i : i + n] for i in range(max(1, len(t) - n + 1))}
 
 
 def near_duplicates(a: list[tuple[str, str]], b: list[tuple[str, str]] | None = None, threshold: float = 0.5):
@@ -167,7 +191,7 @@ def near_duplicates(a: list[tuple[str, str]], b: list[tuple[str, str]] | None = 
     sb = sa if b is None else [(i, shingles(t)) for i, t in b]
     found = []
     for x, (ia, s1) in enumerate(sa):
-        for iy, s2 in (sb[x + 1:] if b is None else sb):
+        for iy, s2 in sb[x + 1 :] if b is None else sb:
             if len(s1 & s2) / len(s1 | s2) >= threshold:
                 found.append((ia, iy))
     return found
@@ -188,7 +212,10 @@ def test_no_overlap_with_the_shipped_prompt_suite():
     suites = sorted((ROOT / "prompts").glob("*.yaml"))
     if not suites:
         pytest.skip("no prompt suite shipped yet")
-    prompts = [(f"{s.name}:{p.get('id')}", p["prompt"]) for s in suites
-               for p in (yaml.safe_load(s.read_text(encoding="utf-8")).get("prompts") or [])]
+    prompts = [
+        (f"{s.name}:{p.get('id')}", p["prompt"])
+        for s in suites
+        for p in (yaml.safe_load(s.read_text(encoding="utf-8")).get("prompts") or [])
+    ]
     rows = [(r["id"], text_of(r) if "messages" in r else f"{r['instruction']}\n{r.get('input', '')}") for r in ALL]
     assert near_duplicates(prompts, rows) == []

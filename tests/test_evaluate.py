@@ -19,15 +19,31 @@ from kielo.train.trainer import train
 EVAL_ROWS = [
     {"id": "re-1", "instruction": "Poista merkinnät: <script>alert(1)</script>", "output": "<b>alert</b>", "task": "rewrite"},
     {"id": "qa-1", "instruction": "Mikä on Suomen pääkaupunki?", "output": "Helsinki.", "task": "open_qa"},
-    {"id": "ar-1", "instruction": "Paljonko on 2 + 3?", "output": "2 + 3 = 5. Vastaus: 5.", "task": "arithmetic",
-     "answer": 5},
-    {"id": "cl-1", "instruction": "Luokittele sävy.", "input": "Kissa istuu ikkunalla.", "output": "neutraali",
-     "task": "classification", "labels": ["positiivinen", "negatiivinen", "neutraali"]},
+    {"id": "ar-1", "instruction": "Paljonko on 2 + 3?", "output": "2 + 3 = 5. Vastaus: 5.", "task": "arithmetic", "answer": 5},
+    {
+        "id": "cl-1",
+        "instruction": "Luokittele sävy.",
+        "input": "Kissa istuu ikkunalla.",
+        "output": "neutraali",
+        "task": "classification",
+        "labels": ["positiivinen", "negatiivinen", "neutraali"],
+    },
     {"id": "li-1", "instruction": "Luettele kolme järveä.", "output": "- Saimaa\n- Päijänne\n- Inari", "task": "list"},
-    {"id": "tr-1", "instruction": "Käännä englanniksi.", "input": "Hyvää huomenta!", "output": "Good morning!",
-     "task": "translation_fi_en", "answer_lang": "en"},
-    {"id": "fo-1", "instruction": "Kerro yhdellä lauseella, mikä on kissa.", "output": "Kissa on eläin.", "task": "format",
-     "constraint": {"type": "one_sentence"}},
+    {
+        "id": "tr-1",
+        "instruction": "Käännä englanniksi.",
+        "input": "Hyvää huomenta!",
+        "output": "Good morning!",
+        "task": "translation_fi_en",
+        "answer_lang": "en",
+    },
+    {
+        "id": "fo-1",
+        "instruction": "Kerro yhdellä lauseella, mikä on kissa.",
+        "output": "Kissa on eläin.",
+        "task": "format",
+        "constraint": {"type": "one_sentence"},
+    },
 ]
 
 
@@ -42,8 +58,16 @@ def runs(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     data = write_jsonl(root / "train.jsonl", ROWS * 4)
     for seed in (1, 2):
-        train(tiny_config(tiny_llama, data, root / f"run{seed}", training={"seed": seed, "save_every": 2 if seed == 1 else 0},
-                          quantization={"bits": 0}), progress=False)
+        train(
+            tiny_config(
+                tiny_llama,
+                data,
+                root / f"run{seed}",
+                training={"seed": seed, "save_every": 2 if seed == 1 else 0},
+                quantization={"bits": 0},
+            ),
+            progress=False,
+        )
     return root / "run1", root / "run2", write_jsonl(root / "eval.jsonl", EVAL_ROWS)
 
 
@@ -51,8 +75,17 @@ def runs(tiny_llama, tmp_path_factory):
 def gemma_run(tiny_gemma, tmp_path_factory):
     """An adapter on tiny_gemma (which has a chat template) trained with the built-in template."""
     root = tmp_path_factory.mktemp("gemma")
-    train(tiny_config(tiny_gemma, write_jsonl(root / "t.jsonl", ROWS * 2), root / "builtin-run", training={"max_steps": 1},
-                      quantization={"bits": 0}, data={"template": "builtin"}), progress=False)
+    train(
+        tiny_config(
+            tiny_gemma,
+            write_jsonl(root / "t.jsonl", ROWS * 2),
+            root / "builtin-run",
+            training={"max_steps": 1},
+            quantization={"bits": 0},
+            data={"template": "builtin"},
+        ),
+        progress=False,
+    )
     return root / "builtin-run"
 
 
@@ -61,8 +94,9 @@ def plain_model(model_dir, adapter_dir, other_adapter_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.float32)
+    q = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32
+    )
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=q, device_map={"": "cpu"})
     model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name="trained").eval()
     model.load_adapter(str(other_adapter_dir), adapter_name="other")
@@ -81,8 +115,8 @@ def plain_loss(model, tok, rows, shift: int = 0) -> float:
         ids = torch.tensor([p_ids + a_ids])
         logits = model(input_ids=ids).logits[0].float()
         start = len(p_ids) - 1 + shift  # logits at position t predict token t + 1
-        pred = logits[start:start + len(a_ids)]
-        target = ids[0, len(p_ids):len(p_ids) + len(pred)]
+        pred = logits[start : start + len(a_ids)]
+        target = ids[0, len(p_ids) : len(p_ids) + len(pred)]
         total += float(torch.nn.functional.cross_entropy(pred, target, reduction="sum"))
         count += len(target)
     return total / count
@@ -119,15 +153,47 @@ def test_loss_equals_plain_transformers_peft_and_wrong_inputs_differ(tiny_llama,
 def test_compare_through_the_cli_writes_a_self_contained_report(tiny_llama, runs, tmp_path, capsys):
     run1, run2, data = runs
     out = tmp_path / "cmp"
-    code = main(["compare", "--model", str(tiny_llama), "--adapter", str(run1), "--adapter", str(run2), "--data", str(data),
-                 "--generate", "6", "--generation.max_new_tokens", "8", "--quantization.bits", "0", "--bootstrap", "200",
-                 "--checkpoints", "--output_dir", str(out)])
+    code = main(
+        [
+            "compare",
+            "--model",
+            str(tiny_llama),
+            "--adapter",
+            str(run1),
+            "--adapter",
+            str(run2),
+            "--data",
+            str(data),
+            "--generate",
+            "6",
+            "--generation.max_new_tokens",
+            "8",
+            "--quantization.bits",
+            "0",
+            "--bootstrap",
+            "200",
+            "--checkpoints",
+            "--output_dir",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "run1 - base: loss" in printed and "report.html" in printed
-    for name in ("report.json", "report.md", "report.html", "kielo_config.yaml", "generations/base.jsonl",
-                 "generations/run1.jsonl", "plots/metric_deltas.png", "plots/per_task.png", "plots/loss_differences.png",
-                 "plots/learning_curve.png", "plots/adapter_run1_heatmap.png", "plots/adapter_run2_spectrum.png"):
+    for name in (
+        "report.json",
+        "report.md",
+        "report.html",
+        "kielo_config.yaml",
+        "generations/base.jsonl",
+        "generations/run1.jsonl",
+        "plots/metric_deltas.png",
+        "plots/per_task.png",
+        "plots/loss_differences.png",
+        "plots/learning_curve.png",
+        "plots/adapter_run1_heatmap.png",
+        "plots/adapter_run2_spectrum.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / "plots/per_task.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((out / "report.json").read_text())
@@ -145,8 +211,16 @@ def test_compare_through_the_cli_writes_a_self_contained_report(tiny_llama, runs
     assert [p["step"] for p in report["learning_curve"]["run1"]["points"]] == [0, 2, 4]
     assert "run2" not in report["learning_curve"]  # no checkpoints
     html = (out / "report.html").read_text()
-    for section in ("Summary", "Per task type", "Per-example loss", "Biggest wins and losses", "Adapter analysis",
-                    "Learning curve", "Generations", "Δ run1 [95% CI]"):
+    for section in (
+        "Summary",
+        "Per task type",
+        "Per-example loss",
+        "Biggest wins and losses",
+        "Adapter analysis",
+        "Learning curve",
+        "Generations",
+        "Δ run1 [95% CI]",
+    ):
         assert section in html, section
     srcs = re.findall(r'src="([^"]*)"', html)
     assert len(srcs) >= 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
@@ -160,14 +234,37 @@ def test_compare_through_the_cli_writes_a_self_contained_report(tiny_llama, runs
 
 def test_data_without_references_is_scored_without_them(tiny_llama, runs, tmp_path, capsys):
     run1, _, _ = runs
-    data = write_jsonl(tmp_path / "prompts.jsonl", [
-        {"instruction": "Mikä on Suomen pääkaupunki?", "task": "open_qa"},
-        {"instruction": "Montako jalkaa kissalla on? Vastaa pelkällä luvulla.", "task": "format",
-         "constraint": {"type": "number_only"}},
-        {"messages": [{"role": "user", "content": "Hei!"}]},
-    ])
-    code = main(["evaluate", "--model", str(tiny_llama), "--adapter", str(run1), "--data", str(data), "--quantization.bits",
-                 "0", "--generation.max_new_tokens", "4", "--bootstrap", "50", "--output_dir", str(tmp_path / "o")])
+    data = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [
+            {"instruction": "Mikä on Suomen pääkaupunki?", "task": "open_qa"},
+            {
+                "instruction": "Montako jalkaa kissalla on? Vastaa pelkällä luvulla.",
+                "task": "format",
+                "constraint": {"type": "number_only"},
+            },
+            {"messages": [{"role": "user", "content": "Hei!"}]},
+        ],
+    )
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_llama),
+            "--adapter",
+            str(run1),
+            "--data",
+            str(data),
+            "--quantization.bits",
+            "0",
+            "--generation.max_new_tokens",
+            "4",
+            "--bootstrap",
+            "50",
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "No example has a reference answer" in printed
@@ -187,8 +284,9 @@ def test_missing_and_mismatched_adapters_are_clear(tiny_llama, gemma_run, runs, 
     with pytest.raises(KieloError, match="was trained on .*gemma3_text.* not on this base .*llama") as err:
         evaluate(cfg, data, adapter=str(gemma_run), output_dir=tmp_path / "o", progress=False)
     assert "--model" in err.value.fix
-    code = main(["compare", "--model", str(tiny_llama), "--adapter", str(gemma_run), "--data", str(data),
-                 "--output_dir", str(tmp_path / "o")])
+    code = main(
+        ["compare", "--model", str(tiny_llama), "--adapter", str(gemma_run), "--data", str(data), "--output_dir", str(tmp_path / "o")]
+    )
     err_text = capsys.readouterr().err
     assert code == 2 and "was trained on" in err_text and "fix:" in err_text and "Traceback" not in err_text
     # The report never overwrites a training run's folder.

@@ -111,9 +111,11 @@ def test_lora_spectrum_without_forming_the_product():
 
 def test_data_without_references_and_stratified_subset(tmp_path):
     path = tmp_path / "prompts.jsonl"
-    rows = [{"instruction": "Mikä on Suomen pääkaupunki?", "task": "open_qa"},
-            {"messages": [{"role": "user", "content": "Hei!"}], "task": "dialogue"},
-            {"instruction": "Käännä", "input": "Hyvää huomenta", "output": "", "task": "translation_fi_en"}]
+    rows = [
+        {"instruction": "Mikä on Suomen pääkaupunki?", "task": "open_qa"},
+        {"messages": [{"role": "user", "content": "Hei!"}], "task": "dialogue"},
+        {"instruction": "Käännä", "input": "Hyvää huomenta", "output": "", "task": "translation_fi_en"},
+    ]
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
     examples = load_eval_examples(path)
     assert [e.reference for e in examples] == ["", "", ""]
@@ -125,8 +127,11 @@ def test_data_without_references_and_stratified_subset(tmp_path):
     with pytest.raises(KieloError, match="does not exist"):
         load_eval_examples(tmp_path / "nope.jsonl")
     many = tmp_path / "many.jsonl"
-    many.write_text("\n".join(json.dumps({"instruction": f"q{i}", "output": "a", "task": t})
-                              for i, t in enumerate(["a"] * 6 + ["b"] * 3 + ["c"] * 1)))
+    many.write_text(
+        "\n".join(
+            json.dumps({"instruction": f"q{i}", "output": "a", "task": t}) for i, t in enumerate(["a"] * 6 + ["b"] * 3 + ["c"] * 1)
+        )
+    )
     ex = load_eval_examples(many)
     chosen = stratified_subset(ex, 5)
     assert len(chosen) == 5 and {ex[i].meta["task"] for i in chosen} == {"a", "b", "c"}
@@ -150,10 +155,14 @@ def test_harness_is_optional_and_its_scores_are_collected(monkeypatch):
     fake = types.ModuleType("lm_eval")
     fake_hf = types.ModuleType("lm_eval.models.huggingface")
     fake_hf.HFLM = lambda pretrained, tokenizer, batch_size: ("lm", pretrained)
-    fake.simple_evaluate = lambda model, tasks, limit, task_manager: calls.append((model, tasks, limit)) or {
-        "results": {"finbench_x": {"alias": "x", "acc,none": 0.5, "acc_stderr,none": 0.1}}}
-    for name, module in (("lm_eval", fake), ("lm_eval.models", types.ModuleType("lm_eval.models")),
-                         ("lm_eval.models.huggingface", fake_hf)):
+    fake.simple_evaluate = lambda model, tasks, limit, task_manager: (
+        calls.append((model, tasks, limit)) or {"results": {"finbench_x": {"alias": "x", "acc,none": 0.5, "acc_stderr,none": 0.1}}}
+    )
+    for name, module in (
+        ("lm_eval", fake),
+        ("lm_eval.models", types.ModuleType("lm_eval.models")),
+        ("lm_eval.models.huggingface", fake_hf),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(harness, "available", lambda: True)
     out = harness.run_harness(bundle, ["base"], harness.HarnessOptions(["finbench_x"], limit=5))
@@ -165,8 +174,17 @@ def test_paired_wins_losses_and_loss_differences():
     from kielo.evaluate import paired
 
     def row(i, chrf, success, loss):
-        return {"id": f"ex{i}", "task": "t", "prompt": "p", "reference": "r", "generation": f"answer {i}", "chrf": chrf,
-                "task_success": success, "loss": loss, "loss_tokens": 10}
+        return {
+            "id": f"ex{i}",
+            "task": "t",
+            "prompt": "p",
+            "reference": "r",
+            "generation": f"answer {i}",
+            "chrf": chrf,
+            "task_success": success,
+            "loss": loss,
+            "loss_tokens": 10,
+        }
 
     base = [row(0, 10.0, False, 2.0), row(1, 50.0, True, 2.0), row(2, 20.0, None, 2.0)]
     new = [row(0, 90.0, True, 1.0), row(1, 10.0, False, 2.5), row(2, 20.0, None, 1.5)]

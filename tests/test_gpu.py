@@ -19,16 +19,31 @@ import kielo.bench.qlora as qb
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-SHAPE = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
-             num_key_value_heads=4, max_position_embeddings=2048)
+SHAPE = dict(
+    vocab_size=8192,
+    hidden_size=512,
+    intermediate_size=1408,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+)
 STEPS = 20
 DEVICE = torch.device("cuda")
 
 
 BLOOM_SHAPE = dict(vocab_size=8192, hidden_size=512, n_layer=4, n_head=8)  # ALiBi: packs through a block mask
-GEMMA_SHAPE = dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-                   num_attention_heads=4, num_key_value_heads=1, head_dim=128, max_position_embeddings=2048,
-                   sliding_window=128)
+GEMMA_SHAPE = dict(
+    vocab_size=32768,
+    hidden_size=512,
+    intermediate_size=1536,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=128,
+    max_position_embeddings=2048,
+    sliding_window=128,
+)
 
 
 def _random_model(tmp_path_factory, name: str, model_cls: str, config_cls: str, shape: dict) -> Path:
@@ -107,8 +122,10 @@ def test_kielo_matches_stock_loss_and_gradients(llama_dir, data, path):
     kielo_losses, kielo_grads = train(path, llama_dir, steps)
     deltas = [abs(a - b) for a, b in zip(stock_losses, kielo_losses, strict=True)]
     cos = float(torch.nn.functional.cosine_similarity(stock_grads.double(), kielo_grads.double(), dim=0))
-    print(f"\n{path}, {data}: stock losses {stock_losses[0]:.4f} .. {stock_losses[-1]:.4f}; max |dloss| {max(deltas):.5f} "
-          f"over {STEPS} steps; LoRA grad cosine {cos:.6f}")
+    print(
+        f"\n{path}, {data}: stock losses {stock_losses[0]:.4f} .. {stock_losses[-1]:.4f}; max |dloss| {max(deltas):.5f} "
+        f"over {STEPS} steps; LoRA grad cosine {cos:.6f}"
+    )
     assert all(map(math.isfinite, stock_losses + kielo_losses))
     assert max(deltas) <= 0.02, deltas
     assert cos >= 0.999
@@ -130,8 +147,10 @@ def test_gemma_fast_path_matches_stock(gemma_dir):
     kielo_losses, kielo_grads = train("kielo", gemma_dir, steps, vocab=vocab)
     deltas = [abs(a - b) for a, b in zip(stock_losses, kielo_losses, strict=True)]
     cos = float(torch.nn.functional.cosine_similarity(stock_grads.double(), kielo_grads.double(), dim=0))
-    print(f"\ngemma fast path (liger={liger_installed()}): stock losses {stock_losses[0]:.4f} .. {stock_losses[-1]:.4f}; "
-          f"max |dloss| {max(deltas):.5f} over {STEPS} steps; LoRA grad cosine {cos:.6f}")
+    print(
+        f"\ngemma fast path (liger={liger_installed()}): stock losses {stock_losses[0]:.4f} .. {stock_losses[-1]:.4f}; "
+        f"max |dloss| {max(deltas):.5f} over {STEPS} steps; LoRA grad cosine {cos:.6f}"
+    )
     assert max(deltas) <= 0.02, deltas
     assert cos >= 0.999
     assert kielo_grads.abs().sum() > 0
@@ -169,8 +188,8 @@ def test_packed_examples_never_attend_to_each_other(request, folder):
     for ex in examples:
         n = len(ex.input_ids)
         alone = _logits(model, collate_padded([ex], pad))[0, :n]
-        errors.append(_rel(packed[at:at + n], alone))
-        leaks.append(_rel(leaky[at:at + n], alone))
+        errors.append(_rel(packed[at : at + n], alone))
+        leaks.append(_rel(leaky[at : at + n], alone))
         at += n
     print(f"\npacked vs alone, relative error per example: {errors}; without isolation: {leaks}")
     assert max(errors) <= 2e-2
@@ -183,8 +202,15 @@ def test_packed_examples_never_attend_to_each_other(request, folder):
     assert _rel(changed[n0:at], packed[n0:at]) <= 1e-3
 
 
-PLAN_SHAPE = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-                  num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048)
+PLAN_SHAPE = dict(
+    vocab_size=32000,
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=8,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+)
 
 
 @pytest.mark.parametrize("stream", ["fp32", "auto"])
@@ -201,8 +227,11 @@ def test_kielo_train_plans_its_memory(tmp_path, stream):
     folder = tmp_path / "model"
     tok = build_tokenizer(folder)
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        **PLAN_SHAPE, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            **PLAN_SHAPE, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id
+        )
+    )
     model.to(torch.bfloat16).save_pretrained(folder)
     del model
     # Every example alike, so every packed row is alike: the plan sizes micro-batches by the heaviest rows,
@@ -212,10 +241,14 @@ def test_kielo_train_plans_its_memory(tmp_path, stream):
     rows = [row] * 400
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
-    config = tiny_config(folder, data, tmp_path / "out", lora={"r": 16, "alpha": 32, "dropout": 0.05},
-                         data={"max_length": 1024, "packing": True, "validation_split": 0.05},
-                         training={"max_steps": 3, "micro_batch_size": 4, "device": "cuda", "stream_dtype": stream,
-                                   "memory_plan": "fit"})
+    config = tiny_config(
+        folder,
+        data,
+        tmp_path / "out",
+        lora={"r": 16, "alpha": 32, "dropout": 0.05},
+        data={"max_length": 1024, "packing": True, "validation_split": 0.05},
+        training={"max_steps": 3, "micro_batch_size": 4, "device": "cuda", "stream_dtype": stream, "memory_plan": "fit"},
+    )
     # A fresh process, as a user runs it: CUDA libraries' workspaces (in the estimate) are not yet allocated
     # there, while in this test process earlier tests already hold them.
     import subprocess
@@ -226,7 +259,9 @@ def test_kielo_train_plans_its_memory(tmp_path, stream):
     subprocess.run([sys.executable, "-m", "kielo", "train", str(cfg)], check=True, cwd=Path(__file__).parent.parent)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     est, peak = summary["estimated_peak_memory_bytes"], summary["peak_memory_bytes"]
-    print(f"\nkielo train, stream {stream}: estimated peak {est / 2**30:.3f} GiB, measured {peak / 2**30:.3f} GiB "
-          f"({100 * (est / peak - 1):+.1f}%)\n{summary['memory_plan']}")
+    print(
+        f"\nkielo train, stream {stream}: estimated peak {est / 2**30:.3f} GiB, measured {peak / 2**30:.3f} GiB "
+        f"({100 * (est / peak - 1):+.1f}%)\n{summary['memory_plan']}"
+    )
     assert summary["train_loss_last"] < summary["train_loss_first"]
     assert abs(est / peak - 1) <= 0.10

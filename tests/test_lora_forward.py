@@ -16,8 +16,14 @@ def _model(folder, tmp_path, dropout=0.1, **training):
     from kielo.model.load import load_base_model
     from kielo.model.source import ModelSource
 
-    config = tiny_config(folder, tmp_path / "d.jsonl", tmp_path / "o", lora={"r": 4, "alpha": 8, "dropout": dropout},
-                         training=training, quantization={"bits": 4, "compute_dtype": training.pop("compute", "fp32")})
+    config = tiny_config(
+        folder,
+        tmp_path / "d.jsonl",
+        tmp_path / "o",
+        lora={"r": 4, "alpha": 8, "dropout": dropout},
+        training=training,
+        quantization={"bits": 4, "compute_dtype": training.pop("compute", "fp32")},
+    )
     model = add_lora(load_base_model(ModelSource(str(folder)), config, torch.device("cpu")), config.lora)
     torch.manual_seed(3)
     with torch.no_grad():  # B starts at zero; give it values so that A gets gradients too
@@ -44,8 +50,9 @@ def _loss_and_grads(model, batch, seed=7):
     torch.manual_seed(seed)  # same dropout masks on both paths
     s, _ = loss_sum(model, batch)
     s.backward()
-    return float(s), torch.cat([p.grad.flatten().float() for _, p in sorted(
-        (n, p) for n, p in model.named_parameters() if p.requires_grad)])
+    return float(s), torch.cat(
+        [p.grad.flatten().float() for _, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)]
+    )
 
 
 def test_fp32_stream_is_peft_exactly(tiny_llama, tmp_path):
@@ -102,8 +109,7 @@ def test_fused_4bit_lora_matches_the_unfused_paths(tiny_llama, tmp_path, monkeyp
     branch and as peft's forward (same dropout masks), with and without recomputation in backward."""
     import kielo.model.lora_forward as lf
 
-    model = _model(tiny_llama, tmp_path, dropout=dropout, compute="bf16", stream_dtype="compute",
-                   gradient_checkpointing=checkpointing)
+    model = _model(tiny_llama, tmp_path, dropout=dropout, compute="bf16", stream_dtype="compute", gradient_checkpointing=checkpointing)
     model.train()
     batch = _batch(model.config.vocab_size)
     calls = []

@@ -91,8 +91,9 @@ def test_merge_writes_a_plain_hf_folder_that_matches_base_plus_adapter(llama_run
     assert not any("lora" in k for k in merged.state_dict())
     reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), str(llama_run)).eval()
     tok = AutoTokenizer.from_pretrained(out)
-    ids = tok.apply_chat_template([{"role": "user", "content": "Mikä on Suomen pääkaupunki?"}],
-                                  add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Mikä on Suomen pääkaupunki?"}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     assert (logits(merged, ids) - logits(reference, ids)).abs().max() <= FP32
     with reference.disable_adapter():
         assert (logits(merged, ids) - logits(reference, ids)).abs().max() > 10 * FP32
@@ -119,8 +120,9 @@ def test_gguf_export_of_gemma3_round_trips_through_transformers(gemma_run, tmp_p
     from kielo.cli import main
 
     out = tmp_path / "gemma-merged"
-    code = main(["merge", str(gemma_run), "--output_dir", str(out), "--dtype", "fp32", "--gguf", "--samples", "2",
-                 "--max_new_tokens", "8"])
+    code = main(
+        ["merge", str(gemma_run), "--output_dir", str(out), "--dtype", "fp32", "--gguf", "--samples", "2", "--max_new_tokens", "8"]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "PASS" in printed and "transformers-verified" in printed
     report = json.loads((out / REPORT_FILE).read_text())
@@ -135,14 +137,24 @@ def test_gguf_export_of_gemma3_round_trips_through_transformers(gemma_run, tmp_p
     (alone / g["file"]).symlink_to(out / g["file"])
     config = AutoConfig.from_pretrained(alone, gguf_file=g["file"])
     config.query_pre_attn_scalar = 16  # not in the file; llama.cpp derives it from key_length
-    from_gguf = AutoModelForCausalLM.from_pretrained(alone, gguf_file=g["file"], config=config, dtype=torch.float32,
-                                                     quantization_config=GgufConfig(gguf_file=g["file"], dequantize=True))
+    from_gguf = AutoModelForCausalLM.from_pretrained(
+        alone,
+        gguf_file=g["file"],
+        config=config,
+        dtype=torch.float32,
+        quantization_config=GgufConfig(gguf_file=g["file"], dequantize=True),
+    )
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(alone, gguf_file=g["file"])
-    ids = tok.apply_chat_template([{"role": "user", "content": "Hyvää huomenta!"}], add_generation_prompt=True,
-                                  tokenize=True, return_dict=True)["input_ids"]
-    assert ids == AutoTokenizer.from_pretrained(out).apply_chat_template(
-        [{"role": "user", "content": "Hyvää huomenta!"}], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "Hyvää huomenta!"}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    assert (
+        ids
+        == AutoTokenizer.from_pretrained(out).apply_chat_template(
+            [{"role": "user", "content": "Hyvää huomenta!"}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+    )
     assert (logits(from_gguf.eval(), ids) - logits(merged, ids)).abs().max() < 1e-3
     assert tok.convert_ids_to_tokens(ids)[:2] == ["<bos>", "<start_of_turn>"]
 
@@ -176,8 +188,9 @@ def test_gguf_export_round_trips_per_architecture(arch, tiny_llama, tmp_path):
         path.parent.mkdir()
         info = write_gguf(model, tokenizer, path, kind, "tiny", None, None)
         assert info["tensor_types"].get(kind) and info["tokenizer"]["pre_tokenizer"] == "gpt2"
-        back = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                    quantization_config=GgufConfig(gguf_file=path.name, dequantize=True))
+        back = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, quantization_config=GgufConfig(gguf_file=path.name, dequantize=True)
+        )
         ids = list(range(5, 40))
         assert (logits(back.eval(), ids) - logits(model, ids)).abs().max() < tol, kind
 
@@ -224,8 +237,9 @@ def test_a_merge_into_4bit_weights_fails_the_check(llama_run, tiny_llama):
     reference = capture_reference(reference_model, [[2, 40, 41, 42, 43], [2, 90, 91]], gen, device)
 
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    four_bit = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama, quantization_config=q,
-                                                                              device_map={"": "cpu"}), str(llama_run))
+    four_bit = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama, quantization_config=q, device_map={"": "cpu"}), str(llama_run)
+    )
     with pytest.raises(KieloError, match="refusing to merge into quantized"):
         merge_adapter(four_bit, str(llama_run), torch.float32)
     wrong = four_bit.merge_and_unload()  # what the issue warns about: merged into NF4, then dequantized
@@ -303,8 +317,7 @@ def test_llama_cpp_greedy_check_when_installed(monkeypatch):
     fake.__spec__ = importlib.machinery.ModuleSpec("llama_cpp", None)
     monkeypatch.setitem(sys.modules, "llama_cpp", fake)
     vocab = 12
-    ref = Reference([[2, 7, 5, 6, 1], [2, 8, 9, 3, 1]], [2, 2], [torch.zeros(5, vocab), torch.zeros(5, vocab)],
-                    {"eos_token_id": [1]})
+    ref = Reference([[2, 7, 5, 6, 1], [2, 8, 9, 3, 1]], [2, 2], [torch.zeros(5, vocab), torch.zeros(5, vocab)], {"eos_token_id": [1]})
     ref.logits[1][2, 3] = 5.0  # (position 2 chooses token 3) the merged model prefers 3 clearly where llama.cpp said 4
     result = check_with_llama_cpp("m.gguf", ref)
     assert result["identical_answers"] == 1 and result["disagreements"] == 1 and not result["passed"]

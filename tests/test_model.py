@@ -28,11 +28,14 @@ def test_pad_token_is_distinct_from_end_token(tiny_llama, tmp_path):
     assert fixed.padding_side == "right"
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("./no/such/folder", "does not exist"),
-    ("/tmp/nonexistent-model.gguf", "GGUF file"),
-    ("not a hub id!", "neither an existing path nor a hub id"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("./no/such/folder", "does not exist"),
+        ("/tmp/nonexistent-model.gguf", "GGUF file"),
+        ("not a hub id!", "neither an existing path nor a hub id"),
+    ],
+)
 def test_bad_model_names(name, fragment):
     with pytest.raises(KieloError, match=fragment):
         resolve_model(name)
@@ -50,8 +53,7 @@ def test_model_that_cannot_fit_fails_before_loading(tiny_llama, data_file, tmp_p
 
 @pytest.mark.parametrize("bits", [0, 8])
 def test_other_quantization_modes_load_and_run(tiny_llama, data_file, tmp_path, bits):
-    bundle = load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"bits": bits}),
-                         for_training=False)
+    bundle = load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"bits": bits}), for_training=False)
     with torch.no_grad():
         logits = bundle.model(input_ids=torch.tensor([[1, 5, 6]])).logits
     assert torch.isfinite(logits).all()
@@ -72,8 +74,7 @@ def test_cpu_inference_dequantizes_once_to_the_same_function(tiny_llama, data_fi
     a, b = fast(input_ids=ids).logits, slow(input_ids=ids).logits
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (a - b).abs().max()
     # A plain (never quantized) model differs: the check above can tell quantized weights from others.
-    plain = load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"bits": 0}),
-                        for_training=False).model
+    plain = load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"bits": 0}), for_training=False).model
     assert (plain(input_ids=ids).logits - b).abs().max() > 100 * (a - b).abs().max()
 
 
@@ -83,8 +84,7 @@ def test_gpu_only_options_on_cpu_are_clear(tiny_llama, data_file, tmp_path):
     with pytest.raises(KieloError, match="no CUDA GPU"):
         load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", training={"device": "cuda"}), for_training=True)
     with pytest.raises(KieloError, match="fp16 compute is not supported on CPU"):
-        load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"compute_dtype": "fp16"}),
-                    for_training=True)
+        load_bundle(tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"compute_dtype": "fp16"}), for_training=True)
 
 
 def test_warns_about_untrained_template_tokens(tiny_gemma, caplog):

@@ -58,8 +58,9 @@ def test_packing_support_per_decoder(tiny_llama, tiny_bloom, tmp_path):
     assert packing_support(bloom) == "alibi" and bloom.transformer.build_alibi_tensor == install  # once
     # A 2D padding mask still gets the library's ALiBi (padded batches, generation).
     pad = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
-    torch.testing.assert_close(bloom.transformer.build_alibi_tensor(pad, 4, torch.float32),
-                               build_alibi_tensor(pad, 4, torch.float32), atol=0, rtol=0)
+    torch.testing.assert_close(
+        bloom.transformer.build_alibi_tensor(pad, 4, torch.float32), build_alibi_tensor(pad, 4, torch.float32), atol=0, rtol=0
+    )
     mpt = load_lm(build_model(tmp_path / "mpt", "mpt"))  # ALiBi, but not a decoder kielo packs
     assert packing_support(mpt) is None
     packed = collate_packed([random_examples([5, 6], 50)], 0)
@@ -84,8 +85,8 @@ def test_bloom_packed_rows_equal_examples_alone(tiny_bloom):
         for ex in row:
             n = len(ex.input_ids)
             alone = lm(input_ids=torch.tensor([ex.input_ids]), use_cache=False).logits[0]
-            errors.append(float((packed[r, at:at + n] - alone).abs().max()))
-            leaks.append(float((leaky[r, at:at + n] - alone).abs().max()))
+            errors.append(float((packed[r, at : at + n] - alone).abs().max()))
+            leaks.append(float((leaky[r, at : at + n] - alone).abs().max()))
             at += n
     assert max(errors) <= 5e-5, errors  # logits of magnitude ~10
     # The check can fail: without the block mask, the second and third examples of row 0 see the first.
@@ -98,8 +99,7 @@ def test_bloom_packed_loss_and_lora_gradients_equal_examples_alone(tiny_bloom, d
     from kielo.model.adapter import add_lora
     from kielo.model.bundle import load_bundle
 
-    cfg = tiny_config(tiny_bloom, data_file, tmp_path / "o", quantization={"bits": bits},
-                      training={"gradient_checkpointing": True})
+    cfg = tiny_config(tiny_bloom, data_file, tmp_path / "o", quantization={"bits": bits}, training={"gradient_checkpointing": True})
     bundle = load_bundle(cfg, for_training=True)
     model = add_lora(bundle.model, cfg.lora)
     assert model.get_base_model().is_gradient_checkpointing and model.training
@@ -140,8 +140,7 @@ def test_bloom_packed_loss_and_lora_gradients_equal_examples_alone(tiny_bloom, d
 
 
 def test_bloom_trains_packed(tiny_bloom, data_file, tmp_path):
-    cfg = tiny_config(tiny_bloom, data_file, tmp_path / "p", data={"packing": True, "max_length": 128},
-                      training={"max_steps": 2})
+    cfg = tiny_config(tiny_bloom, data_file, tmp_path / "p", data={"packing": True, "max_length": 128}, training={"max_steps": 2})
     summary = train(cfg, progress=False)
     assert summary["steps"] == 2 and summary["train_loss_last"] == summary["train_loss_last"]  # not NaN
 

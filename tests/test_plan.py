@@ -31,8 +31,9 @@ def test_shape_counts_the_real_models_parameters(fixture, request):
     shape = shape_from_config(_config(folder))
     model = AutoModelForCausalLM.from_pretrained(folder)
     layers = shape.n_layers
-    linear = sum(m.weight.numel() for n, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings())
+    linear = sum(
+        m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()
+    )
     assert shape.quantized_params == linear
     assert layers == model.config.num_hidden_layers
     total = sum(p.numel() for p in model.parameters())  # shared (tied) weights counted once
@@ -61,8 +62,7 @@ def test_weights_estimate_matches_a_loaded_4bit_model(tiny_llama, tmp_path):
     per_param = quantized_bytes_per_param(4, True, 4)
     # Block scales round up per 64-block and per 256 of them: tiny matrices pay a little more than large ones.
     assert quantized == pytest.approx(shape.quantized_params * per_param, rel=0.05)
-    unquantized = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
-                      if p.dtype == torch.float32)
+    unquantized = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if p.dtype == torch.float32)
     est = estimate(shape, Setup(stream_bytes=4))
     assert est.weights == pytest.approx(quantized + unquantized, rel=0.05)
     # and a wrong dtype for the stream would be visibly off
@@ -108,16 +108,21 @@ def test_estimates_within_ten_percent_of_measured_gpu_peaks():
     assert worst[0] <= 0.10, f"estimate {worst[4]:.2f} vs measured {worst[5]:.2f} GiB: {worst[1:4]}"
 
 
-LLAMA8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-               num_attention_heads=32, num_key_value_heads=8)
+LLAMA8B = dict(
+    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8
+)
 
 
 def _plan_config(**training):
     from kielo.config.load import from_dict
 
-    return from_dict({"data": {"max_length": 2048, "packing": True},
-                      "lora": {"dropout": 0.0},
-                      "training": {"micro_batch_size": 4, "gradient_accumulation": 2, **training}})
+    return from_dict(
+        {
+            "data": {"max_length": 2048, "packing": True},
+            "lora": {"dropout": 0.0},
+            "training": {"micro_batch_size": 4, "gradient_accumulation": 2, **training},
+        }
+    )
 
 
 def _llama_shape():
@@ -176,8 +181,12 @@ def test_plan_training_is_a_no_op_on_cpu_and_keeps_a_resumed_runs_settings(tiny_
     model = load_base_model(ModelSource(str(tiny_llama)), config, torch.device("cpu"))
     same, plan = plan_training(config, model, [], torch.device("cpu"))
     assert plan is None and same.training == config.training
-    saved = tiny_config(tiny_llama, tmp_path / "d.jsonl", tmp_path / "o",
-                        training={"micro_batch_size": 1, "gradient_accumulation": 2, "gradient_checkpointing": False})
+    saved = tiny_config(
+        tiny_llama,
+        tmp_path / "d.jsonl",
+        tmp_path / "o",
+        training={"micro_batch_size": 1, "gradient_accumulation": 2, "gradient_checkpointing": False},
+    )
     resumed, _ = plan_training(config, model, [], torch.device("cpu"), saved)
     assert (resumed.training.micro_batch_size, resumed.training.gradient_accumulation) == (1, 2)
     assert resumed.training.gradient_checkpointing is False

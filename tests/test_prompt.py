@@ -36,8 +36,7 @@ def adapter(tiny_llama, tmp_path_factory) -> Path:
 
     data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in ROWS * 4) + "\n", encoding="utf-8")
     out = tmp / "run"
-    train(tiny_config(tiny_llama, data, out, quantization={"bits": 0}, generation={"max_new_tokens": 5, "top_k": 7}),
-          progress=False)
+    train(tiny_config(tiny_llama, data, out, quantization={"bits": 0}, generation={"max_new_tokens": 5, "top_k": 7}), progress=False)
     return out
 
 
@@ -63,12 +62,25 @@ def test_prompts_from_text_yaml_and_jsonl_files(tmp_path):
     assert [p.text for p in read_prompt_file(lines)] == ["Yksi", "Kaksi", "Kolme"]
 
     yml = tmp_path / "p.yaml"
-    yml.write_text(yaml.safe_dump({"prompts": [
-        "Pelkkä teksti",
-        {"id": "tr", "prompt": "Käännä englanniksi.", "input": "Hyvää huomenta!", "system": "Vastaa lyhyesti."},
-        {"messages": [{"role": "user", "content": "Paljonko on 2 + 3?"}, {"role": "assistant", "content": "5"},
-                      {"role": "user", "content": "Entä 4 * 3?"}]},
-    ]}, allow_unicode=True), encoding="utf-8")
+    yml.write_text(
+        yaml.safe_dump(
+            {
+                "prompts": [
+                    "Pelkkä teksti",
+                    {"id": "tr", "prompt": "Käännä englanniksi.", "input": "Hyvää huomenta!", "system": "Vastaa lyhyesti."},
+                    {
+                        "messages": [
+                            {"role": "user", "content": "Paljonko on 2 + 3?"},
+                            {"role": "assistant", "content": "5"},
+                            {"role": "user", "content": "Entä 4 * 3?"},
+                        ]
+                    },
+                ]
+            },
+            allow_unicode=True,
+        ),
+        encoding="utf-8",
+    )
     a, b, c = read_prompt_file(yml)
     assert (a.id, a.text) == ("1", "Pelkkä teksti")
     assert b.id == "tr" and b.text == "Käännä englanniksi.\n\nHyvää huomenta!" and b.messages[0]["role"] == "system"
@@ -76,9 +88,12 @@ def test_prompts_from_text_yaml_and_jsonl_files(tmp_path):
     assert len(c.messages) == 3 and c.conversation("Ole ystävällinen.")[0] == {"role": "system", "content": "Ole ystävällinen."}
 
     jsonl = tmp_path / "p.jsonl"
-    rows = ['"Pelkkä merkkijono"', {"prompt": "Kysymys?", "id": "q"},
-            {"id": "data-1", "task": "x", "instruction": "Käännä.", "input": "Kissa", "output": "Cat"},
-            {"messages": [{"role": "user", "content": "Hei"}, {"role": "assistant", "content": "Moi"}]}]
+    rows = [
+        '"Pelkkä merkkijono"',
+        {"prompt": "Kysymys?", "id": "q"},
+        {"id": "data-1", "task": "x", "instruction": "Käännä.", "input": "Kissa", "output": "Cat"},
+        {"messages": [{"role": "user", "content": "Hei"}, {"role": "assistant", "content": "Moi"}]},
+    ]
     jsonl.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
     got = read_prompt_file(jsonl)
     assert [p.id for p in got] == ["1", "q", "data-1", "4"]
@@ -88,16 +103,19 @@ def test_prompts_from_text_yaml_and_jsonl_files(tmp_path):
     assert len(read_prompt_file(REPO / "data" / "fi_instruct" / "dev.jsonl")) > 50
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("bad.jsonl", '{"prompt": "a"}\n{"prompt": \n', "bad.jsonl:2: malformed JSON"),
-    ("bad.jsonl", '{"text": "a"}\n', "bad.jsonl:1: no `prompt`, `instruction` or `messages`"),
-    ("bad.yaml", "prompts:\n  - {promt: hei}\n", "unknown key `promt`"),
-    ("bad.yaml", "prompts:\n  - id: a\n    prompt: x\n  - id: a\n    prompt: y\n", "prompt id `a` is used twice"),
-    ("bad.yaml", "prompts: []\n", "holds no prompts"),
-    ("bad.yaml", "prompts:\n  - prompt: [1, 2]\n", "`prompt` must be text"),
-    ("bad.yaml", "prompts:\n  - messages: [{role: assistant, content: x}]\n", "does not end with a user message"),
-    ("bad.csv", "a,b\n", "unsupported prompt file type .csv"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.jsonl", '{"prompt": "a"}\n{"prompt": \n', "bad.jsonl:2: malformed JSON"),
+        ("bad.jsonl", '{"text": "a"}\n', "bad.jsonl:1: no `prompt`, `instruction` or `messages`"),
+        ("bad.yaml", "prompts:\n  - {promt: hei}\n", "unknown key `promt`"),
+        ("bad.yaml", "prompts:\n  - id: a\n    prompt: x\n  - id: a\n    prompt: y\n", "prompt id `a` is used twice"),
+        ("bad.yaml", "prompts: []\n", "holds no prompts"),
+        ("bad.yaml", "prompts:\n  - prompt: [1, 2]\n", "`prompt` must be text"),
+        ("bad.yaml", "prompts:\n  - messages: [{role: assistant, content: x}]\n", "does not end with a user message"),
+        ("bad.csv", "a,b\n", "unsupported prompt file type .csv"),
+    ],
+)
 def test_bad_prompt_files_name_the_place(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
@@ -131,8 +149,22 @@ def test_no_prompt_or_two_sources_is_a_clear_error(tiny_llama, adapter, capsys):
 def test_side_by_side_base_and_adapter(tiny_llama, adapter, tmp_path, capsys):
     prompts = tmp_path / "kysymykset.yaml"
     prompts.write_text("- id: capital\n  prompt: Mikä on Suomen pääkaupunki?\n- Kirjoita lyhyt runo.\n", encoding="utf-8")
-    code = main(["prompt", "--model", str(tiny_llama), "--adapter", str(adapter), "--file", str(prompts), *FAST,
-                 "--output_dir", str(tmp_path / "out"), "--system", "Vastaa lyhyesti."])
+    code = main(
+        [
+            "prompt",
+            "--model",
+            str(tiny_llama),
+            "--adapter",
+            str(adapter),
+            "--file",
+            str(prompts),
+            *FAST,
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--system",
+            "Vastaa lyhyesti.",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     header = out.splitlines()[0]
@@ -206,16 +238,23 @@ def _answer(text: str, ended: bool = True, stop: str | None = None) -> Generatio
     return Generation(text, tokens=12, ended=ended, stop=stop)
 
 
-@pytest.mark.parametrize("expect, good, bad, detail", [
-    ({"contains": ["Helsinki", "pääkaupunki"]}, "Suomen PÄÄKAUPUNKI on helsinki.", "Suomen pääkaupunki on Turku.",
-     "missing 'Helsinki'"),
-    ({"not_contains": "negatiivinen"}, "positiivinen", "Negatiivinen", "contains 'negatiivinen'"),
-    ({"regex": r"Vastaus:\s*42\b"}, "6 · 7 = 42. Vastaus: 42 €.", "Vastaus: 420", r"no match for /Vastaus:\s*42\b/"),
-    ({"max_length": 10}, "Helsinki.", "Helsinki on Suomen pääkaupunki.", "31 > 10 characters"),
-    ({"language": "fi"}, "Suomen pääkaupunki on Helsinki.", "The capital of Finland is Helsinki.", "answered in en, expected fi"),
-    ({"language": "en"}, "The train is ten minutes late.", "Juna on kymmenen minuuttia myöhässä.", "expected en"),
-    ({"json": True}, '```json\n{"nimi": "Liisa", "ikä": 34}\n```', "{nimi: Liisa}", "not JSON"),
-])
+@pytest.mark.parametrize(
+    "expect, good, bad, detail",
+    [
+        (
+            {"contains": ["Helsinki", "pääkaupunki"]},
+            "Suomen PÄÄKAUPUNKI on helsinki.",
+            "Suomen pääkaupunki on Turku.",
+            "missing 'Helsinki'",
+        ),
+        ({"not_contains": "negatiivinen"}, "positiivinen", "Negatiivinen", "contains 'negatiivinen'"),
+        ({"regex": r"Vastaus:\s*42\b"}, "6 · 7 = 42. Vastaus: 42 €.", "Vastaus: 420", r"no match for /Vastaus:\s*42\b/"),
+        ({"max_length": 10}, "Helsinki.", "Helsinki on Suomen pääkaupunki.", "31 > 10 characters"),
+        ({"language": "fi"}, "Suomen pääkaupunki on Helsinki.", "The capital of Finland is Helsinki.", "answered in en, expected fi"),
+        ({"language": "en"}, "The train is ten minutes late.", "Juna on kymmenen minuuttia myöhässä.", "expected en"),
+        ({"json": True}, '```json\n{"nimi": "Liisa", "ikä": 34}\n```', "{nimi: Liisa}", "not JSON"),
+    ],
+)
 def test_every_expectation_passes_and_fails(expect, good, bad, detail):
     suite = parse_suite({"prompts": [{"id": "x", "prompt": "?", "expect": expect}]}, "s.yaml")
     e = suite.cases[0].expect
@@ -236,30 +275,47 @@ def test_end_token_expectation_and_neutral_answers():
 
 
 def test_defaults_apply_and_can_be_turned_off():
-    suite = parse_suite({"defaults": {"language": "fi", "max_length": 50, "ends_with_end_token": True},
-                         "prompts": [{"id": "a", "prompt": "?"},
-                                     {"id": "b", "prompt": "?", "expect": {"language": None, "max_length": 5}}]}, "s.yaml")
+    suite = parse_suite(
+        {
+            "defaults": {"language": "fi", "max_length": 50, "ends_with_end_token": True},
+            "prompts": [{"id": "a", "prompt": "?"}, {"id": "b", "prompt": "?", "expect": {"language": None, "max_length": 5}}],
+        },
+        "s.yaml",
+    )
     a, b = (c.expect for c in suite.cases)
     assert a.active() == ["max_length", "language", "ends_with_end_token"] and a.max_length == 50
     assert b.active() == ["max_length", "ends_with_end_token"] and b.max_length == 5
 
 
-@pytest.mark.parametrize("prompt, message", [
-    ({"id": "capital", "prompt": "?", "expect": {"contain": "Helsinki"}},
-     "prompt 1 (id `capital`): expect.contain is not an expectation"),
-    ({"id": "capital", "prompt": "?", "expect": {"regex": "([a-z"}},
-     "prompt 1 (id `capital`): expect.regex: the regular expression '([a-z' does not compile"),
-    ({"id": "capital", "prompt": "?", "expect": {"max_length": "ten"}},
-     "prompt 1 (id `capital`): expect.max_length must be a positive whole number"),
-    ({"id": "capital", "prompt": "?", "expect": {"contains": ["Helsinki", 3]}},
-     "prompt 1 (id `capital`): expect.contains must be a text or a list"),
-    ({"id": "capital", "prompt": "?", "expect": {"language": "finnish"}},
-     "prompt 1 (id `capital`): expect.language = 'finnish' is not a language"),
-    ({"id": "capital", "prompt": "?", "expect": {"json": "yes"}}, "expect.json must be true or false"),
-    ({"id": "capital", "prompt": "?", "expect": ["Helsinki"]}, "expect must be a mapping of expectations"),
-    ({"id": "capital", "expect": {}}, "prompt 1 (id `capital`): the prompt has no text"),
-    ({"id": "capital", "promt": "?"}, "prompt 1: unknown key `promt`"),
-])
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        (
+            {"id": "capital", "prompt": "?", "expect": {"contain": "Helsinki"}},
+            "prompt 1 (id `capital`): expect.contain is not an expectation",
+        ),
+        (
+            {"id": "capital", "prompt": "?", "expect": {"regex": "([a-z"}},
+            "prompt 1 (id `capital`): expect.regex: the regular expression '([a-z' does not compile",
+        ),
+        (
+            {"id": "capital", "prompt": "?", "expect": {"max_length": "ten"}},
+            "prompt 1 (id `capital`): expect.max_length must be a positive whole number",
+        ),
+        (
+            {"id": "capital", "prompt": "?", "expect": {"contains": ["Helsinki", 3]}},
+            "prompt 1 (id `capital`): expect.contains must be a text or a list",
+        ),
+        (
+            {"id": "capital", "prompt": "?", "expect": {"language": "finnish"}},
+            "prompt 1 (id `capital`): expect.language = 'finnish' is not a language",
+        ),
+        ({"id": "capital", "prompt": "?", "expect": {"json": "yes"}}, "expect.json must be true or false"),
+        ({"id": "capital", "prompt": "?", "expect": ["Helsinki"]}, "expect must be a mapping of expectations"),
+        ({"id": "capital", "expect": {}}, "prompt 1 (id `capital`): the prompt has no text"),
+        ({"id": "capital", "promt": "?"}, "prompt 1: unknown key `promt`"),
+    ],
+)
 def test_malformed_suite_names_the_prompt_and_field(prompt, message):
     with pytest.raises(KieloError, match=re.escape(message)) as err:
         parse_suite({"prompts": [prompt]}, "s.yaml")
@@ -294,16 +350,26 @@ def test_pass_rates_and_the_last_model_decides():
     def answers(model, results):
         return [Answer(q, model, "x", 1, True, checks=[Check("contains", r)]) for q, r in zip(p, results, strict=True)]
 
-    run = PromptRun(["base", "tuned"], p, {"base": answers("base", [False, False]), "tuned": answers("tuned", [True, True])},
-                    GenerationConfig())
+    run = PromptRun(
+        ["base", "tuned"], p, {"base": answers("base", [False, False]), "tuned": answers("tuned", [True, True])}, GenerationConfig()
+    )
     assert run.pass_rates() == {"base": 0.0, "tuned": 1.0}
     assert run.all_passed() and not run.all_passed("base")
 
 
 def _write_suite(path: Path, expect: dict) -> Path:
-    path.write_text(yaml.safe_dump({"name": path.stem, "prompts": [
-        {"id": "capital", "prompt": "Mikä on Suomen pääkaupunki?", "expect": expect},
-        {"id": "poem", "prompt": "Kirjoita lyhyt runo.", "expect": {"max_length": 10000}}]}, allow_unicode=True))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": path.stem,
+                "prompts": [
+                    {"id": "capital", "prompt": "Mikä on Suomen pääkaupunki?", "expect": expect},
+                    {"id": "poem", "prompt": "Kirjoita lyhyt runo.", "expect": {"max_length": 10000}},
+                ],
+            },
+            allow_unicode=True,
+        )
+    )
     return path
 
 
@@ -343,7 +409,7 @@ def test_shipped_suite_is_valid_and_covers_every_expectation():
 
 def _five_grams(text: str) -> set[str]:
     text = re.sub(r"\s+", " ", text.casefold()).strip()
-    return {text[i:i + 5] for i in range(max(len(text) - 4, 1))}
+    return {text[i : i + 5] for i in range(max(len(text) - 4, 1))}
 
 
 def test_shipped_suite_does_not_overlap_the_bundled_data():

@@ -72,8 +72,15 @@ class Terminal:
     def __init__(self, *args: str):
         self.master, slave = pty.openpty()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TERM": "dumb"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "kielo", "prompt", "--chat", *args], stdin=slave, stdout=slave,
-                                     stderr=slave, env=env, start_new_session=True, preexec_fn=_become_terminal_owner)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kielo", "prompt", "--chat", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_become_terminal_owner,
+        )
         os.close(slave)
         self.seen = ""  # everything the chat printed (and the terminal echoed)
         self.pos = 0
@@ -82,14 +89,14 @@ class Terminal:
         """Read until ``pattern`` (a regex) appears in the output after the previous match; returns that stretch."""
         deadline = time.time() + timeout
         while True:
-            found = re.search(pattern, self.seen[self.pos:])
+            found = re.search(pattern, self.seen[self.pos :])
             if found:
-                text = self.seen[self.pos:self.pos + found.end()]
+                text = self.seen[self.pos : self.pos + found.end()]
                 self.pos += found.end()
                 return text
             left = deadline - time.time()
             if left <= 0 or not self._read(left):
-                raise AssertionError(f"no {pattern!r} in the output:\n{self.seen[self.pos:]}")
+                raise AssertionError(f"no {pattern!r} in the output:\n{self.seen[self.pos :]}")
 
     def _read(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.master], [], [], min(timeout, 1.0))
@@ -111,7 +118,7 @@ class Terminal:
         deadline = time.time() + timeout
         while self.proc.poll() is None:
             if time.time() > deadline:
-                raise AssertionError(f"the chat did not end; its output:\n{self.seen[self.pos:]}")
+                raise AssertionError(f"the chat did not end; its output:\n{self.seen[self.pos :]}")
             self._read(0.2)
         while select.select([self.master], [], [], 0)[0] and self._read(0):  # what it printed last
             pass

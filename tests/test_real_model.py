@@ -42,8 +42,7 @@ def test_demo_runs_every_stage_on_the_default_model(tmp_path):
     from kielo.cli import main
 
     out = tmp_path / "demo"
-    code = main(["demo", "--training.max_steps", "2", "--generate", "4", "--generation.max_new_tokens", "8",
-                 "--output_dir", str(out)])
+    code = main(["demo", "--training.max_steps", "2", "--generate", "4", "--generation.max_new_tokens", "8", "--output_dir", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert [s["stage"] for s in report["stages"]] == ["analyze-data", "train", "compare", "prompt-suite", "merge"]

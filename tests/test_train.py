@@ -25,10 +25,14 @@ def adapter_weights(folder):
 def base_logits(model_dir, ids, bits=4):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.float32) if bits else None
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=q,
-                                                 device_map={"": "cpu"}).eval()
+    q = (
+        BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32
+        )
+        if bits
+        else None
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=q, device_map={"": "cpu"}).eval()
     return model
 
 
@@ -67,8 +71,15 @@ def test_training_moves_the_adapter_and_lowers_loss(trained):
 
 def test_output_folder_is_complete(trained):
     cfg, summary, out = trained
-    for name in ("adapter_model.safetensors", "adapter_config.json", "kielo_config.yaml", "metrics.jsonl",
-                 "summary.json", "tokenizer_config.json", "generation_config.json"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "kielo_config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ):
         assert (out / name).is_file(), name
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "validation"] == [0, 6]
@@ -77,8 +88,15 @@ def test_output_folder_is_complete(trained):
     tok = load_tokenizer(str(out))
     assert gen["eos_token_id"] == [tok.eos_token_id] and tok.pad_token_id != tok.eos_token_id
     assert "### Vastaus" in tok.chat_template
-    for key in ("steps", "tokens_seen", "wall_time_s", "peak_memory_bytes", "train_loss_first",
-                "validation_loss_start", "validation_loss_end"):
+    for key in (
+        "steps",
+        "tokens_seen",
+        "wall_time_s",
+        "peak_memory_bytes",
+        "train_loss_first",
+        "validation_loss_start",
+        "validation_loss_end",
+    ):
         assert summary[key] is not None
 
 
@@ -89,8 +107,7 @@ def test_plain_peft_reload_gives_kielo_logits(trained, tiny_llama):
     from kielo.config.load import load_config
 
     cfg, _, out = trained
-    ours = load_bundle(load_config(overrides={"model": str(out), "quantization.compute_dtype": "fp32"}),
-                       for_training=False)
+    ours = load_bundle(load_config(overrides={"model": str(out), "quantization.compute_dtype": "fp32"}), for_training=False)
     ids = torch.tensor([ours.encoder.prompt_ids([{"role": "user", "content": "Mikä on Suomen pääkaupunki?"}])])
     with torch.no_grad():
         kielo_logits = ours.model(input_ids=ids).logits
@@ -103,15 +120,15 @@ def test_plain_peft_reload_gives_kielo_logits(trained, tiny_llama):
 
 
 def test_trained_position_loss_equals_full_logits_loss(tiny_gemma, data_file, tmp_path):
-    bundle = load_bundle(tiny_config(tiny_gemma, data_file, tmp_path / "o", quantization={"bits": 0}),
-                         for_training=False)
+    bundle = load_bundle(tiny_config(tiny_gemma, data_file, tmp_path / "o", quantization={"bits": 0}), for_training=False)
     items, _, _ = prepare_data(bundle)
     batch = collate_padded(items[:3], bundle.tokenizer.pad_token_id)
     with torch.no_grad():
         s, n = loss_sum(bundle.model, batch)
         logits = bundle.model(**batch.model_inputs()).logits
-        full = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(),
-                                                 ignore_index=-100, reduction="sum")
+        full = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
+        )
     assert n == batch.trained_tokens
     torch.testing.assert_close(s, full, atol=1e-4, rtol=1e-5)
 
@@ -120,8 +137,7 @@ def test_accumulation_normalizes_by_all_trained_tokens(tiny_llama, data_file, tm
     """Two micro-batches of one give the gradients of one batch of two (examples of different lengths)."""
     from kielo.model.adapter import add_lora
 
-    cfg = tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"bits": 0},
-                      training={"gradient_checkpointing": False})
+    cfg = tiny_config(tiny_llama, data_file, tmp_path / "o", quantization={"bits": 0}, training={"gradient_checkpointing": False})
     bundle = load_bundle(cfg, for_training=True)
     model = add_lora(bundle.model, cfg.lora)
     for n, p in model.named_parameters():  # LoRA B starts at 0, which would zero A's gradients
@@ -151,8 +167,7 @@ def test_accumulation_normalizes_by_all_trained_tokens(tiny_llama, data_file, tm
 
 def test_resume_continues_exactly(tiny_llama, data_file, tmp_path, monkeypatch):
     """A run interrupted after its step-3 checkpoint and resumed ends with the uninterrupted run's adapter."""
-    extra = {"training": {"max_steps": 6, "save_every": 3, "keep_last": 1}, "lora": {"r": 4, "alpha": 8,
-                                                                                     "dropout": 0.1}}
+    extra = {"training": {"max_steps": 6, "save_every": 3, "keep_last": 1}, "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
     train(tiny_config(tiny_llama, data_file, tmp_path / "full", **extra), progress=False)
 
     real_prune = ckpt.prune_checkpoints
@@ -181,13 +196,13 @@ def test_resume_continues_exactly(tiny_llama, data_file, tmp_path, monkeypatch):
 
 
 def test_packed_training_runs_and_counts_tokens(tiny_gemma, data_file, tmp_path):
-    cfg = tiny_config(tiny_gemma, data_file, tmp_path / "p", data={"packing": True, "max_length": 128},
-                      training={"max_steps": 2})
+    cfg = tiny_config(tiny_gemma, data_file, tmp_path / "p", data={"packing": True, "max_length": 128}, training={"max_steps": 2})
     bundle = load_bundle(cfg, for_training=True)
     items, _, _ = prepare_data(bundle)
     plan = BatchPlan(items, 2, bundle.tokenizer.pad_token_id, 1, packing=True, max_length=128)
     assert sum(plan.batch(i).trained_tokens for i in range(plan.per_epoch)) == sum(
-        it.trained_tokens - (it.labels[0] != -100) for it in items)
+        it.trained_tokens - (it.labels[0] != -100) for it in items
+    )
     summary = train(cfg, progress=False)
     assert summary["steps"] == 2
 

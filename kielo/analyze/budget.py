@@ -23,22 +23,20 @@ def length_grouped(items: list[Encoded], micro_batch_size: int, seed: int) -> li
     size = micro_batch_size * MEGABATCH
     groups = []
     for at in range(0, len(order), size):
-        mega = sorted(order[at:at + size], key=lambda it: len(it.input_ids), reverse=True)
-        groups += [mega[i:i + micro_batch_size] for i in range(0, len(mega), micro_batch_size)]
+        mega = sorted(order[at : at + size], key=lambda it: len(it.input_ids), reverse=True)
+        groups += [mega[i : i + micro_batch_size] for i in range(0, len(mega), micro_batch_size)]
     return groups
 
 
 def _shares(counts: dict[str, int], micro_batches: int) -> dict:
     slots, real, trained = counts["slots"], counts["real"], counts["trained"]
-    out = {"micro_batches": micro_batches, "slots": slots, "trained": trained, "masked": real - trained,
-           "padding": slots - real}
+    out = {"micro_batches": micro_batches, "slots": slots, "trained": trained, "masked": real - trained, "padding": slots - real}
     for key in ("trained", "masked", "padding"):
         out[f"{key}_share"] = round(out[key] / slots, 4) if slots else 0.0
     return out
 
 
-def token_budget(items: list[Encoded], micro_batch_size: int, pad_id: int, seed: int, max_length: int,
-                 packing: bool) -> dict:
+def token_budget(items: list[Encoded], micro_batch_size: int, pad_id: int, seed: int, max_length: int, packing: bool) -> dict:
     """One epoch's token counts in each batching mode; ``training_uses`` names the configured one.
 
     ``trained`` tokens are in the loss; ``masked`` are in the batch but not the loss (prompts, template

@@ -49,7 +49,7 @@ def signatures(texts: list[str]) -> np.ndarray:
     if count > 0:
         h = np.zeros(count, dtype=np.uint64)
         for k in range(SHINGLE):
-            h = h * np.uint64(0x100000001B3) + code[k:k + count]
+            h = h * np.uint64(0x100000001B3) + code[k : k + count]
         h = _mix(h)
         doc = np.repeat(np.arange(len(texts)), lens)[:count]
         starts = np.cumsum(lens) - lens
@@ -90,7 +90,7 @@ def similar_pairs(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = sig[usable]
     found = []
     for band in range(BANDS):
-        cols = s[:, band * ROWS:(band + 1) * ROWS]
+        cols = s[:, band * ROWS : (band + 1) * ROWS]
         key = cols[:, 0]
         for c in range(1, ROWS):
             key = _mix(key ^ cols[:, c])
@@ -106,8 +106,9 @@ def similar_pairs(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # The low 32 bits of each bin are enough to compare (a false match has odds 2^-32) and halve the reads.
     low = s.astype(np.uint32)
     step = 100_000
-    jaccard = np.concatenate([np.count_nonzero(low[a[i:i + step]] == low[b[i:i + step]], axis=1) / BINS
-                              for i in range(0, len(a), step)])
+    jaccard = np.concatenate(
+        [np.count_nonzero(low[a[i : i + step]] == low[b[i : i + step]], axis=1) / BINS for i in range(0, len(a), step)]
+    )
     keep = jaccard >= THRESHOLD
     a, b = usable[a[keep]], usable[b[keep]]
     return np.maximum(a, b), np.minimum(a, b), jaccard[keep]
@@ -168,7 +169,8 @@ def find_duplicates(names: list[str], splits: list[list[Example]], sigs: list[np
             within.union(x, y)
             if key[x] != key[y] and len(near_shown[split_of[x]]) < shown:
                 near_shown[split_of[x]].append(
-                    {"a": flat[y].source, "b": flat[x].source, "jaccard": round(j, 3), "text": _preview(flat[x])})
+                    {"a": flat[y].source, "b": flat[x].source, "jaccard": round(j, 3), "text": _preview(flat[x])}
+                )
 
     per_split = {}
     for k, name in enumerate(names):
@@ -183,23 +185,37 @@ def find_duplicates(names: list[str], splits: list[list[Example]], sigs: list[np
             within.union(i, int(first_in_split[i - lo]))
         removable = (hi - lo) - len({within.find(i) for i in range(lo, hi)})
         per_split[name] = {
-            "exact": len(exact_copies), "near": removable - len(exact_copies), "near_examples": near_shown[k],
-            "exact_examples": [{"a": flat[int(first_in_split[i - lo])].source, "b": flat[i].source,
-                                "text": _preview(flat[i])} for i in exact_copies[:shown]],
+            "exact": len(exact_copies),
+            "near": removable - len(exact_copies),
+            "near_examples": near_shown[k],
+            "exact_examples": [
+                {"a": flat[int(first_in_split[i - lo])].source, "b": flat[i].source, "text": _preview(flat[i])}
+                for i in exact_copies[:shown]
+            ],
         }
 
     overlap = []
     roots_by_split = [{every.find(i) for i in range(offsets[k], offsets[k + 1])} for k in range(len(splits))]
     for k in range(len(splits)):
-        keys_k = set(key[offsets[k]:offsets[k + 1]].tolist())
+        keys_k = set(key[offsets[k] : offsets[k + 1]].tolist())
         for m in range(k + 1, len(splits)):
             lo, hi = offsets[m], offsets[m + 1]
             exact_hits = [i for i, k_id in zip(range(lo, hi), key[lo:hi].tolist(), strict=True) if k_id in keys_k]
             any_hits = [i for i in range(lo, hi) if every.find(i) in roots_by_split[k]]
-            overlap.append({
-                "a": names[k], "b": names[m], "exact": len(exact_hits), "exact_or_near": len(any_hits),
-                "share_of_b": round(len(any_hits) / max(hi - lo, 1), 4),
-                "examples": [{"b": flat[i].source, "text": _preview(flat[i])} for i in any_hits[:shown]],
-            })
-    return {"threshold": THRESHOLD, "shingle": SHINGLE, "method": f"MinHash ({BINS} bins, {BANDS}x{ROWS} LSH bands)",
-            "splits": per_split, "overlap": overlap}
+            overlap.append(
+                {
+                    "a": names[k],
+                    "b": names[m],
+                    "exact": len(exact_hits),
+                    "exact_or_near": len(any_hits),
+                    "share_of_b": round(len(any_hits) / max(hi - lo, 1), 4),
+                    "examples": [{"b": flat[i].source, "text": _preview(flat[i])} for i in any_hits[:shown]],
+                }
+            )
+    return {
+        "threshold": THRESHOLD,
+        "shingle": SHINGLE,
+        "method": f"MinHash ({BINS} bins, {BANDS}x{ROWS} LSH bands)",
+        "splits": per_split,
+        "overlap": overlap,
+    }

@@ -55,8 +55,9 @@ def _shares(codes: list[str]) -> dict[str, float]:
     return {code: round(c / len(codes), 4) for code, c in counts.most_common()} if codes else {}
 
 
-def language_summary(examples: list[Example], indices: list[int], prompt_langs: list[str], answer_langs: list[str],
-                     shown: int = 5) -> dict:
+def language_summary(
+    examples: list[Example], indices: list[int], prompt_langs: list[str], answer_langs: list[str], shown: int = 5
+) -> dict:
     """Shares per language, and answers whose language differs from the row's ``answer_lang`` (when rows have one).
 
     Answers of fewer than ``JUDGED_WORDS`` words are not judged against ``answer_lang``: on a single word

@@ -57,6 +57,7 @@ def load_extra_tokenizer(name: str, trust_remote_code: bool = False):
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - any failure to load is reported with the tokenizer's name and the reason
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise KieloError(f"--tokenizer {name}: cannot load a tokenizer from {path} ({reason})",
-                         "pass a folder with tokenizer.json / tokenizer_config.json, a model folder, a .gguf file or "
-                         "a hub id available offline") from None
+        raise KieloError(
+            f"--tokenizer {name}: cannot load a tokenizer from {path} ({reason})",
+            "pass a folder with tokenizer.json / tokenizer_config.json, a model folder, a .gguf file or a hub id available offline",
+        ) from None

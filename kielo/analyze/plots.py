@@ -72,9 +72,11 @@ def tokenizers(efficiency: dict[str, dict]) -> bytes:
     """Characters per token, tokens per word and share of words in 3+ pieces, per tokenizer."""
     plt = _pyplot()
     names = list(efficiency)
-    metrics = (("chars_per_token", "characters per token (higher is better)"),
-               ("tokens_per_word", "tokens per word (lower is better)"),
-               ("words_3plus_pieces_share", "words split into 3+ pieces (lower is better)"))
+    metrics = (
+        ("chars_per_token", "characters per token (higher is better)"),
+        ("tokens_per_word", "tokens per word (lower is better)"),
+        ("words_3plus_pieces_share", "words split into 3+ pieces (lower is better)"),
+    )
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.5 * len(names) + 1.8))
     for ax, (key, title) in zip(axes, metrics, strict=True):
         values = [efficiency[n][key] or 0 for n in names]

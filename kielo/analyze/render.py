@@ -26,17 +26,18 @@ def token_pieces(tokenizer, ids: list[int]) -> list[str]:
     start = done = 0  # window start; tokens before `done` are emitted
     for i in range(len(ids)):
         before = tokenizer.decode(ids[start:done], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        now = tokenizer.decode(ids[start:i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        now = tokenizer.decode(ids[start : i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if len(now) > len(before) and not now.endswith("\ufffd") and now.startswith(before):
-            pieces += [""] * (i - done) + [now[len(before):]]
+            pieces += [""] * (i - done) + [now[len(before) :]]
             start, done = done, i + 1
     if done < len(ids):  # a trailing partial character
         pieces += [""] * (len(ids) - done - 1) + ["\ufffd"]
     return pieces
 
 
-def render_example(tokenizer, input_ids: list[int], labels: list[int], max_length: int, example: Example,
-                   split: str, dropped: bool) -> dict:
+def render_example(
+    tokenizer, input_ids: list[int], labels: list[int], max_length: int, example: Example, split: str, dropped: bool
+) -> dict:
     """Tokens of the full encoding (before ``max_length``), each with text, id and flags.
 
     ``trained``: in the loss (the first token never is: nothing predicts it); ``special``: a special
@@ -45,8 +46,7 @@ def render_example(tokenizer, input_ids: list[int], labels: list[int], max_lengt
     shown = input_ids[: max_length + SHOWN_AFTER_CUT]
     special = set(tokenizer.all_special_ids)
     tokens = [
-        {"text": text, "id": tok_id, "trained": i > 0 and labels[i] != IGNORE, "special": tok_id in special,
-         "cut": i >= max_length}
+        {"text": text, "id": tok_id, "trained": i > 0 and labels[i] != IGNORE, "special": tok_id in special, "cut": i >= max_length}
         for i, (tok_id, text) in enumerate(zip(shown, token_pieces(tokenizer, shown), strict=True))
     ]
     return {
@@ -109,12 +109,16 @@ def to_html(rendered: dict) -> str:
     for tok in rendered["tokens"]:
         cls = [_kind(tok)] + (["special"] if tok["special"] else [])
         title = f"id {tok['id']}: {tok['text']!r}"
-        parts.append(f'<span class="tok {" ".join(cls)}" title="{html.escape(title)}">'
-                     f"{html.escape(_visible(tok['text']))}</span>")
+        parts.append(f'<span class="tok {" ".join(cls)}" title="{html.escape(title)}">{html.escape(_visible(tok["text"]))}</span>')
     note = f"{rendered['length']} tokens"
     note += f", {rendered['cut']} cut by data.max_length" if rendered["cut"] else ""
     note += " — dropped: nothing left to train" if rendered["dropped"] else ""
-    more = f'<span class="more"> … {rendered["cut"] - SHOWN_AFTER_CUT} more cut tokens</span>' \
-        if rendered["cut"] > SHOWN_AFTER_CUT else ""
-    return (f'<div class="example"><div class="exhead">{html.escape(rendered["split"])}: '
-            f'{html.escape(rendered["source"])} ({html.escape(note)})</div><pre>{"".join(parts)}{more}</pre></div>')
+    more = (
+        f'<span class="more"> … {rendered["cut"] - SHOWN_AFTER_CUT} more cut tokens</span>'
+        if rendered["cut"] > SHOWN_AFTER_CUT
+        else ""
+    )
+    return (
+        f'<div class="example"><div class="exhead">{html.escape(rendered["split"])}: '
+        f"{html.escape(rendered['source'])} ({html.escape(note)})</div><pre>{''.join(parts)}{more}</pre></div>"
+    )

@@ -56,10 +56,14 @@ def _img(name: str, png: bytes) -> str:
 def _fragmented(result: dict) -> str:
     parts = []
     for name, e in result["tokenizers"].items():
-        rows = "".join(f"<tr><td>{html.escape(w['word'])}</td><td>{w['count']}</td><td>{w['pieces']}</td>"
-                       f"<td><code>{html.escape(w['split'])}</code></td></tr>" for w in e["most_fragmented"])
-        parts.append(f"<h3>{html.escape(name)}</h3><table><tr><th>word</th><th>count</th><th>pieces</th><th>split</th>"
-                     f"</tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{html.escape(w['word'])}</td><td>{w['count']}</td><td>{w['pieces']}</td>"
+            f"<td><code>{html.escape(w['split'])}</code></td></tr>"
+            for w in e["most_fragmented"]
+        )
+        parts.append(
+            f"<h3>{html.escape(name)}</h3><table><tr><th>word</th><th>count</th><th>pieces</th><th>split</th></tr>{rows}</table>"
+        )
     return "<h2>Most fragmented frequent words</h2>" + "".join(parts)
 
 
@@ -67,43 +71,53 @@ def _duplicate_examples(result: dict) -> str:
     items = []
     for name, s in result["duplicates"]["splits"].items():
         for d in s["exact_examples"]:
-            items.append(f"<li>{html.escape(name)}: exact — {html.escape(d['b'])} = {html.escape(d['a'])}: "
-                         f"{html.escape(d['text'])}</li>")
+            items.append(
+                f"<li>{html.escape(name)}: exact — {html.escape(d['b'])} = {html.escape(d['a'])}: {html.escape(d['text'])}</li>"
+            )
         for d in s["near_examples"]:
-            items.append(f"<li>{html.escape(name)}: near (J≈{d['jaccard']}) — {html.escape(d['b'])} ~ {html.escape(d['a'])}:"
-                         f" {html.escape(d['text'])}</li>")
+            items.append(
+                f"<li>{html.escape(name)}: near (J≈{d['jaccard']}) — {html.escape(d['b'])} ~ {html.escape(d['a'])}:"
+                f" {html.escape(d['text'])}</li>"
+            )
     for o in result["duplicates"]["overlap"]:
         for d in o["examples"]:
-            items.append(f"<li>{html.escape(o['b'])} also in {html.escape(o['a'])}: {html.escape(d['b'])}: "
-                         f"{html.escape(d['text'])}</li>")
-    return f"<ul class=\"note\">{''.join(items)}</ul>" if items else ""
+            items.append(
+                f"<li>{html.escape(o['b'])} also in {html.escape(o['a'])}: {html.escape(d['b'])}: {html.escape(d['text'])}</li>"
+            )
+    return f'<ul class="note">{"".join(items)}</ul>' if items else ""
 
 
 def write_html(result: dict, pngs: dict[str, bytes], path: Path) -> None:
     """The self-contained report: tables, warnings, plots inlined as base64 PNG, rendered examples."""
-    warnings = "".join(f'<div class="warn">{html.escape(w)}</div>' for w in result["warnings"]) or \
-        '<div class="ok">No warnings.</div>'
+    warnings = "".join(f'<div class="warn">{html.escape(w)}</div>' for w in result["warnings"]) or '<div class="ok">No warnings.</div>'
     tables = all_tables(result)
     body = [
         f"<h1>kielo analyze-data: {html.escape(', '.join(result['files']))}</h1>",
-        f'<p>Model <b>{html.escape(result["model"])}</b>, {html.escape(result["template"])} template, end token '
-        f'<code>{html.escape(result["end_token"])}</code>; {result["timing"]["examples"]} examples analysed in '
-        f'{result["timing"]["seconds"]:.1f} s. Every number is in <code>{JSON_FILE}</code>.</p>',
+        f"<p>Model <b>{html.escape(result['model'])}</b>, {html.escape(result['template'])} template, end token "
+        f"<code>{html.escape(result['end_token'])}</code>; {result['timing']['examples']} examples analysed in "
+        f"{result['timing']['seconds']:.1f} s. Every number is in <code>{JSON_FILE}</code>.</p>",
         "<h2>Warnings</h2>" + warnings,
         f"<h2>Recommendation</h2><p>{html.escape(recommendation(result))}</p>",
         _html_table(tables[0]),
         "".join(_img(k, v) for k, v in pngs.items() if k.startswith("lengths_")),
         _html_table(tables[1]),
-        _html_table(tables[2]), _img("token_budget", pngs["token_budget"]),
-        _html_table(tables[3]), _duplicate_examples(result),
+        _html_table(tables[2]),
+        _img("token_budget", pngs["token_budget"]),
+        _html_table(tables[3]),
+        _duplicate_examples(result),
         _html_table(tables[4]),
-        _html_table(tables[5]), _img("tokenizers", pngs["tokenizers"]), _fragmented(result),
+        _html_table(tables[5]),
+        _img("tokenizers", pngs["tokenizers"]),
+        _fragmented(result),
         f'<h2>Examples as the model sees them</h2><p class="note">{html.escape(LEGEND)}; '
         "a thin line separates tokens; hover a token for its id. ↵ is a newline.</p>",
         "".join(to_html(r) for r in result["examples"]),
     ]
-    path.write_text(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kielo analyze-data</title>'
-                    f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>", encoding="utf-8")
+    path.write_text(
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>kielo analyze-data</title>'
+        f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>",
+        encoding="utf-8",
+    )
 
 
 def write_report(result: dict, lengths: dict[str, dict[str, np.ndarray]], out: Path) -> dict:
@@ -121,7 +135,6 @@ def write_report(result: dict, lengths: dict[str, dict[str, np.ndarray]], out: P
         written.append(str(path))
     outputs = {"json": str(out / JSON_FILE), "html": str(out / HTML_FILE), "plots": written}
     result["outputs"] = outputs
-    (out / JSON_FILE).write_text(json.dumps(result, indent=1, ensure_ascii=False, default=_json_default) + "\n",
-                                 encoding="utf-8")
+    (out / JSON_FILE).write_text(json.dumps(result, indent=1, ensure_ascii=False, default=_json_default) + "\n", encoding="utf-8")
     write_html(result, pngs, out / HTML_FILE)
     return outputs

@@ -78,9 +78,15 @@ def _without_cyclic_gc():
             gc.enable()
 
 
-def analyze_data(files: list[str | Path], config: Config, tokenizers: list[str] | tuple[str, ...] = (),
-                 output_dir: str | Path | None = None, examples: int = 3, sample: int = 1000,
-                 workers: int | None = None) -> dict:
+def analyze_data(
+    files: list[str | Path],
+    config: Config,
+    tokenizers: list[str] | tuple[str, ...] = (),
+    output_dir: str | Path | None = None,
+    examples: int = 3,
+    sample: int = 1000,
+    workers: int | None = None,
+) -> dict:
     """Analyse data files (each a split) for ``config``'s model and write the report when ``output_dir`` is given.
 
     ``tokenizers``: more tokenizers to compare on Finnish text (folders, model names, .gguf files);
@@ -113,8 +119,14 @@ def _analyze(files, config, tokenizers, output_dir, examples, sample, workers) -
     samples = [languages.sample_indices(len(d), sample, seed + k) for k, d in enumerate(data)]
     total = sum(len(d) for d in data)
     workers = workers or available_cores()
-    log.info("analysing %d examples in %d split(s) with %s (%s template), %d worker(s)",
-             total, len(data), config.model.name, model.template.name, workers)
+    log.info(
+        "analysing %d examples in %d split(s) with %s (%s template), %d worker(s)",
+        total,
+        len(data),
+        config.model.name,
+        model.template.name,
+        workers,
+    )
 
     # The per-example work (encoding, MinHash, language checks) in parallel; the language check goes first
     # so its detectors load while other workers encode.
@@ -136,7 +148,9 @@ def _analyze(files, config, tokenizers, output_dir, examples, sample, workers) -
         "end_token": model.template.end_token,
         "files": {n: str(p) for n, p in named},
         "config": {"data": asdict(config.data), "training": {"micro_batch_size": t.micro_batch_size, "seed": seed}},
-        "splits": {}, "token_budget": {}, "languages": {},
+        "splits": {},
+        "token_budget": {},
+        "languages": {},
     }
     lengths: dict[str, dict[str, np.ndarray]] = {}
     sigs = []
@@ -153,11 +167,14 @@ def _analyze(files, config, tokenizers, output_dir, examples, sample, workers) -
         full = [(e.input_ids, e.labels) for e in encoded[:examples]]
         kept, st = model.encoder.fit_all(examples_k, encoded)
         kept_at = {e.index for e in kept}
-        rendered += [render_example(model.tokenizer, ids, labels, L, examples_k[i], name, dropped=i not in kept_at)
-                     for i, (ids, labels) in enumerate(full)]
+        rendered += [
+            render_example(model.tokenizer, ids, labels, L, examples_k[i], name, dropped=i not in kept_at)
+            for i, (ids, labels) in enumerate(full)
+        ]
         result["splits"][name] = split_stats(examples_k, feats, kept, st, L)
-        result["token_budget"][name] = token_budget(kept, t.micro_batch_size, model.tokenizer.pad_token_id, seed, L,
-                                                    config.data.packing)
+        result["token_budget"][name] = token_budget(
+            kept, t.micro_batch_size, model.tokenizer.pad_token_id, seed, L, config.data.packing
+        )
         prompt_langs, answer_langs = found_languages[k]
         result["languages"][name] = languages.language_summary(examples_k, samples[k], prompt_langs, answer_langs)
         for i, pl, al in zip(samples[k], prompt_langs, answer_langs, strict=True):
@@ -179,8 +196,13 @@ def _analyze(files, config, tokenizers, output_dir, examples, sample, workers) -
     result["examples"] = rendered
     seconds = time.perf_counter() - started
     # The report's own writing time is not in the report; it is logged.
-    result["timing"] = {"seconds": round(seconds, 2), "examples": total,
-                        "examples_per_second": round(total / seconds, 1), "workers": workers, "phases": phases}
+    result["timing"] = {
+        "seconds": round(seconds, 2),
+        "examples": total,
+        "examples_per_second": round(total / seconds, 1),
+        "workers": workers,
+        "phases": phases,
+    }
     log.info("analysed %d examples in %.1f s (%s)", total, seconds, ", ".join(f"{k} {v} s" for k, v in phases.items()))
     if output_dir is not None:
         from kielo.analyze.report import write_report

@@ -70,8 +70,7 @@ def empty_fields(examples: list[Example]) -> dict:
     return {"examples": len(where), "by_field": by_role, "where": where[:SHOWN]}
 
 
-def split_stats(examples: list[Example], feats: dict[str, np.ndarray], kept: list[Encoded], st: EncodeStats,
-                max_length: int) -> dict:
+def split_stats(examples: list[Example], feats: dict[str, np.ndarray], kept: list[Encoded], st: EncodeStats, max_length: int) -> dict:
     """Every per-split number except duplicates, languages and batches."""
     total = feats["total"]
     n_tokens = int(total.sum())

@@ -35,10 +35,16 @@ def lengths_table(result: dict) -> Table:
     for name, s in result["splits"].items():
         for part in ("prompt", "response", "total"):
             summary = s["lengths"][part]
-            rows.append([name if part == "prompt" else "", str(s["examples"]) if part == "prompt" else "", part]
-                        + [_num(summary.get(k)) for k in keys])
-    return Table("Token lengths (before data.max_length)", ["split", "examples", "part", *keys], rows,
-                 ["prompt: tokens before the first answer; response: all answers with their end tokens"])
+            rows.append(
+                [name if part == "prompt" else "", str(s["examples"]) if part == "prompt" else "", part]
+                + [_num(summary.get(k)) for k in keys]
+            )
+    return Table(
+        "Token lengths (before data.max_length)",
+        ["split", "examples", "part", *keys],
+        rows,
+        ["prompt: tokens before the first answer; response: all answers with their end tokens"],
+    )
 
 
 def max_length_table(result: dict) -> Table:
@@ -47,19 +53,23 @@ def max_length_table(result: dict) -> Table:
     for name, s in result["splits"].items():
         end = s["end_token"]
         empty = s["empty_fields"]
-        rows.append([
-            name,
-            f"{s['over_max_length']} ({pct(s['over_max_length_share'])})",
-            f"{s['tokens_lost']} ({pct(s['tokens_lost_share'])})",
-            str(s["response_cut_entirely"]),
-            f"{end['present']}/{s['examples']}",
-            str(s["double_bos"]),
-            str(empty["examples"]),
-        ])
+        rows.append(
+            [
+                name,
+                f"{s['over_max_length']} ({pct(s['over_max_length_share'])})",
+                f"{s['tokens_lost']} ({pct(s['tokens_lost_share'])})",
+                str(s["response_cut_entirely"]),
+                f"{end['present']}/{s['examples']}",
+                str(s["double_bos"]),
+                str(empty["examples"]),
+            ]
+        )
     max_length = next(iter(result["splits"].values()))["max_length"]
-    return Table(f"What data.max_length={max_length} and the template do",
-                 ["split", "longer", "tokens lost", "answer cut entirely", "end token trained", "double BOS",
-                  "empty fields"], rows)
+    return Table(
+        f"What data.max_length={max_length} and the template do",
+        ["split", "longer", "tokens lost", "answer cut entirely", "end token trained", "double BOS", "empty fields"],
+        rows,
+    )
 
 
 def budget_table(result: dict) -> Table:
@@ -70,12 +80,25 @@ def budget_table(result: dict) -> Table:
         mbs = b.get("micro_batch_size", mbs)
         for k, (mode, c) in enumerate(b["modes"].items()):
             label = mode.replace("_", " ") + (" (training)" if mode == b["training_uses"] else "")
-            rows.append([name if k == 0 else "", label, str(c["micro_batches"]), f"{c['trained']} ({pct(c['trained_share'])})",
-                         f"{c['masked']} ({pct(c['masked_share'])})", f"{c['padding']} ({pct(c['padding_share'])})"])
-    return Table(f"Tokens in one epoch of micro-batches (micro_batch_size {mbs})",
-                 ["split", "batching", "micro-batches", "trained", "masked", "padding"], rows,
-                 ["each split batched as training batches its data; trained: in the loss; masked: in the batch, "
-                  "not in the loss (prompts, template text); length grouped is not a training option yet"])
+            rows.append(
+                [
+                    name if k == 0 else "",
+                    label,
+                    str(c["micro_batches"]),
+                    f"{c['trained']} ({pct(c['trained_share'])})",
+                    f"{c['masked']} ({pct(c['masked_share'])})",
+                    f"{c['padding']} ({pct(c['padding_share'])})",
+                ]
+            )
+    return Table(
+        f"Tokens in one epoch of micro-batches (micro_batch_size {mbs})",
+        ["split", "batching", "micro-batches", "trained", "masked", "padding"],
+        rows,
+        [
+            "each split batched as training batches its data; trained: in the loss; masked: in the batch, "
+            "not in the loss (prompts, template text); length grouped is not a training option yet"
+        ],
+    )
 
 
 def duplicates_table(result: dict) -> Table:
@@ -83,19 +106,31 @@ def duplicates_table(result: dict) -> Table:
     d = result["duplicates"]
     rows = [[name, str(s["exact"]), str(s["near"])] for name, s in d["splits"].items()]
     rows += [[f"{o['b']} in {o['a']}", str(o["exact"]), f"{o['exact_or_near'] - o['exact']}"] for o in d["overlap"]]
-    return Table(f"Duplicates (near: 5-gram Jaccard ≥ {d['threshold']}, {d['method']})", ["split / overlap", "exact", "near"],
-                 rows)
+    return Table(f"Duplicates (near: 5-gram Jaccard ≥ {d['threshold']}, {d['method']})", ["split / overlap", "exact", "near"], rows)
 
 
 def languages_table(result: dict) -> Table:
     """Language shares of prompts and answers per split."""
+
     def shares(d: dict) -> str:
         return ", ".join(f"{code} {pct(v)}" for code, v in list(d.items())[:4]) or "–"
 
-    rows = [[name, f"{lang['checked']}/{lang['of']}", shares(lang["prompt"]), shares(lang["answer"]),
-             str(lang["answer_not_in_answer_lang"])] for name, lang in result["languages"].items()]
-    return Table("Languages (kielo.lang)", ["split", "checked", "prompts", "answers", "answer not in answer_lang"], rows,
-                 [f"answers under {JUDGED_WORDS} words are not judged against answer_lang"])
+    rows = [
+        [
+            name,
+            f"{lang['checked']}/{lang['of']}",
+            shares(lang["prompt"]),
+            shares(lang["answer"]),
+            str(lang["answer_not_in_answer_lang"]),
+        ]
+        for name, lang in result["languages"].items()
+    ]
+    return Table(
+        "Languages (kielo.lang)",
+        ["split", "checked", "prompts", "answers", "answer not in answer_lang"],
+        rows,
+        [f"answers under {JUDGED_WORDS} words are not judged against answer_lang"],
+    )
 
 
 def tokenizers_table(result: dict) -> Table:
@@ -103,19 +138,26 @@ def tokenizers_table(result: dict) -> Table:
     rows = []
     for name, e in result["tokenizers"].items():
         worst = ", ".join(f"{w['split']}" for w in e["most_fragmented"][:4])
-        rows.append([name, _num(e["chars_per_token"]), _num(e["tokens_per_word"]), pct(e["words_3plus_pieces_share"]),
-                     worst or "–"])
+        rows.append([name, _num(e["chars_per_token"]), _num(e["tokens_per_word"]), pct(e["words_3plus_pieces_share"]), worst or "–"])
     first = next(iter(result["tokenizers"].values()))
     language = "Finnish" if result["tokenizers_language"] == "fi" else "all sampled"
-    return Table(f"Tokenizers on {language} text ({first['texts']} texts, {first['words']} words)",
-                 ["tokenizer", "chars/token", "tokens/word", "words in 3+ pieces", "most fragmented frequent words"],
-                 rows)
+    return Table(
+        f"Tokenizers on {language} text ({first['texts']} texts, {first['words']} words)",
+        ["tokenizer", "chars/token", "tokens/word", "words in 3+ pieces", "most fragmented frequent words"],
+        rows,
+    )
 
 
 def all_tables(result: dict) -> list[Table]:
     """Every summary table, in report order."""
-    return [lengths_table(result), max_length_table(result), budget_table(result), duplicates_table(result),
-            languages_table(result), tokenizers_table(result)]
+    return [
+        lengths_table(result),
+        max_length_table(result),
+        budget_table(result),
+        duplicates_table(result),
+        languages_table(result),
+        tokenizers_table(result),
+    ]
 
 
 def recommendation(result: dict) -> str:
@@ -123,6 +165,8 @@ def recommendation(result: dict) -> str:
     rec = result.get("max_length")
     if not rec:
         return ""
-    return (f"data.max_length: {rec['configured']} covers {pct(rec['configured_covers'])} of {rec['split']} examples "
-            f"(longest {rec['longest']}); {rec['suggested']} covers the 99th percentile ({rec['p99']:g} tokens): "
-            f"{pct(rec['suggested_covers'])}")
+    return (
+        f"data.max_length: {rec['configured']} covers {pct(rec['configured_covers'])} of {rec['split']} examples "
+        f"(longest {rec['longest']}); {rec['suggested']} covers the 99th percentile ({rec['p99']:g} tokens): "
+        f"{pct(rec['suggested_covers'])}"
+    )

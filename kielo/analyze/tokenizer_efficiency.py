@@ -54,8 +54,12 @@ def tokenizer_efficiency(tokenizer, texts: list[str], top: int = 15) -> dict:
         "tokens_per_word": round(in_pieces / occurrences, 3) if occurrences else None,
         "words_3plus_pieces_share": round(split3 / occurrences, 4) if occurrences else None,
         "most_fragmented": [
-            {"word": w, "count": counts[w], "pieces": len(pieces[w]),
-             "split": "|".join(p.strip() or p for p in token_pieces(tokenizer, pieces[w]) if p)}
+            {
+                "word": w,
+                "count": counts[w],
+                "pieces": len(pieces[w]),
+                "split": "|".join(p.strip() or p for p in token_pieces(tokenizer, pieces[w]) if p),
+            }
             for w in frequent[:top]
         ],
     }

@@ -12,20 +12,30 @@ from kielo.bench.shapes import SHAPES
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The bench's options (``kielo bench`` and ``python -m kielo.bench.qlora`` share them)."""
     p.add_argument("--shape", default="llama8b", choices=sorted(SHAPES))
-    p.add_argument("--plan", default="stock:a,b kielo:a,b",
-                   help="space-separated VARIANT:CASE,CASE,...; =VARIANT reuses that variant's results from an earlier "
-                        "invocation in the same workdir (same machine) instead of running it")
+    p.add_argument(
+        "--plan",
+        default="stock:a,b kielo:a,b",
+        help="space-separated VARIANT:CASE,CASE,...; =VARIANT reuses that variant's results from an earlier "
+        "invocation in the same workdir (same machine) instead of running it",
+    )
     p.add_argument("--workdir", default=str(Path("build") / "qlora-bench"), help="model folder and gradient dumps")
-    p.add_argument("--out", default=os.environ.get("OUT") or str(Path("runs") / "qlora-bench"),
-                   help="where results.json goes (default $OUT, else runs/qlora-bench)")
+    p.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or str(Path("runs") / "qlora-bench"),
+        help="where results.json goes (default $OUT, else runs/qlora-bench)",
+    )
     p.add_argument("--batch", type=int, default=2, help="data a: rows per optimizer step")
     p.add_argument("--seq", type=int, default=2048, help="data a: tokens per row")
     p.add_argument("--max-length", type=int, default=2048, help="data b: longest example and packed row width")
     p.add_argument("--examples-per-step", type=int, default=32, help="data b: examples per optimizer step")
     p.add_argument("--warmup-a", type=int, default=3)
     p.add_argument("--timed-a", type=int, default=6)
-    p.add_argument("--warmup-b", type=int, default=8,
-                   help="data b: untimed steps; its first steps bring new shapes (kernel selection), see bench/NOTES.md")
+    p.add_argument(
+        "--warmup-b",
+        type=int,
+        default=8,
+        help="data b: untimed steps; its first steps bring new shapes (kernel selection), see bench/NOTES.md",
+    )
     p.add_argument("--timed-b", type=int, default=4)
     p.add_argument("--worker-timeout", type=int, default=420, help="seconds for one variant's process")
     p.add_argument("--worker", help=argparse.SUPPRESS)

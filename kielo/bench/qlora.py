@@ -191,8 +191,8 @@ def micro_batches(examples: list, path: str, mbs: int, packing: bool, max_len: i
 
     if path == "kielo" and packing:
         rows = pack_rows(examples, max_len)
-        return [collate_packed(rows[i:i + mbs], pad_id) for i in range(0, len(rows), mbs)]
-    return [collate_padded(examples[i:i + mbs], pad_id) for i in range(0, len(examples), mbs)]
+        return [collate_packed(rows[i : i + mbs], pad_id) for i in range(0, len(rows), mbs)]
+    return [collate_padded(examples[i : i + mbs], pad_id) for i in range(0, len(examples), mbs)]
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -227,19 +227,28 @@ def save_stand_in_tokenizer(folder: Path) -> None:
 
     vocab = AutoConfig.from_pretrained(folder).vocab_size
     tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", bos_token="w1", eos_token="w2",
-                            pad_token=f"w{vocab - 1}").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="w0", bos_token="w1", eos_token="w2", pad_token=f"w{vocab - 1}"
+    ).save_pretrained(folder)
 
 
 def kielo_config(gc: bool = True, compute_dtype: str = "bf16", stream: str = "fp32", kernels: str = "none"):
     from kielo.config.load import from_dict
 
-    return from_dict({
-        "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": compute_dtype},
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-        "training": {"learning_rate": 1e-4, "gradient_checkpointing": gc, "optimizer": "adamw", "max_grad_norm": 0,
-                     "stream_dtype": stream, "kernels": kernels},
-    })
+    return from_dict(
+        {
+            "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": compute_dtype},
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+            "training": {
+                "learning_rate": 1e-4,
+                "gradient_checkpointing": gc,
+                "optimizer": "adamw",
+                "max_grad_norm": 0,
+                "stream_dtype": stream,
+                "kernels": kernels,
+            },
+        }
+    )
 
 
 def apply_liger(model_type: str) -> None:
@@ -247,11 +256,9 @@ def apply_liger(model_type: str) -> None:
     from liger_kernel.transformers import apply_liger_kernel_to_gemma3_text, apply_liger_kernel_to_llama
 
     if model_type == "llama":
-        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                    fused_linear_cross_entropy=False)
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
     elif model_type == "gemma3_text":
-        apply_liger_kernel_to_gemma3_text(rope=True, rms_norm=True, geglu=True, cross_entropy=False,
-                                          fused_linear_cross_entropy=False)
+        apply_liger_kernel_to_gemma3_text(rope=True, rms_norm=True, geglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
     else:
         raise SystemExit(f"Liger has no kernels for {model_type}")
 
@@ -265,18 +272,29 @@ def load_unsloth(variant: Variant, folder: Path, max_len: int):
     try:
         from unsloth import FastLanguageModel, FastModel  # noqa: I001
     except ImportError as e:
-        raise SystemExit(f"the unsloth variant needs Unsloth ({e}): install its wheels (unsloth, unsloth_zoo and "
-                         "their dependencies; bench/NOTES.md, 'Unsloth inside the bench') and run it on a GPU") from None
+        raise SystemExit(
+            f"the unsloth variant needs Unsloth ({e}): install its wheels (unsloth, unsloth_zoo and "
+            "their dependencies; bench/NOTES.md, 'Unsloth inside the bench') and run it on a GPU"
+        ) from None
     from transformers import AutoConfig
 
     model_type = AutoConfig.from_pretrained(folder).model_type
     if model_type not in ("llama", "gemma3_text"):
         raise SystemExit(f"the unsloth variant covers Llama and Gemma 3, not {model_type}")
     fast = FastModel if model_type == "gemma3_text" else FastLanguageModel
-    model, _ = fast.from_pretrained(model_name=str(folder), max_seq_length=max_len, dtype=torch.bfloat16,
-                                    load_in_4bit=True, local_files_only=True)
-    model = fast.get_peft_model(model, r=16, lora_alpha=32, lora_dropout=0, bias="none", target_modules=UNSLOTH_TARGETS,
-                                use_gradient_checkpointing="unsloth" if variant.unsloth_gc else False, random_state=0)
+    model, _ = fast.from_pretrained(
+        model_name=str(folder), max_seq_length=max_len, dtype=torch.bfloat16, load_in_4bit=True, local_files_only=True
+    )
+    model = fast.get_peft_model(
+        model,
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0,
+        bias="none",
+        target_modules=UNSLOTH_TARGETS,
+        use_gradient_checkpointing="unsloth" if variant.unsloth_gc else False,
+        random_state=0,
+    )
     fast.for_training(model)
     return model
 
@@ -294,16 +312,23 @@ def load(variant: Variant, folder: Path, device: torch.device, max_len: int = 20
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=torch.bfloat16)
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+        )
         model = AutoModelForCausalLM.from_pretrained(
-            folder, quantization_config=bnb, device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
-            dtype=torch.bfloat16, attn_implementation="eager" if model_type == "bloom" else "sdpa")
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+            folder,
+            quantization_config=bnb,
+            device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
+            dtype=torch.bfloat16,
+            attn_implementation="eager" if model_type == "bloom" else "sdpa",
+        )
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
         torch.manual_seed(0)
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none",
-                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", target_modules="all-linear", task_type="CAUSAL_LM")
+        )
         model.train()
         return model
     from kielo.model.adapter import add_lora
@@ -318,8 +343,7 @@ def load(variant: Variant, folder: Path, device: torch.device, max_len: int = 20
         # only the arithmetic differs: fp32 matmuls without TF32, fp32 attention, head and LoRA.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    config = kielo_config(compute_dtype="fp32" if variant.reference else "bf16", stream=variant.stream,
-                          kernels=variant.kernels)
+    config = kielo_config(compute_dtype="fp32" if variant.reference else "bf16", stream=variant.stream, kernels=variant.kernels)
     model = load_base_model(ModelSource(str(folder)), config, device)
     if variant.bf16:
         # bf16 -> fp32 -> bf16 is exact, so this equals never upcasting (peft's prepare step upcasts).
@@ -360,7 +384,7 @@ def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
 
 def lora_key(name: str) -> str:
     """A LoRA weight's place independent of the wrapper's prefix: ``layers.3.self_attn.q_proj.lora_A``."""
-    name = name[name.index("layers."):] if "layers." in name else name
+    name = name[name.index("layers.") :] if "layers." in name else name
     return name.replace(".default", "").removesuffix(".weight")
 
 
@@ -390,7 +414,7 @@ def ckpt_loss_sum(model, batch):
 
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], HEAD_CHUNK):
-        total = total + checkpoint(chunk_ce, h[i:i + HEAD_CHUNK], y[i:i + HEAD_CHUNK], use_reentrant=False)
+        total = total + checkpoint(chunk_ce, h[i : i + HEAD_CHUNK], y[i : i + HEAD_CHUNK], use_reentrant=False)
     return total, int(y.numel())
 
 
@@ -407,10 +431,10 @@ def bf16_head_loss_sum(model, batch):
     cap = getattr(lm.config, "final_logit_softcapping", None)
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], HEAD_CHUNK):
-        logits = F.linear(h[i:i + HEAD_CHUNK].to(torch.bfloat16), w).float()
+        logits = F.linear(h[i : i + HEAD_CHUNK].to(torch.bfloat16), w).float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        total = total + F.cross_entropy(logits, y[i:i + HEAD_CHUNK], reduction="sum")
+        total = total + F.cross_entropy(logits, y[i : i + HEAD_CHUNK], reduction="sum")
     return total, int(y.numel())
 
 
@@ -427,8 +451,7 @@ class Bf16Attention:
             from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
             def attention(module, q, k, v, mask, **kw):
-                out, w = sdpa_attention_forward(module, q.to(torch.bfloat16), k.to(torch.bfloat16),
-                                                v.to(torch.bfloat16), mask, **kw)
+                out, w = sdpa_attention_forward(module, q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16), mask, **kw)
                 return out.to(q.dtype), w
 
             ALL_ATTENTION_FUNCTIONS["sdpa"] = attention
@@ -462,22 +485,40 @@ def planned(model, variant: str, case: Case, micro: list) -> dict:
     from kielo.train.loss import causal_lm
 
     v = VARIANTS[variant]
-    if v.path != "kielo" or v.reference or v.lean or v.peft_lora or v.unfused or case.gc > 0 or case.autocast or case.attn_bf16 \
-            or case.head_bf16 or case.head == "ckpt" or case.profile:
+    if (
+        v.path != "kielo"
+        or v.reference
+        or v.lean
+        or v.peft_lora
+        or v.unfused
+        or case.gc > 0
+        or case.autocast
+        or case.attn_bf16
+        or case.head_bf16
+        or case.head == "ckpt"
+        or case.profile
+    ):
         return {}
     lm = causal_lm(model)
     fused = case.head == "liger" or lm.kielo_precision.liger
     batches = [b for mb in micro for b in mb]
     # A mask exists where a row holds several examples (positions restart) or padding.
-    masked = any(bool((b.position_ids[:, 1:] == 0).any()) if b.position_ids is not None
-                 else not bool(b.attention_mask.all()) for b in batches)
-    setup = Setup(stream_bytes=lm.get_input_embeddings().weight.element_size(),
-                  liger=v.liger or lm.kielo_precision.liger, fused_head=fused, lora_r=16,
-                  lora_dropout=0.0, gradient_checkpointing=case.gc != 0,
-                  tokens=max(b.input_ids.numel() for b in batches), row_width=max(b.input_ids.shape[1] for b in batches),
-                  trained=max(b.trained_tokens for b in batches), masked=masked)
-    return {"planned_gib": round(estimate(shape_from_config(lm.config), setup).total / GIB, 2),
-            "plan_setup": asdict(setup)}
+    masked = any(
+        bool((b.position_ids[:, 1:] == 0).any()) if b.position_ids is not None else not bool(b.attention_mask.all()) for b in batches
+    )
+    setup = Setup(
+        stream_bytes=lm.get_input_embeddings().weight.element_size(),
+        liger=v.liger or lm.kielo_precision.liger,
+        fused_head=fused,
+        lora_r=16,
+        lora_dropout=0.0,
+        gradient_checkpointing=case.gc != 0,
+        tokens=max(b.input_ids.numel() for b in batches),
+        row_width=max(b.input_ids.shape[1] for b in batches),
+        trained=max(b.trained_tokens for b in batches),
+        masked=masked,
+    )
+    return {"planned_gib": round(estimate(shape_from_config(lm.config), setup).total / GIB, 2), "plan_setup": asdict(setup)}
 
 
 def sync(device: torch.device) -> None:
@@ -536,8 +577,7 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
         # accumulate_gradients calls the loss_sum bound in trainer's namespace: swap the head for this case.
         # A lean model's head weight is bf16 while its stream is fp32: its chunked head needs the cast.
         bf16_head = case.head_bf16 or VARIANTS[variant].lean
-        heads = {"chunked": bf16_head_loss_sum if bf16_head else loss.loss_sum, "ckpt": ckpt_loss_sum,
-                 "liger": liger_loss_sum}
+        heads = {"chunked": bf16_head_loss_sum if bf16_head else loss.loss_sum, "ckpt": ckpt_loss_sum, "liger": liger_loss_sum}
         trainer.loss_sum = heads[case.head]
     gc.collect()
     if device.type == "cuda":
@@ -562,8 +602,10 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
             name = f"memtrace-{variant}-{case.name.replace('/', '_')}.pickle"
             (Path(args.result).parent / name).write_bytes(pickle.dumps(snap))
         if i < 2:  # not timed: kept for the gradient cosine against stock
-            torch.save(torch.cat([p.grad.detach().float().cpu().flatten() for _, p in params]),
-                       grads_dir / f"{variant}-{case.name.replace('/', '_')}-{i}.pt")
+            torch.save(
+                torch.cat([p.grad.detach().float().cpu().flatten() for _, p in params]),
+                grads_dir / f"{variant}-{case.name.replace('/', '_')}-{i}.pt",
+            )
         t2 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -576,15 +618,22 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
     slots = [sum(b.input_ids.numel() for b in mb) for mb in micro]
     del opt
     return {
-        "variant": variant, "case": case.name, **{k: v for k, v in asdict(case).items() if k != "name"},
-        "steps": len(micro), "warmup": warm, "micro_batches_per_step": len(micro[0]),
-        "first_step_s": round(times[0], 3), "median_step_s": round(sorted(timed)[len(timed) // 2], 4),
-        "tok_s": round(sum(real[warm:]) / sum(timed)), "real_tokens_per_step": round(sum(real) / len(real)),
+        "variant": variant,
+        "case": case.name,
+        **{k: v for k, v in asdict(case).items() if k != "name"},
+        "steps": len(micro),
+        "warmup": warm,
+        "micro_batches_per_step": len(micro[0]),
+        "first_step_s": round(times[0], 3),
+        "median_step_s": round(sorted(timed)[len(timed) // 2], 4),
+        "tok_s": round(sum(real[warm:]) / sum(timed)),
+        "real_tokens_per_step": round(sum(real) / len(real)),
         "padding_pct": round(100 * (1 - sum(real) / sum(slots)), 1),
         "trained_tokens_per_step": round(sum(sum(b.trained_tokens for b in m) for m in micro) / len(micro)),
         "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         **planned(model, variant, case, micro),
-        "losses": [round(x, 5) for x in losses], "step_times": [round(t, 4) for t in times],
+        "losses": [round(x, 5) for x in losses],
+        "step_times": [round(t, 4) for t in times],
     }
 
 
@@ -602,8 +651,11 @@ def profile_step(model, micro, step_fn, case: Case, device) -> None:
     total = sum(e.self_device_time_total for e in events)
     print(f"PROFILE {case.name}: GPU kernel time {total / 1e3:.0f} ms in one step; top kernels:", flush=True)
     for e in sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:25]:
-        print(f"PROFILE {e.self_device_time_total / 1e3:9.1f} ms {100 * e.self_device_time_total / total:5.1f}% "
-              f"x{e.count:<5} {e.key[:110]}", flush=True)
+        print(
+            f"PROFILE {e.self_device_time_total / 1e3:9.1f} ms {100 * e.self_device_time_total / total:5.1f}% "
+            f"x{e.count:<5} {e.key[:110]}",
+            flush=True,
+        )
 
 
 def worker(args) -> None:
@@ -667,6 +719,7 @@ def add_parity(results: list[dict], grads_dir: Path) -> None:
     """Per-step |loss difference| and LoRA-gradient cosine of every case against stock on the same data, and
     the gradient cosine against the fp32 reference (``ref``) where it ran: how far each path, stock included,
     is from the same computation done in fp32."""
+
     def grads(r: dict, i: int) -> Path:
         return grads_dir / f"{r['variant']}-{r['case'].replace('/', '_')}-{i}.pt"
 
@@ -696,8 +749,10 @@ def add_parity(results: list[dict], grads_dir: Path) -> None:
 
 
 def table(results: list[dict]) -> str:
-    head = f"{'variant':18} {'case':16} {'tok/s':>7} {'vs stock':>8} {'peak GiB':>8} {'planned':>7} {'first s':>7} {'step s':>7} " \
-           f"{'pad %':>5} {'max |dL|':>8} {'grad cos':>17} {'cos vs ref':>17}"
+    head = (
+        f"{'variant':18} {'case':16} {'tok/s':>7} {'vs stock':>8} {'peak GiB':>8} {'planned':>7} {'first s':>7} {'step s':>7} "
+        f"{'pad %':>5} {'max |dL|':>8} {'grad cos':>17} {'cos vs ref':>17}"
+    )
     lines = [head, "-" * len(head)]
     stock = {r["data"]: r["tok_s"] for r in results if r.get("variant") == "stock" and "tok_s" in r}
     for r in results:
@@ -709,9 +764,11 @@ def table(results: list[dict]) -> str:
         cos_ref = ",".join(f"{c:.5f}" for c in r.get("grad_cosine_ref", [])) or "-"
         delta = f"{r['max_loss_delta']:.4f}" if "max_loss_delta" in r else "-"
         planned = f"{r['planned_gib']:.2f}" if r.get("planned_gib") is not None else "-"
-        lines.append(f"{r['variant']:18} {r['case']:16} {r['tok_s']:>7} {speedup:>8} {r['peak_gib'] or 0:>8.2f} {planned:>7} "
-                     f"{r['first_step_s']:>7.2f} {r['median_step_s']:>7.3f} {r['padding_pct']:>5.1f} {delta:>8} {cos:>17} "
-                     f"{cos_ref:>17}")
+        lines.append(
+            f"{r['variant']:18} {r['case']:16} {r['tok_s']:>7} {speedup:>8} {r['peak_gib'] or 0:>8.2f} {planned:>7} "
+            f"{r['first_step_s']:>7.2f} {r['median_step_s']:>7.3f} {r['padding_pct']:>5.1f} {delta:>8} {cos:>17} "
+            f"{cos_ref:>17}"
+        )
     return "\n".join(lines)
 
 
@@ -741,10 +798,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"model built in {time.perf_counter() - t:.0f}s", flush=True)
     if "unsloth" in args.plan and not (model_dir / "tokenizer.json").is_file():
         save_stand_in_tokenizer(model_dir)
-    passthrough = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-                   ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")]
-    meta = {"shape": args.shape, "plan": args.plan, "versions": versions(), **{k: getattr(args, k) for k in
-            ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")}}
+    passthrough = [
+        f"--{k.replace('_', '-')}={getattr(args, k)}"
+        for k in ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")
+    ]
+    meta = {
+        "shape": args.shape,
+        "plan": args.plan,
+        "versions": versions(),
+        **{
+            k: getattr(args, k)
+            for k in ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")
+        },
+    }
     results: list[dict] = []
     for spec in args.plan.split():
         name, _, cases = spec.partition(":")
@@ -758,8 +824,20 @@ def run(args: argparse.Namespace) -> int:
                 results += [{**r, "reused": True} for r in json.loads(result_file.read_text())]
             continue
         result_file.unlink(missing_ok=True)
-        cmd = [*MODULE, "--worker", name, "--cases", cases, "--model-dir", str(model_dir),
-               "--grads-dir", str(grads_dir), "--result", str(result_file), *passthrough]
+        cmd = [
+            *MODULE,
+            "--worker",
+            name,
+            "--cases",
+            cases,
+            "--model-dir",
+            str(model_dir),
+            "--grads-dir",
+            str(grads_dir),
+            "--result",
+            str(result_file),
+            *passthrough,
+        ]
         t = time.perf_counter()
         try:
             proc = subprocess.run(cmd, timeout=args.worker_timeout)
@@ -770,7 +848,7 @@ def run(args: argparse.Namespace) -> int:
         done = json.loads(result_file.read_text()) if result_file.is_file() else []
         results += done
         if failed:
-            results += [{"variant": name, "case": c, "error": failed} for c in cases.split(",")[len(done):]]
+            results += [{"variant": name, "case": c, "error": failed} for c in cases.split(",")[len(done) :]]
         add_parity(results, grads_dir)
         (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(json.dumps(meta["versions"]))

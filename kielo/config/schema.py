@@ -57,8 +57,7 @@ class QuantizationConfig:
     double_quant: bool = opt(True, "Quantize the 4-bit scales too (saves ~0.37 bit per parameter).")
     compute_dtype: str = opt(
         "auto",
-        "Dtype of the matmuls and of unquantized weights. auto: bf16 on GPUs that support it, else fp16 on GPU, "
-        "fp32 on CPU.",
+        "Dtype of the matmuls and of unquantized weights. auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.",
         ("auto", "bf16", "fp16", "fp32"),
     )
 
@@ -91,9 +90,7 @@ class LoraConfig:
                 # A comma list from the CLI (--lora.target_modules q_proj,v_proj) is accepted.
                 self.target_modules = [t.strip() for t in tm.split(",") if t.strip()]
         elif not (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)):
-            raise KieloError(
-                f"lora.target_modules = {tm!r} is not valid", "give a non-empty list of module names or `all-linear`"
-            )
+            raise KieloError(f"lora.target_modules = {tm!r} is not valid", "give a non-empty list of module names or `all-linear`")
 
 
 @dataclass
@@ -138,9 +135,7 @@ class TrainingConfig:
     scheduler: str = opt("cosine", "Learning-rate schedule after warmup.", ("cosine", "linear", "constant"))
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = opt(1.0, "Gradient clipping norm (0 = off).")
-    optimizer: str = opt(
-        "adamw", "Optimizer; the 8-bit ones need CUDA.", ("adamw", "adamw_8bit", "paged_adamw_8bit")
-    )
+    optimizer: str = opt("adamw", "Optimizer; the 8-bit ones need CUDA.", ("adamw", "adamw_8bit", "paged_adamw_8bit"))
     seed: int = opt(42, "Seed for data order, LoRA init and dropout.")
     eval_every: int = opt(0, "Evaluate on validation every N steps (always at step 0 and at the end); 0 = only those.")
     save_every: int = opt(0, "Write a checkpoint every N steps; 0 = only the final adapter.")
@@ -222,5 +217,7 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {
-    f.name: f.default_factory for f in fields(Config) if f.default_factory is not MISSING  # type: ignore[misc]
+    f.name: f.default_factory
+    for f in fields(Config)
+    if f.default_factory is not MISSING  # type: ignore[misc]
 }

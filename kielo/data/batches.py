@@ -33,8 +33,15 @@ class Batch:
         def move(t):
             return t.to(device, non_blocking=True) if t is not None else None
 
-        return Batch(move(self.input_ids), move(self.labels), move(self.attention_mask), move(self.position_ids),
-                     self.real_tokens, self.trained_tokens, self.indices)
+        return Batch(
+            move(self.input_ids),
+            move(self.labels),
+            move(self.attention_mask),
+            move(self.position_ids),
+            self.real_tokens,
+            self.trained_tokens,
+            self.indices,
+        )
 
     def model_inputs(self) -> dict:
         """Inputs for a decoder that takes position ids; ``kielo.train.packing.model_inputs`` fits any decoder."""
@@ -98,8 +105,7 @@ def collate_padded(items: list[Encoded], pad_id: int) -> Batch:
         ids[i, :n] = torch.tensor(it.input_ids)
         labels[i, :n] = torch.tensor(it.labels)
         mask[i, :n] = 1
-    return Batch(ids, labels, mask, None, int(mask.sum()), sum(trained_count(it.labels) for it in items),
-                 [it.index for it in items])
+    return Batch(ids, labels, mask, None, int(mask.sum()), sum(trained_count(it.labels) for it in items), [it.index for it in items])
 
 
 def collate_packed(rows: list[list[Encoded]], pad_id: int) -> Batch:
@@ -114,13 +120,13 @@ def collate_packed(rows: list[list[Encoded]], pad_id: int) -> Batch:
         at = 0
         for it in row:
             n = len(it.input_ids)
-            ids[i, at:at + n] = torch.tensor(it.input_ids)
+            ids[i, at : at + n] = torch.tensor(it.input_ids)
             # The first label of each example is dropped by the shift; mask it so no example is trained to
             # predict its own first token from the previous example's last one.
             lab = list(it.labels)
             lab[0] = IGNORE
-            labels[i, at:at + n] = torch.tensor(lab)
-            pos[i, at:at + n] = torch.arange(n)
+            labels[i, at : at + n] = torch.tensor(lab)
+            pos[i, at : at + n] = torch.arange(n)
             at += n
             real += n
             trained += trained_count(it.labels)
@@ -151,8 +157,16 @@ class BatchPlan:
     A run's position is just the number of micro-batches consumed, which makes resuming exact.
     """
 
-    def __init__(self, items: list[Encoded], micro_batch_size: int, pad_id: int, seed: int,
-                 packing: bool = False, max_length: int = 1024, shuffle: bool = True):
+    def __init__(
+        self,
+        items: list[Encoded],
+        micro_batch_size: int,
+        pad_id: int,
+        seed: int,
+        packing: bool = False,
+        max_length: int = 1024,
+        shuffle: bool = True,
+    ):
         if not items:
             raise ValueError("no examples to batch")
         self.items = items
@@ -180,7 +194,7 @@ class BatchPlan:
             if self.shuffle:
                 random.Random(self.seed * 1000003 + epoch + 1).shuffle(order)
             mbs = self.micro_batch_size
-            self._cache = {epoch: [order[i:i + mbs] for i in range(0, len(order), mbs)]}
+            self._cache = {epoch: [order[i : i + mbs] for i in range(0, len(order), mbs)]}
         return self._cache[epoch]
 
     def groups(self, epoch: int = 0) -> list[list]:

@@ -55,8 +55,7 @@ class EncodeStats:
 class Encoder:
     """Formats, tokenizes and masks examples for one tokenizer and template."""
 
-    def __init__(self, tokenizer, template: Template, max_length: int, overlong: str = "truncate",
-                 train_on_prompt: bool = False):
+    def __init__(self, tokenizer, template: Template, max_length: int, overlong: str = "truncate", train_on_prompt: bool = False):
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
@@ -97,8 +96,8 @@ class Encoder:
                     "turn is added), so prompt and answer tokens can't be separated",
                     "use --data.template builtin",
                 )
-            segments.append((before[len(done):], False))
-            segments.append((through[len(before):], True))
+            segments.append((before[len(done) :], False))
+            segments.append((through[len(before) :], True))
             done = through
         return segments
 
@@ -113,11 +112,14 @@ class Encoder:
         """
         out: list[Encoded] = []
         for at in range(0, len(examples), batch_size):
-            chunk = [self._segments(ex) for ex in examples[at:at + batch_size]]
+            chunk = [self._segments(ex) for ex in examples[at : at + batch_size]]
             texts = [text for segments in chunk for text, _ in segments]
             # Only the ids are needed; skipping the masks saves converting two more lists per text.
-            ids = iter(self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
-                                      return_token_type_ids=False)["input_ids"] if texts else [])
+            ids = iter(
+                self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+                if texts
+                else []
+            )
             for j, segments in enumerate(chunk):
                 out.append(self._assemble([(next(ids), is_answer) for _, is_answer in segments], start_index + at + j))
         return out
@@ -151,8 +153,13 @@ class Encoder:
         last_trained = next((i for i in range(len(labels) - 1, -1, -1) if labels[i] != IGNORE), -1)
         ends_with_end = last_trained >= 0 and input_ids[last_trained] == self.template.end_token_id
         return Encoded(
-            input_ids, labels, prompt_tokens or 0, response_tokens,
-            double_bos=double, ends_with_end_token=ends_with_end, index=index,
+            input_ids,
+            labels,
+            prompt_tokens or 0,
+            response_tokens,
+            double_bos=double,
+            ends_with_end_token=ends_with_end,
+            index=index,
         )
 
     def fit(self, enc: Encoded) -> Encoded | None:

@@ -126,8 +126,9 @@ def _read_rows(path: Path) -> list[tuple[str, Any]]:
     raise _fail(str(path), f"unsupported file type {suffix or '(none)'}", f"use one of {', '.join(SUFFIXES)}")
 
 
-def load_examples(path: str | Path, system_prompt: str | None = None, *, prepare=None,
-                  given_with: str = "data.train / data.validation / DATA_FILE") -> list[Example]:
+def load_examples(
+    path: str | Path, system_prompt: str | None = None, *, prepare=None, given_with: str = "data.train / data.validation / DATA_FILE"
+) -> list[Example]:
     """Read and validate every row of a data file.
 
     ``prepare`` may complete a row before it is validated (evaluation accepts prompts without answers);
@@ -137,8 +138,7 @@ def load_examples(path: str | Path, system_prompt: str | None = None, *, prepare
     if not p.exists():
         raise KieloError(f"data file {p} does not exist", f"check the path given with {given_with}")
     if p.is_dir():
-        raise KieloError(f"{p} is a folder, not a data file",
-                         f"point {given_with} to a file ending in {', '.join(SUFFIXES)}")
+        raise KieloError(f"{p} is a folder, not a data file", f"point {given_with} to a file ending in {', '.join(SUFFIXES)}")
     examples = [row_to_example(prepare(row) if prepare else row, where, system_prompt) for where, row in _read_rows(p)]
     if not examples:
         raise KieloError(f"{p} holds no examples", "add at least one example row")

@@ -46,7 +46,7 @@ def _probe_end_token(tokenizer, chat_template: str) -> tuple[int, str]:
         chat_template=chat_template,
         tokenize=False,
     )
-    tail = text[text.rindex(marker) + len(marker):]
+    tail = text[text.rindex(marker) + len(marker) :]
     special = set(tokenizer.all_special_ids) | {
         i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
     }

@@ -94,13 +94,21 @@ def analyze_adapter(model, adapter: str = "default", top: int = 10) -> dict:
         update = float(torch.linalg.vector_norm(s))  # ||ΔW||_F = sqrt(sum of squared singular values)
         weight = float(torch.linalg.vector_norm(base_weight(module.get_base_layer())))
         layer, kind = _layer_and_kind(name.replace("base_model.model.", "", 1))
-        rows.append({
-            "module": name.replace("base_model.model.", "", 1), "layer": layer, "kind": kind, "rank": int(a.shape[0]),
-            "scale": scale, "update_norm": update, "weight_norm": weight,
-            "relative": update / weight if weight > 0 else None,
-            "effective_rank": effective_rank(s), "energy_rank": energy_rank(s),
-            "singular_values": [float(x) for x in s],
-        })
+        rows.append(
+            {
+                "module": name.replace("base_model.model.", "", 1),
+                "layer": layer,
+                "kind": kind,
+                "rank": int(a.shape[0]),
+                "scale": scale,
+                "update_norm": update,
+                "weight_norm": weight,
+                "relative": update / weight if weight > 0 else None,
+                "effective_rank": effective_rank(s),
+                "energy_rank": energy_rank(s),
+                "singular_values": [float(x) for x in s],
+            }
+        )
     by_layer, by_kind = defaultdict(list), defaultdict(list)
     for r in rows:
         if r["relative"] is not None:
@@ -118,6 +126,5 @@ def analyze_adapter(model, adapter: str = "default", top: int = 10) -> dict:
         "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
         "mean_relative": sum(r["relative"] for r in ranked) / len(ranked) if ranked else None,
         "mean_effective_rank": sum(r["effective_rank"] for r in rows) / len(rows) if rows else None,
-        "top": [{k: r[k] for k in ("module", "relative", "update_norm", "weight_norm", "effective_rank")}
-                for r in ranked[:top]],
+        "top": [{k: r[k] for k in ("module", "relative", "update_norm", "weight_norm", "effective_rank")} for r in ranked[:top]],
     }

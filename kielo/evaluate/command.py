@@ -13,34 +13,59 @@ from kielo.evaluate.stats import DEFAULT_RESAMPLES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", metavar="FILE",
-                   help="evaluation data: any training format; rows without answers are allowed (scored without "
-                        "references). Default: data.validation of the config")
-    p.add_argument("--generate", type=int, metavar="N",
-                   help="generate on N examples spread evenly over task types (default: all); the loss always "
-                        "covers every example")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="evaluation data: any training format; rows without answers are allowed (scored without "
+        "references). Default: data.validation of the config",
+    )
+    p.add_argument(
+        "--generate",
+        type=int,
+        metavar="N",
+        help="generate on N examples spread evenly over task types (default: all); the loss always covers every example",
+    )
     p.add_argument("--no_generate", action="store_true", help="loss only: no generation and no answer metrics")
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
-                   help="bootstrap resamples for the 95%% intervals (default: %(default)s)")
-    p.add_argument("--harness", metavar="TASK[,TASK]",
-                   help="also run these lm-evaluation-harness tasks (e.g. FIN-bench's); needs `pip install lm_eval[hf]`, "
-                        "and the tasks' data from the Hugging Face hub or local files")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        metavar="N",
+        help="bootstrap resamples for the 95%% intervals (default: %(default)s)",
+    )
+    p.add_argument(
+        "--harness",
+        metavar="TASK[,TASK]",
+        help="also run these lm-evaluation-harness tasks (e.g. FIN-bench's); needs `pip install lm_eval[hf]`, "
+        "and the tasks' data from the Hugging Face hub or local files",
+    )
     p.add_argument("--harness_limit", type=int, metavar="N", help="examples per harness task (default: all)")
     p.add_argument("--harness_include", metavar="DIR", help="folder of extra harness task YAMLs (e.g. with local data)")
 
 
 def setup_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adapter", metavar="DIR",
-                   help="LoRA adapter, checkpoint or run folder to put on the base (default: the base alone, or the "
-                        "adapter of a run folder given as --model)")
+    p.add_argument(
+        "--adapter",
+        metavar="DIR",
+        help="LoRA adapter, checkpoint or run folder to put on the base (default: the base alone, or the "
+        "adapter of a run folder given as --model)",
+    )
     _common(p)
 
 
 def setup_compare(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adapter", metavar="DIR", action="append", default=[],
-                   help="an adapter, checkpoint or run folder to compare with the base; repeat for more")
-    p.add_argument("--checkpoints", action="store_true",
-                   help="learning curve: also evaluate the loss of every checkpoint of each run folder among the adapters")
+    p.add_argument(
+        "--adapter",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="an adapter, checkpoint or run folder to compare with the base; repeat for more",
+    )
+    p.add_argument(
+        "--checkpoints",
+        action="store_true",
+        help="learning curve: also evaluate the loss of every checkpoint of each run folder among the adapters",
+    )
     _common(p)
 
 
@@ -58,10 +83,8 @@ def _options(args, config) -> dict:
         raise KieloError("no evaluation data", "pass --data FILE, e.g. --data data/fi_instruct/test.jsonl")
     harness = None
     if args.harness:
-        harness = HarnessOptions([t.strip() for t in args.harness.split(",") if t.strip()], args.harness_limit,
-                                 args.harness_include)
-    return {"data": data, "generate": 0 if args.no_generate else args.generate, "bootstrap": args.bootstrap,
-            "harness": harness}
+        harness = HarnessOptions([t.strip() for t in args.harness.split(",") if t.strip()], args.harness_limit, args.harness_include)
+    return {"data": data, "generate": 0 if args.no_generate else args.generate, "bootstrap": args.bootstrap, "harness": harness}
 
 
 def _line(name: str, m: dict) -> str:
@@ -70,8 +93,10 @@ def _line(name: str, m: dict) -> str:
 
     loss = "—" if m["loss"] is None else f"{m['loss']:.4f}"
     chrf = "—" if m["chrf"] is None else f"{m['chrf']:.1f}"
-    return (f"{name}: loss {loss}, chrF {chrf}, task success {pct(m['task_success'])}, ended {pct(m['end_token'])}, "
-            f"expected language {pct(m['expected_language'])}")
+    return (
+        f"{name}: loss {loss}, chrF {chrf}, task success {pct(m['task_success'])}, ended {pct(m['end_token'])}, "
+        f"expected language {pct(m['expected_language'])}"
+    )
 
 
 def run_evaluate(args, config) -> int:

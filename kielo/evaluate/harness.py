@@ -17,8 +17,10 @@ from kielo.model.bundle import Bundle, use_variant
 
 log = logging.getLogger(__name__)
 
-DATA_NOTE = ("lm-evaluation-harness tasks read their data from the Hugging Face hub (network or a warm "
-             "cache) or from local files named in a task YAML; kielo ships none")
+DATA_NOTE = (
+    "lm-evaluation-harness tasks read their data from the Hugging Face hub (network or a warm "
+    "cache) or from local files named in a task YAML; kielo ships none"
+)
 
 
 @dataclass
@@ -37,8 +39,10 @@ def available() -> bool:
 
 def _require():
     if not available():
-        raise KieloError("--harness needs lm-evaluation-harness, which is not installed",
-                         f"pip install 'lm_eval[hf]' ({DATA_NOTE}), or drop --harness")
+        raise KieloError(
+            "--harness needs lm-evaluation-harness, which is not installed",
+            f"pip install 'lm_eval[hf]' ({DATA_NOTE}), or drop --harness",
+        )
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -70,8 +74,10 @@ def run_harness(bundle: Bundle, variants: list[str], options: HarnessOptions, ba
             try:
                 out = lm_eval.simple_evaluate(model=lm, tasks=list(options.tasks), limit=options.limit, task_manager=manager)
             except Exception as e:  # the harness fails in many ways (unknown task, no data offline): say which
-                raise KieloError(f"lm-evaluation-harness failed on {', '.join(options.tasks)} for {name}: {str(e)[:300]}",
-                                 f"check the task names (lm-eval ls tasks); {DATA_NOTE}") from e
+                raise KieloError(
+                    f"lm-evaluation-harness failed on {', '.join(options.tasks)} for {name}: {str(e)[:300]}",
+                    f"check the task names (lm-eval ls tasks); {DATA_NOTE}",
+                ) from e
         results[name] = {task: _scores(vals) for task, vals in (out or {}).get("results", {}).items()}
         log.info("harness %s: %s", name, results[name])
     return {"tasks": list(options.tasks), "limit": options.limit, "note": DATA_NOTE, "results": results}

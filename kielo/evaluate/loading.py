@@ -20,8 +20,16 @@ from kielo.model.source import ModelSource, resolve_adapter
 log = logging.getLogger(__name__)
 
 # config.json fields that must agree for an adapter to belong to a base.
-ARCHITECTURE_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                       "num_key_value_heads", "head_dim", "vocab_size")
+ARCHITECTURE_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+)
 
 
 def _model_config(path: str) -> dict | None:
@@ -75,8 +83,10 @@ def apply_prompt_format(config: Config, runs: dict[str, dict]) -> None:
     trained with different formats can't share one and are an error. An explicit template that differs from
     an adapter's is kept, with a warning: the numbers then measure the adapter outside its training format.
     """
-    formats = {path: ((run.get("data") or {}).get("template", "auto"), (run.get("data") or {}).get("system_prompt"))
-               for path, run in runs.items()}
+    formats = {
+        path: ((run.get("data") or {}).get("template", "auto"), (run.get("data") or {}).get("system_prompt"))
+        for path, run in runs.items()
+    }
     templates = {t for t, _ in formats.values()}
     if config.data.template == "auto" and templates:
         if len(templates) > 1:
@@ -90,8 +100,7 @@ def apply_prompt_format(config: Config, runs: dict[str, dict]) -> None:
     else:
         for path, (template, _) in formats.items():
             if template not in ("auto", config.data.template):
-                log.warning("%s was trained with data.template %s but is evaluated with %s", path, template,
-                            config.data.template)
+                log.warning("%s was trained with data.template %s but is evaluated with %s", path, template, config.data.template)
     prompts = {sp for _, sp in formats.values()}
     if config.data.system_prompt is None and len(prompts) == 1:
         config.data.system_prompt = prompts.pop()

@@ -24,8 +24,7 @@ log = logging.getLogger(__name__)
 
 def eval_encoder(bundle: Bundle) -> Encoder:
     """The bundle's tokenizer and template with evaluation's masking: responses only, truncate."""
-    return Encoder(bundle.tokenizer, bundle.template, bundle.config.data.max_length, overlong="truncate",
-                   train_on_prompt=False)
+    return Encoder(bundle.tokenizer, bundle.template, bundle.config.data.max_length, overlong="truncate", train_on_prompt=False)
 
 
 def encode_for_loss(bundle: Bundle, examples: list[Example]) -> tuple[list, dict]:
@@ -40,9 +39,14 @@ def encode_for_loss(bundle: Bundle, examples: list[Example]) -> tuple[list, dict
     report = asdict(stats)
     report.pop("dropped_sources")
     if stats.truncated or stats.dropped_no_target:
-        log.warning("%d of %d examples are longer than data.max_length=%d: %d truncated, %d without any answer "
-                    "token left (no loss)", stats.truncated + stats.dropped_no_target, stats.total,
-                    bundle.config.data.max_length, stats.truncated, stats.dropped_no_target)
+        log.warning(
+            "%d of %d examples are longer than data.max_length=%d: %d truncated, %d without any answer token left (no loss)",
+            stats.truncated + stats.dropped_no_target,
+            stats.total,
+            bundle.config.data.max_length,
+            stats.truncated,
+            stats.dropped_no_target,
+        )
     return encoded, report
 
 
@@ -54,7 +58,7 @@ def example_losses(bundle: Bundle, encoded: list, batch_size: int, progress=None
     order = sorted(encoded, key=lambda e: len(e.input_ids))
     out: dict[int, tuple[float, int]] = {}
     for at in range(0, len(order), batch_size):
-        batch = collate_padded(order[at:at + batch_size], pad).to(bundle.device)
+        batch = collate_padded(order[at : at + batch_size], pad).to(bundle.device)
         for index, (loss_sum, tokens) in zip(batch.indices, per_example_loss(bundle.model, batch), strict=True):
             out[index] = (loss_sum, tokens)
         if progress is not None:

@@ -102,7 +102,7 @@ def length_ratio(hypothesis: str, reference: str) -> float | None:
 
 
 def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def repetition(text: str, n: int = 3) -> float:

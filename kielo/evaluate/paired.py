@@ -16,22 +16,35 @@ def deltas(base_rows: list[dict], rows: list[dict], resamples: int) -> dict:
     """Paired deltas (this model minus the base) of the loss and every generation metric, on shared examples."""
     out = {}
     pairs = [(b, r) for b, r in zip(base_rows, rows, strict=True) if b["loss"] is not None and r["loss"] is not None]
-    out["loss"] = stats.paired_bootstrap([b["loss"] for b, _ in pairs], [r["loss"] for _, r in pairs],
-                                         weights=[b["loss_tokens"] for b, _ in pairs], resamples=resamples) if pairs else None
+    out["loss"] = (
+        stats.paired_bootstrap(
+            [b["loss"] for b, _ in pairs],
+            [r["loss"] for _, r in pairs],
+            weights=[b["loss_tokens"] for b, _ in pairs],
+            resamples=resamples,
+        )
+        if pairs
+        else None
+    )
     for metric in GENERATION_METRICS:
-        both = [(b[metric.key], r[metric.key]) for b, r in zip(base_rows, rows, strict=True)
-                if b["generation"] is not None and r["generation"] is not None
-                and b.get(metric.key) is not None and r.get(metric.key) is not None]
-        out[metric.key] = stats.paired_bootstrap([float(x) for x, _ in both], [float(y) for _, y in both],
-                                                 resamples=resamples) if both else None
+        both = [
+            (b[metric.key], r[metric.key])
+            for b, r in zip(base_rows, rows, strict=True)
+            if b["generation"] is not None
+            and r["generation"] is not None
+            and b.get(metric.key) is not None
+            and r.get(metric.key) is not None
+        ]
+        out[metric.key] = (
+            stats.paired_bootstrap([float(x) for x, _ in both], [float(y) for _, y in both], resamples=resamples) if both else None
+        )
     return out
 
 
 def deltas_by_task(base_rows: list[dict], rows: list[dict], resamples: int) -> dict:
     """:func:`deltas` within each task type."""
     tasks = sorted({r["task"] for r in rows})
-    return {t: deltas([r for r in base_rows if r["task"] == t], [r for r in rows if r["task"] == t], resamples)
-            for t in tasks}
+    return {t: deltas([r for r in base_rows if r["task"] == t], [r for r in rows if r["task"] == t], resamples) for t in tasks}
 
 
 def quality(row: dict) -> float | None:
@@ -46,10 +59,16 @@ def side_by_side(base: dict, row: dict) -> dict:
     """One example's prompt, reference and both answers with their headline metrics, for the reports."""
     keep = ("chrf", "task_success", "end_token", "expected_language", "loss")
     return {
-        "id": row["id"], "task": row["task"], "prompt": row["prompt"], "reference": row["reference"],
-        "base": base["generation"], "adapter": row["generation"],
-        "quality_base": quality(base), "quality_adapter": quality(row),
-        "base_metrics": {k: base.get(k) for k in keep}, "adapter_metrics": {k: row.get(k) for k in keep},
+        "id": row["id"],
+        "task": row["task"],
+        "prompt": row["prompt"],
+        "reference": row["reference"],
+        "base": base["generation"],
+        "adapter": row["generation"],
+        "quality_base": quality(base),
+        "quality_adapter": quality(row),
+        "base_metrics": {k: base.get(k) for k in keep},
+        "adapter_metrics": {k: row.get(k) for k in keep},
     }
 
 
@@ -69,8 +88,11 @@ def wins_and_losses(base_rows: list[dict], rows: list[dict], shown: int = WINS_S
 
 def loss_differences(base_rows: list[dict], rows: list[dict]) -> dict:
     """Per-example loss change (this model minus the base, mean token loss of each example)."""
-    diffs = [{"id": r["id"], "task": r["task"], "delta": r["loss"] - b["loss"]}
-             for b, r in zip(base_rows, rows, strict=True) if b["loss"] is not None and r["loss"] is not None]
+    diffs = [
+        {"id": r["id"], "task": r["task"], "delta": r["loss"] - b["loss"]}
+        for b, r in zip(base_rows, rows, strict=True)
+        if b["loss"] is not None and r["loss"] is not None
+    ]
     if not diffs:
         return {"n": 0}
     values = sorted(d["delta"] for d in diffs)

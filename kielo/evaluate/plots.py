@@ -62,8 +62,9 @@ def metric_deltas(report: dict, path: Path) -> Path | None:
     names = list(report["deltas"])
     if not names:
         return None
-    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 0.45 * len(DELTA_METRICS) * len(names) + 1.6),
-                                      gridspec_kw={"width_ratios": [3, 1]})
+    fig, (ax, ax_loss) = plt.subplots(
+        1, 2, figsize=(10, 0.45 * len(DELTA_METRICS) * len(names) + 1.6), gridspec_kw={"width_ratios": [3, 1]}
+    )
     height = 0.8 / len(names)
     for j, name in enumerate(names):
         d = report["deltas"][name]["overall"]
@@ -78,10 +79,13 @@ def metric_deltas(report: dict, path: Path) -> Path | None:
         ax.barh(ys, xs, height=height, xerr=[lows, highs], capsize=3, label=name, alpha=0.8)
         if d.get("loss"):
             ci = d["loss"]
-            ax_loss.barh([j], [ci["delta"]], xerr=[[ci["delta"] - ci["low"]], [ci["high"] - ci["delta"]]], capsize=3,
-                         color=f"C{j}", alpha=0.8)
-    ax.set_yticks([i + height * (len(names) - 1) / 2 for i in range(len(DELTA_METRICS))],
-                  [x.label + ("" if x.higher_is_better else " (lower is better)") for x in DELTA_METRICS])
+            ax_loss.barh(
+                [j], [ci["delta"]], xerr=[[ci["delta"] - ci["low"]], [ci["high"] - ci["delta"]]], capsize=3, color=f"C{j}", alpha=0.8
+            )
+    ax.set_yticks(
+        [i + height * (len(names) - 1) / 2 for i in range(len(DELTA_METRICS))],
+        [x.label + ("" if x.higher_is_better else " (lower is better)") for x in DELTA_METRICS],
+    )
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("change from base (points; chrF 0-100, shares in %)")
@@ -182,8 +186,12 @@ def adapter_spectrum(analysis: dict, path: Path) -> Path | None:
     ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel("σ_i / σ_1 (mean over layers)")
     rank = analysis.get("mean_effective_rank")
-    ax.set_title(f"{analysis['adapter']}: spectrum of BA (mean effective rank {rank:.1f} of {analysis['rank']})"
-                 if rank is not None else analysis["adapter"], fontsize=10)
+    ax.set_title(
+        f"{analysis['adapter']}: spectrum of BA (mean effective rank {rank:.1f} of {analysis['rank']})"
+        if rank is not None
+        else analysis["adapter"],
+        fontsize=10,
+    )
     ax.legend(fontsize=8, ncol=2)
     return _save(fig, path)
 
@@ -198,8 +206,15 @@ def learning_curve(curve: dict, path: Path) -> Path | None:
         pts = [p for p in c["points"] if p["loss"] is not None]
         ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], marker="o", color=f"C{j}", label=f"{name}: this data")
         if c["validation"]:
-            ax.plot([v["step"] for v in c["validation"]], [v["loss"] for v in c["validation"]], ls="--", marker=".",
-                    color=f"C{j}", alpha=0.6, label=f"{name}: validation (training log)")
+            ax.plot(
+                [v["step"] for v in c["validation"]],
+                [v["loss"] for v in c["validation"]],
+                ls="--",
+                marker=".",
+                color=f"C{j}",
+                alpha=0.6,
+                label=f"{name}: validation (training log)",
+            )
     ax.set_xlabel("training step")
     ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel("response loss")

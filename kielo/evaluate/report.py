@@ -97,12 +97,24 @@ def evaluation_table(report: dict) -> Table:
     res = report["result"]
     o = res["overall"]
     t = Table("Results", ["metric", "value", "95% interval", "examples"])
-    t.rows.append([LOSS.label, fmt("loss", _loss_value(o)), fmt_ci("loss", res["intervals"]["loss"]),
-                   str(o["loss"]["examples"]) if o["loss"] else "0"])
+    t.rows.append(
+        [
+            LOSS.label,
+            fmt("loss", _loss_value(o)),
+            fmt_ci("loss", res["intervals"]["loss"]),
+            str(o["loss"]["examples"]) if o["loss"] else "0",
+        ]
+    )
     t.rows.append(["perplexity", fmt("perplexity", _loss_value(o, "perplexity")), "", ""])
     for metric in GENERATION_METRICS:
-        t.rows.append([metric.label, fmt(metric.key, o["metrics"][metric.key]),
-                       fmt_ci(metric.key, res["intervals"].get(metric.key)), str(o["counts"][metric.key])])
+        t.rows.append(
+            [
+                metric.label,
+                fmt(metric.key, o["metrics"][metric.key]),
+                fmt_ci(metric.key, res["intervals"].get(metric.key)),
+                str(o["counts"][metric.key]),
+            ]
+        )
     _corpus_rows(t, {report["name"]: res}, compare=False)
     return t
 
@@ -123,13 +135,26 @@ def comparison_table(report: dict) -> Table:
     headers = ["metric", names[0]]
     for n in names[1:]:
         headers += [n, f"Δ {n} [95% CI]"]
-    t = Table("Summary: every model on the same examples", headers,
-              caption="Δ is the adapter minus the base, with a paired bootstrap interval over examples; 'better'/'worse' "
-                      f"marks intervals that exclude zero (from {MIN_VERDICT_EXAMPLES} examples up).")
+    t = Table(
+        "Summary: every model on the same examples",
+        headers,
+        caption="Δ is the adapter minus the base, with a paired bootstrap interval over examples; 'better'/'worse' "
+        f"marks intervals that exclude zero (from {MIN_VERDICT_EXAMPLES} examples up).",
+    )
     for key, label in [("loss", LOSS.label), ("perplexity", "perplexity")] + [(x.key, x.label) for x in GENERATION_METRICS]:
         value_key = "loss" if key == "perplexity" else key
-        row, marks = [label, fmt(key, _loss_value(results[names[0]]["overall"], "perplexity") if key == "perplexity"
-                                 else _value(results[names[0]]["overall"], key))], ["", ""]
+        row, marks = (
+            [
+                label,
+                fmt(
+                    key,
+                    _loss_value(results[names[0]]["overall"], "perplexity")
+                    if key == "perplexity"
+                    else _value(results[names[0]]["overall"], key),
+                ),
+            ],
+            ["", ""],
+        )
         for n in names[1:]:
             o = results[n]["overall"]
             row.append(fmt(key, _loss_value(o, "perplexity") if key == "perplexity" else _value(o, key)))
@@ -179,31 +204,56 @@ def per_task_tables(report: dict) -> list[Table]:
 
 
 def loss_difference_table(report: dict) -> Table:
-    t = Table("Per-example loss differences", ["adapter", "examples", "mean Δ loss", "median Δ loss", "improved",
-                                                 "most improved", "most worsened"],
-              caption="Δ = loss with the adapter minus loss of the base, per example (mean token loss of its answer).")
+    t = Table(
+        "Per-example loss differences",
+        ["adapter", "examples", "mean Δ loss", "median Δ loss", "improved", "most improved", "most worsened"],
+        caption="Δ = loss with the adapter minus loss of the base, per example (mean token loss of its answer).",
+    )
     for name, d in report["loss_differences"].items():
         if not d.get("n"):
             t.rows.append([name, "0", MISSING, MISSING, MISSING, "", ""])
             continue
-        t.rows.append([name, str(d["n"]), f"{d['mean']:+.4f}", f"{d['median']:+.4f}", f"{d['improved_share']:.0%}",
-                       ", ".join(f"{x['id']} ({x['delta']:+.3f})" for x in d["most_improved"][:3]),
-                       ", ".join(f"{x['id']} ({x['delta']:+.3f})" for x in d["most_worsened"][:3])])
+        t.rows.append(
+            [
+                name,
+                str(d["n"]),
+                f"{d['mean']:+.4f}",
+                f"{d['median']:+.4f}",
+                f"{d['improved_share']:.0%}",
+                ", ".join(f"{x['id']} ({x['delta']:+.3f})" for x in d["most_improved"][:3]),
+                ", ".join(f"{x['id']} ({x['delta']:+.3f})" for x in d["most_worsened"][:3]),
+            ]
+        )
     return t
 
 
 def adapter_tables(name: str, analysis: dict) -> list[Table]:
-    head = Table(f"Adapter {name}", ["parameters", "rank", "scale (alpha/r)", "adapted modules",
-                                     "mean ||ΔW||/||W||", "mean effective rank"])
-    head.rows.append([f"{analysis['parameters']:,}", str(analysis["rank"]),
-                      f"{analysis['scale']:.3g}" if analysis["scale"] is not None else MISSING, str(len(analysis["modules"])),
-                      f"{analysis['mean_relative'] * 100:.3f}%" if analysis["mean_relative"] is not None else MISSING,
-                      f"{analysis['mean_effective_rank']:.2f}" if analysis["mean_effective_rank"] is not None else MISSING])
+    head = Table(
+        f"Adapter {name}", ["parameters", "rank", "scale (alpha/r)", "adapted modules", "mean ||ΔW||/||W||", "mean effective rank"]
+    )
+    head.rows.append(
+        [
+            f"{analysis['parameters']:,}",
+            str(analysis["rank"]),
+            f"{analysis['scale']:.3g}" if analysis["scale"] is not None else MISSING,
+            str(len(analysis["modules"])),
+            f"{analysis['mean_relative'] * 100:.3f}%" if analysis["mean_relative"] is not None else MISSING,
+            f"{analysis['mean_effective_rank']:.2f}" if analysis["mean_effective_rank"] is not None else MISSING,
+        ]
+    )
     kinds = Table(f"Adapter {name}: mean relative update per module type", ["module type", "mean ||ΔW||/||W||"])
     kinds.rows = [[k, f"{v * 100:.3f}%"] for k, v in sorted(analysis["by_kind"].items(), key=lambda kv: -kv[1])]
     top = Table(f"Adapter {name}: modules changed most", ["module", "||ΔW||/||W||", "||ΔW||_F", "||W||_F", "effective rank"])
-    top.rows = [[r["module"], f"{r['relative'] * 100:.3f}%", f"{r['update_norm']:.4g}", f"{r['weight_norm']:.4g}",
-                 f"{r['effective_rank']:.2f}"] for r in analysis["top"]]
+    top.rows = [
+        [
+            r["module"],
+            f"{r['relative'] * 100:.3f}%",
+            f"{r['update_norm']:.4g}",
+            f"{r['weight_norm']:.4g}",
+            f"{r['effective_rank']:.2f}",
+        ]
+        for r in analysis["top"]
+    ]
     return [head, kinds, top]
 
 
@@ -223,9 +273,18 @@ def harness_table(harness: dict) -> Table:
     t = Table("lm-evaluation-harness", ["task", "metric", *variants], caption=harness["note"])
     keys = sorted({(task, metric) for res in harness["results"].values() for task, ms in res.items() for metric in ms})
     for task, metric in keys:
-        t.rows.append([task, metric, *[f"{harness['results'][v].get(task, {}).get(metric):.4f}"
-                                        if harness["results"][v].get(task, {}).get(metric) is not None else MISSING
-                                        for v in variants]])
+        t.rows.append(
+            [
+                task,
+                metric,
+                *[
+                    f"{harness['results'][v].get(task, {}).get(metric):.4f}"
+                    if harness["results"][v].get(task, {}).get(metric) is not None
+                    else MISSING
+                    for v in variants
+                ],
+            ]
+        )
     return t
 
 
@@ -251,8 +310,11 @@ def md_table(t: Table) -> str:
 
 def _settings_lines(report: dict) -> list[str]:
     g = report["settings"]["generation"]
-    decoding = "greedy" if report["settings"]["decoding"] == "greedy" else \
-        f"sampling (temperature {g['temperature']}, top_p {g['top_p']}, top_k {g['top_k']}, seed {g['seed']})"
+    decoding = (
+        "greedy"
+        if report["settings"]["decoding"] == "greedy"
+        else f"sampling (temperature {g['temperature']}, top_p {g['top_p']}, top_k {g['top_k']}, seed {g['seed']})"
+    )
     d = report["data"]
     return [
         f"- model: `{report['model']['name']}` ({report['model']['quantization_bits'] or 16}-bit base, "
@@ -301,9 +363,13 @@ def comparison_markdown(report: dict) -> str:
         parts += [f"### Biggest wins and losses: {name}", ""]
         for label, items in (("win", wl["wins"]), ("loss", wl["losses"])):
             for x in items:
-                parts += [f"- **{label}** `{x['id']}` ({x['task']}, quality {x['quality_base']:.2f} → {x['quality_adapter']:.2f})",
-                          f"  - prompt: {_short(x['prompt'])}", f"  - reference: {_short(x['reference'])}",
-                          f"  - base: {_short(x['base'])}", f"  - {name}: {_short(x['adapter'])}"]
+                parts += [
+                    f"- **{label}** `{x['id']}` ({x['task']}, quality {x['quality_base']:.2f} → {x['quality_adapter']:.2f})",
+                    f"  - prompt: {_short(x['prompt'])}",
+                    f"  - reference: {_short(x['reference'])}",
+                    f"  - base: {_short(x['base'])}",
+                    f"  - {name}: {_short(x['adapter'])}",
+                ]
         parts.append("")
     for name, analysis in report["adapter_analysis"].items():
         parts += [md_table(t) for t in adapter_tables(name, analysis)]
@@ -325,8 +391,9 @@ def _guard(out: Path) -> None:
     from kielo.errors import KieloError
 
     if (out / "adapter_config.json").is_file() or (out / "checkpoints").is_dir():
-        raise KieloError(f"{out} holds a training run; the report would overwrite its config",
-                         "pass another --output_dir for the report")
+        raise KieloError(
+            f"{out} holds a training run; the report would overwrite its config", "pass another --output_dir for the report"
+        )
 
 
 def _write_generations(path: Path, rows: list[dict]) -> None:
@@ -345,8 +412,12 @@ def write_evaluation(report: dict, out: Path, config: Config) -> None:
     """``report.json``, ``report.md``, ``generations.jsonl`` and the resolved config into ``out``."""
     _guard(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"json": str(out / JSON_FILE), "markdown": str(out / MARKDOWN_FILE),
-             "generations": str(out / "generations.jsonl"), "config": str(save_config(config, out))}
+    files = {
+        "json": str(out / JSON_FILE),
+        "markdown": str(out / MARKDOWN_FILE),
+        "generations": str(out / "generations.jsonl"),
+        "config": str(save_config(config, out)),
+    }
     _write_generations(out / "generations.jsonl", report["result"]["examples"])
     report["files"] = files
     (out / MARKDOWN_FILE).write_text(evaluation_markdown(report), encoding="utf-8")
@@ -368,8 +439,14 @@ def write_comparison(report: dict, out: Path, config: Config) -> None:
     drawn = plots.draw_all(report, out / "plots")
     if not drawn:
         report["notes"].append("Plots skipped: matplotlib is not installed (pip install 'kielo[eval]').")
-    report["files"] = {"json": str(out / JSON_FILE), "markdown": str(out / MARKDOWN_FILE), "html": str(out / HTML_FILE),
-                       "generations": gens, "plots": drawn, "config": str(save_config(config, out))}
+    report["files"] = {
+        "json": str(out / JSON_FILE),
+        "markdown": str(out / MARKDOWN_FILE),
+        "html": str(out / HTML_FILE),
+        "generations": gens,
+        "plots": drawn,
+        "config": str(save_config(config, out)),
+    }
     (out / HTML_FILE).write_text(html.comparison_html(report), encoding="utf-8")
     (out / MARKDOWN_FILE).write_text(comparison_markdown(report), encoding="utf-8")
     _write_json(report, out / JSON_FILE)

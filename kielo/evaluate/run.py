@@ -58,23 +58,29 @@ def _data_notes(examples: list[Example], generated: list[int], encode_report: di
     notes = []
     missing = sum(not has_reference(e) for e in examples)
     if missing == len(examples):
-        notes.append("No example has a reference answer: the loss and the reference metrics (chrF, ROUGE-L, exact match, "
-                     "contains, length ratio, classification success) are skipped; generations are scored on the end "
-                     "token, language, repetition and format constraints only.")
+        notes.append(
+            "No example has a reference answer: the loss and the reference metrics (chrF, ROUGE-L, exact match, "
+            "contains, length ratio, classification success) are skipped; generations are scored on the end "
+            "token, language, repetition and format constraints only."
+        )
     elif missing:
-        notes.append(f"{missing} of {len(examples)} examples have no reference answer: the loss and reference metrics "
-                     "skip them.")
+        notes.append(f"{missing} of {len(examples)} examples have no reference answer: the loss and reference metrics skip them.")
     if len(generated) < len(examples):
-        notes.append(f"Generation ran on a task-stratified subset of {len(generated)} of {len(examples)} examples; the "
-                     "loss covers every example with a reference.")
+        notes.append(
+            f"Generation ran on a task-stratified subset of {len(generated)} of {len(examples)} examples; the "
+            "loss covers every example with a reference."
+        )
     if encode_report["truncated"] or encode_report["dropped_no_target"]:
-        notes.append(f"{encode_report['truncated']} examples were truncated to data.max_length for the loss, "
-                     f"{encode_report['dropped_no_target']} had no answer token left and have no loss.")
+        notes.append(
+            f"{encode_report['truncated']} examples were truncated to data.max_length for the loss, "
+            f"{encode_report['dropped_no_target']} had no answer token left and have no loss."
+        )
     return notes
 
 
-def _score_variant(bundle: Bundle, examples: list[Example], encoded: list, gen_idx: list[int], name: str,
-                   progress: bool, use_chrf: bool) -> dict:
+def _score_variant(
+    bundle: Bundle, examples: list[Example], encoded: list, gen_idx: list[int], name: str, progress: bool, use_chrf: bool
+) -> dict:
     """Loss on every encoded example and metrics on the generated ones, with the bundle's current model."""
     rows = [base_row(i, ex) for i, ex in enumerate(examples)]
     for r in rows:
@@ -91,8 +97,9 @@ def _score_variant(bundle: Bundle, examples: list[Example], encoded: list, gen_i
 
         started = time.time()
         with _bar(progress, len(gen_idx), f"generate {name}") as bar:
-            gens, tokens_per_s = generate(bundle, [examples[i].prompt_messages for i in gen_idx],
-                                          bundle.config.generation, progress=bar.update)
+            gens, tokens_per_s = generate(
+                bundle, [examples[i].prompt_messages for i in gen_idx], bundle.config.generation, progress=bar.update
+            )
         gen_s = time.time() - started
         for i, g in zip(gen_idx, gens, strict=True):
             rows[i].update(generation=g.text, **score_answer(examples[i], g.text, g.tokens, g.ended, use_chrf))
@@ -127,11 +134,13 @@ def _compact(results: dict, deltas: dict) -> dict:
     models = {}
     for name, res in results.items():
         o = res["overall"]
-        entry = {"loss": o["loss"]["loss"] if o["loss"] else None,
-                 "perplexity": o["loss"]["perplexity"] if o["loss"] else None}
+        entry = {"loss": o["loss"]["loss"] if o["loss"] else None, "perplexity": o["loss"]["perplexity"] if o["loss"] else None}
         entry.update({k: o["metrics"][k] for k in SUMMARY_METRICS if k != "loss"})
-        entry.update(loss_examples=o["loss"]["examples"] if o["loss"] else 0, generated_examples=o["generated"],
-                     tokens_per_s=res["timing"]["tokens_per_s"])
+        entry.update(
+            loss_examples=o["loss"]["examples"] if o["loss"] else 0,
+            generated_examples=o["generated"],
+            tokens_per_s=res["timing"]["tokens_per_s"],
+        )
         models[name] = entry
     keep = ("delta", "low", "high", "n", "p_value")
     return {
@@ -139,27 +148,51 @@ def _compact(results: dict, deltas: dict) -> dict:
         "metrics": list(SUMMARY_METRICS),
         "level": stats.LEVEL,
         "models": models,
-        "deltas": {name: {k: ({f: d[k][f] for f in keep} if d.get(k) else None) for k in SUMMARY_METRICS}
-                   for name, d in deltas.items()},
+        "deltas": {
+            name: {k: ({f: d[k][f] for f in keep} if d.get(k) else None) for k in SUMMARY_METRICS} for name, d in deltas.items()
+        },
     }
 
 
-def _header(config: Config, source, bundle: Bundle, data_path: str, examples: list[Example], gen_idx: list[int],
-            encode_report: dict, resamples: int) -> dict:
+def _header(
+    config: Config,
+    source,
+    bundle: Bundle,
+    data_path: str,
+    examples: list[Example],
+    gen_idx: list[int],
+    encode_report: dict,
+    resamples: int,
+) -> dict:
     tasks: dict[str, int] = {}
     for ex in examples:
         tasks[task_of(ex)] = tasks.get(task_of(ex), 0) + 1
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": config.model.name, "path": source.path, "template": bundle.template.name,
-                  "end_token": bundle.template.end_token, "quantization_bits": config.quantization.bits,
-                  "device": str(bundle.device)},
-        "data": {"path": data_path, "examples": len(examples), "with_reference": sum(map(has_reference, examples)),
-                 "generated": len(gen_idx), "tasks": tasks, "encoding": encode_report},
-        "settings": {"generation": asdict(config.generation), "decoding": "greedy" if config.generation.temperature == 0
-                     else "sampling", "max_length": config.data.max_length,
-                     "loss_batch_size": eval_batch_size(config), "bootstrap_resamples": resamples,
-                     "level": stats.LEVEL},
+        "model": {
+            "name": config.model.name,
+            "path": source.path,
+            "template": bundle.template.name,
+            "end_token": bundle.template.end_token,
+            "quantization_bits": config.quantization.bits,
+            "device": str(bundle.device),
+        },
+        "data": {
+            "path": data_path,
+            "examples": len(examples),
+            "with_reference": sum(map(has_reference, examples)),
+            "generated": len(gen_idx),
+            "tasks": tasks,
+            "encoding": encode_report,
+        },
+        "settings": {
+            "generation": asdict(config.generation),
+            "decoding": "greedy" if config.generation.temperature == 0 else "sampling",
+            "max_length": config.data.max_length,
+            "loss_batch_size": eval_batch_size(config),
+            "bootstrap_resamples": resamples,
+            "level": stats.LEVEL,
+        },
     }
 
 
@@ -172,9 +205,16 @@ def _prepare(config: Config, data, adapters: list[str], generate: int | None):
     return config, source, paths, examples, data_path, gen_idx, use_chrf
 
 
-def evaluate(config: Config, data, adapter: str | None = None, generate: int | None = None,
-             bootstrap: int = stats.DEFAULT_RESAMPLES, harness: HarnessOptions | None = None,
-             output_dir: str | Path | None = None, progress: bool = True) -> dict:
+def evaluate(
+    config: Config,
+    data,
+    adapter: str | None = None,
+    generate: int | None = None,
+    bootstrap: int = stats.DEFAULT_RESAMPLES,
+    harness: HarnessOptions | None = None,
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Evaluate one model (``config.model`` alone, or with ``adapter``) on ``data`` and write the report.
 
     ``data`` is a file path (any training format; rows without answers are allowed) or a list of
@@ -189,8 +229,7 @@ def evaluate(config: Config, data, adapter: str | None = None, generate: int | N
     """
     from kielo.evaluate import report
 
-    config, source, paths, examples, data_path, gen_idx, use_chrf = _prepare(config, data, [adapter] if adapter else [],
-                                                                              generate)
+    config, source, paths, examples, data_path, gen_idx, use_chrf = _prepare(config, data, [adapter] if adapter else [], generate)
     adapter_path = paths[-1] if paths else None
     started = time.time()
     bundle = load_one(config, adapter_path)
@@ -198,8 +237,12 @@ def evaluate(config: Config, data, adapter: str | None = None, generate: int | N
     name = Path(adapter_path).name if adapter_path else BASE
     result = _score_variant(bundle, examples, encoded, gen_idx, name, progress, use_chrf)
     result["intervals"] = _intervals(result["examples"], bootstrap)
-    out = {"kind": "evaluation", "name": name, "adapter": adapter_path,
-           **_header(config, source, bundle, data_path, examples, gen_idx, encode_report, bootstrap)}
+    out = {
+        "kind": "evaluation",
+        "name": name,
+        "adapter": adapter_path,
+        **_header(config, source, bundle, data_path, examples, gen_idx, encode_report, bootstrap),
+    }
     out["result"] = result
     out["adapter_analysis"] = analyze_adapter(bundle.model, "default") if adapter_path else None
     out["harness"] = None
@@ -208,16 +251,25 @@ def evaluate(config: Config, data, adapter: str | None = None, generate: int | N
         found = run_harness(bundle, [variant], harness)
         out["harness"] = {**found, "results": {name: found["results"][variant]}}
     out["summary"] = _compact({name: result}, {})
-    out["notes"] = _data_notes(examples, gen_idx, encode_report) + ([] if use_chrf else [
-        "chrF skipped: sacrebleu is not installed (pip install 'kielo[eval]')."])
+    out["notes"] = _data_notes(examples, gen_idx, encode_report) + (
+        [] if use_chrf else ["chrF skipped: sacrebleu is not installed (pip install 'kielo[eval]')."]
+    )
     out["wall_time_s"] = round(time.time() - started, 2)
     report.write_evaluation(out, Path(output_dir or config.output_dir), config)
     return out
 
 
-def compare(config: Config, data, adapters: list[str], generate: int | None = None,
-            bootstrap: int = stats.DEFAULT_RESAMPLES, checkpoints: bool = False, harness: HarnessOptions | None = None,
-            output_dir: str | Path | None = None, progress: bool = True) -> dict:
+def compare(
+    config: Config,
+    data,
+    adapters: list[str],
+    generate: int | None = None,
+    bootstrap: int = stats.DEFAULT_RESAMPLES,
+    checkpoints: bool = False,
+    harness: HarnessOptions | None = None,
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Compare the base model with each adapter on the same ``data`` and settings; write the reports.
 
     The base without adapter is always the first variant; each of ``adapters`` (an adapter folder, a
@@ -248,14 +300,16 @@ def compare(config: Config, data, adapters: list[str], generate: int | None = No
 
     config, source, paths, examples, data_path, gen_idx, use_chrf = _prepare(config, data, adapters, generate)
     if not paths:
-        raise KieloError("kielo compare needs at least one adapter to compare with the base",
-                         "pass --adapter DIR (an adapter, a checkpoint or a run folder); repeat it for more")
+        raise KieloError(
+            "kielo compare needs at least one adapter to compare with the base",
+            "pass --adapter DIR (an adapter, a checkpoint or a run folder); repeat it for more",
+        )
     curve_points = {p: run_points(p) for p in paths if checkpoints and has_checkpoints(p)}
     # Checkpoints load beside the adapters (one base in memory); a run's final adapter is already a variant.
     extra = [pt.path for run, pts in curve_points.items() for pt in pts if Path(pt.path).resolve() != Path(run).resolve()]
     started = time.time()
     bundle, names, name_paths = load_all(config, paths + extra)
-    variants = names[:1 + len(paths)]
+    variants = names[: 1 + len(paths)]
     encoded, encode_report = encode_for_loss(bundle, examples)
     results = {}
     for name in variants:
@@ -266,8 +320,10 @@ def compare(config: Config, data, adapters: list[str], generate: int | None = No
     deltas, loss_diffs, wins = {}, {}, {}
     for name in variants[1:]:
         rows = results[name]["examples"]
-        deltas[name] = {"overall": paired.deltas(base_rows, rows, bootstrap),
-                        "per_task": paired.deltas_by_task(base_rows, rows, bootstrap)}
+        deltas[name] = {
+            "overall": paired.deltas(base_rows, rows, bootstrap),
+            "per_task": paired.deltas_by_task(base_rows, rows, bootstrap),
+        }
         loss_diffs[name] = paired.loss_differences(base_rows, rows)
         wins[name] = paired.wins_and_losses(base_rows, rows)
     curve = _learning_curve(bundle, names, name_paths, curve_points, encoded, results, progress) if checkpoints else None
@@ -287,16 +343,19 @@ def compare(config: Config, data, adapters: list[str], generate: int | None = No
     if checkpoints and not curve_points:
         notes.append("--checkpoints: no adapter is a run folder with checkpoints (checkpoints/step-N); no learning curve.")
     if config.generation.temperature > 0:
-        notes.append(f"Answers were sampled (temperature {config.generation.temperature}, seed {config.generation.seed}); "
-                     "generation metrics vary with the seed.")
+        notes.append(
+            f"Answers were sampled (temperature {config.generation.temperature}, seed {config.generation.seed}); "
+            "generation metrics vary with the seed."
+        )
     out["notes"] = notes
     out["wall_time_s"] = round(time.time() - started, 2)
     report.write_comparison(out, Path(output_dir or config.output_dir), config)
     return out
 
 
-def _learning_curve(bundle: Bundle, names: list[str], name_paths: dict[str, str], curve_points: dict, encoded: list,
-                    results: dict, progress: bool) -> dict:
+def _learning_curve(
+    bundle: Bundle, names: list[str], name_paths: dict[str, str], curve_points: dict, encoded: list, results: dict, progress: bool
+) -> dict:
     """Loss of the base (step 0), every checkpoint and the final adapter of each run folder."""
     by_path = {str(Path(p).resolve()): n for n, p in name_paths.items()}
     base_loss = results[BASE]["overall"]["loss"]

@@ -28,8 +28,7 @@ def _interval(point: float, draws: np.ndarray, level: float, n: int) -> dict:
     return {"value": point, "low": float(low), "high": float(high), "level": level, "n": n}
 
 
-def bootstrap_mean(values, weights=None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                   level: float = LEVEL) -> dict | None:
+def bootstrap_mean(values, weights=None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = LEVEL) -> dict | None:
     """The (weighted) mean of ``values`` with a bootstrap interval: ``{value, low, high, level, n}``."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
@@ -40,8 +39,7 @@ def bootstrap_mean(values, weights=None, resamples: int = DEFAULT_RESAMPLES, see
     return _interval(point, _stat(x, w, idx), level, int(x.size))
 
 
-def paired_bootstrap(a, b, weights=None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                     level: float = LEVEL) -> dict | None:
+def paired_bootstrap(a, b, weights=None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = LEVEL) -> dict | None:
     """Mean of ``b`` minus mean of ``a`` over the same examples, with a paired bootstrap interval.
 
     Returns ``{delta, low, high, level, n, p_value}``; ``p_value`` is the two-sided bootstrap share of

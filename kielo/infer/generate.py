@@ -52,8 +52,13 @@ def _sampling_kwargs(g: GenerationConfig) -> dict:
 
 def generation_kwargs(bundle: Bundle, g: GenerationConfig) -> dict:
     """Keyword arguments for ``model.generate``: length, stopping, padding and sampling from ``g``."""
-    kw = dict(max_new_tokens=g.max_new_tokens, eos_token_id=stop_ids(bundle), pad_token_id=bundle.tokenizer.pad_token_id,
-              repetition_penalty=g.repetition_penalty, **_sampling_kwargs(g))
+    kw = dict(
+        max_new_tokens=g.max_new_tokens,
+        eos_token_id=stop_ids(bundle),
+        pad_token_id=bundle.tokenizer.pad_token_id,
+        repetition_penalty=g.repetition_penalty,
+        **_sampling_kwargs(g),
+    )
     if g.stop:
         # transformers stops a row once its decoded text contains a stop string; the cut happens in to_generation.
         kw.update(stop_strings=list(g.stop), tokenizer=bundle.tokenizer)
@@ -75,8 +80,9 @@ def to_generation(bundle: Bundle, row: list[int], g: GenerationConfig) -> Genera
 
 
 @torch.no_grad()
-def generate(bundle: Bundle, conversations: list[list[dict]], g: GenerationConfig | None = None,
-             progress=None) -> tuple[list[Generation], float]:
+def generate(
+    bundle: Bundle, conversations: list[list[dict]], g: GenerationConfig | None = None, progress=None
+) -> tuple[list[Generation], float]:
     """Answer each conversation (messages ending with the user's turn). Returns generations and tokens/s."""
     g = g or bundle.config.generation
     tok, model = bundle.tokenizer, bundle.model
@@ -90,15 +96,16 @@ def generate(bundle: Bundle, conversations: list[list[dict]], g: GenerationConfi
     if g.temperature > 0:
         torch.manual_seed(g.seed)
     for at in range(0, len(prompts), g.batch_size):
-        chunk = prompts[at:at + g.batch_size]
+        chunk = prompts[at : at + g.batch_size]
         width = max(len(p) for _, p in chunk)
         ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, (_, p) in enumerate(chunk):
-            ids[r, width - len(p):] = torch.tensor(p)
-            mask[r, width - len(p):] = 1
-        out = model.generate(input_ids=ids.to(bundle.device), attention_mask=mask.to(bundle.device),
-                             **generation_kwargs(bundle, g))[:, width:].tolist()
+            ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
+        out = model.generate(input_ids=ids.to(bundle.device), attention_mask=mask.to(bundle.device), **generation_kwargs(bundle, g))[
+            :, width:
+        ].tolist()
         for (i, _), row in zip(chunk, out, strict=True):
             results[i] = to_generation(bundle, row, g)
             generated += results[i].tokens

@@ -22,21 +22,39 @@ def setup_parser(p: argparse.ArgumentParser) -> None:
     """The command's own options (config keys such as --model and --output_dir come from the schema)."""
     from kielo.merge import options as o
 
-    p.add_argument("adapter", metavar="ADAPTER_OR_RUN_DIR", help="a kielo run folder, one of its checkpoints, or a PEFT "
-                   "adapter folder (then name the base with --model)")
-    p.add_argument("--dtype", default=o.DEFAULT_DTYPE, choices=o.DTYPE_NAMES,
-                   help=f"dtype of the merged weights (default {o.DEFAULT_DTYPE})")
-    p.add_argument("--tolerance", type=float, help="largest allowed logit difference between the merged model and "
-                   f"base + adapter (default by dtype: {', '.join(f'{k} {v:g}' for k, v in o.TOLERANCES.items())})")
-    p.add_argument("--samples", type=int, default=o.DEFAULT_SAMPLES,
-                   help=f"sample prompts the merge is checked on (default {o.DEFAULT_SAMPLES})")
-    p.add_argument("--max_new_tokens", type=int, default=o.DEFAULT_MAX_NEW_TOKENS,
-                   help=f"greedy answer length compared per prompt (default {o.DEFAULT_MAX_NEW_TOKENS})")
-    p.add_argument("--requantize", action="store_true", help="also write an NF4 copy (OUTPUT/nf4) and report the "
-                   "held-out loss before and after")
+    p.add_argument(
+        "adapter",
+        metavar="ADAPTER_OR_RUN_DIR",
+        help="a kielo run folder, one of its checkpoints, or a PEFT adapter folder (then name the base with --model)",
+    )
+    p.add_argument(
+        "--dtype", default=o.DEFAULT_DTYPE, choices=o.DTYPE_NAMES, help=f"dtype of the merged weights (default {o.DEFAULT_DTYPE})"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="largest allowed logit difference between the merged model and "
+        f"base + adapter (default by dtype: {', '.join(f'{k} {v:g}' for k, v in o.TOLERANCES.items())})",
+    )
+    p.add_argument(
+        "--samples", type=int, default=o.DEFAULT_SAMPLES, help=f"sample prompts the merge is checked on (default {o.DEFAULT_SAMPLES})"
+    )
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=o.DEFAULT_MAX_NEW_TOKENS,
+        help=f"greedy answer length compared per prompt (default {o.DEFAULT_MAX_NEW_TOKENS})",
+    )
+    p.add_argument(
+        "--requantize", action="store_true", help="also write an NF4 copy (OUTPUT/nf4) and report the held-out loss before and after"
+    )
     p.add_argument("--gguf", action="store_true", help="also write a GGUF file for llama.cpp, checked by reading it back")
-    p.add_argument("--gguf_type", default=o.DEFAULT_GGUF_TYPE, choices=o.GGUF_TYPES,
-                   help="GGUF tensor type (default auto: the merged dtype, lossless)")
+    p.add_argument(
+        "--gguf_type",
+        default=o.DEFAULT_GGUF_TYPE,
+        choices=o.GGUF_TYPES,
+        help="GGUF tensor type (default auto: the merged dtype, lossless)",
+    )
 
 
 def _print_summary(report: dict) -> None:
@@ -44,25 +62,35 @@ def _print_summary(report: dict) -> None:
     g = v["greedy"]
     w = report["weights"]
     print(f"merged: {report['output']} ({report['dtype']}, from {report['base']})")
-    print(f"weights: {w['adapted_weights']} adapted weights equal W + scaling * B @ A (within "
-          f"{w['max_error_in_rounding_steps']:.2g} rounding steps); storing them in {report['dtype']} changes the "
-          f"update by {100 * w['update_rounding_error']:.0f}%")
-    print(f"check vs base + adapter: PASS, max |logit diff| {v['max_abs_logit_diff']:.4g} (tolerance {v['tolerance']:g}); "
-          f"greedy answers identical {g['identical_answers']}/{v['sequences']}, {g['near_ties']} near-ties; "
-          f"the adapter itself moves logits by up to {effect['max_abs_logit_diff']:.4g}")
+    print(
+        f"weights: {w['adapted_weights']} adapted weights equal W + scaling * B @ A (within "
+        f"{w['max_error_in_rounding_steps']:.2g} rounding steps); storing them in {report['dtype']} changes the "
+        f"update by {100 * w['update_rounding_error']:.0f}%"
+    )
+    print(
+        f"check vs base + adapter: PASS, max |logit diff| {v['max_abs_logit_diff']:.4g} (tolerance {v['tolerance']:g}); "
+        f"greedy answers identical {g['identical_answers']}/{v['sequences']}, {g['near_ties']} near-ties; "
+        f"the adapter itself moves logits by up to {effect['max_abs_logit_diff']:.4g}"
+    )
     t = report.get("vs_trained", {})
     if "max_abs_logit_diff" in t:
-        print(f"vs the quantized base + adapter training used: max |logit diff| {t['max_abs_logit_diff']:.4g} "
-              f"(the base's quantization error; informational)")
+        print(
+            f"vs the quantized base + adapter training used: max |logit diff| {t['max_abs_logit_diff']:.4g} "
+            f"(the base's quantization error; informational)"
+        )
     if "requantized" in report:
         r = report["requantized"]
-        print(f"NF4 copy: {report['output']}/{r['folder']}, held-out loss {r['loss_merged']:.4f} -> {r['loss_nf4']:.4f} "
-              f"({r['loss_change']:+.4f}) on {r['examples']} examples from {r['held_out']}")
+        print(
+            f"NF4 copy: {report['output']}/{r['folder']}, held-out loss {r['loss_merged']:.4f} -> {r['loss_nf4']:.4f} "
+            f"({r['loss_change']:+.4f}) on {r['examples']} examples from {r['held_out']}"
+        )
     if "gguf" in report:
         q = report["gguf"]
-        print(f"GGUF: {report['output']}/{q['file']} ({q['type']}, {q['status']}): max |logit diff| "
-              f"{q['max_abs_logit_diff']:.4g} vs the merged model, tokenizer {q['tokenizer']['identical_ids']}/"
-              f"{q['tokenizer']['texts']} texts identical")
+        print(
+            f"GGUF: {report['output']}/{q['file']} ({q['type']}, {q['status']}): max |logit diff| "
+            f"{q['max_abs_logit_diff']:.4g} vs the merged model, tokenizer {q['tokenizer']['identical_ids']}/"
+            f"{q['tokenizer']['texts']} texts identical"
+        )
         a = q.get("adapter", {})
         if "file" in a:
             print(f"GGUF adapter alone (llama.cpp --lora): {report['output']}/{a['file']} ({a['status']})")
@@ -81,8 +109,18 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
     # --model overrides the run's base; left at its default, the run's saved base is used.
     model = config.model.name if config.model.name != ModelConfig().name else None
     output = config.output_dir or f"{str(Path(args.adapter)).rstrip('/')}-merged"
-    report = merge(config, args.adapter, output, dtype=args.dtype, model=model, tolerance=args.tolerance,
-                   requantize=args.requantize, gguf=args.gguf, gguf_type=args.gguf_type, samples=args.samples,
-                   max_new_tokens=args.max_new_tokens)
+    report = merge(
+        config,
+        args.adapter,
+        output,
+        dtype=args.dtype,
+        model=model,
+        tolerance=args.tolerance,
+        requantize=args.requantize,
+        gguf=args.gguf,
+        gguf_type=args.gguf_type,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+    )
     _print_summary(report)
     return 0

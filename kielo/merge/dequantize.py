@@ -55,20 +55,25 @@ def compute_dtype_for(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return dtype if device.type == "cuda" else torch.float32
 
 
-def load_base_16bit(source: ModelSource, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False,
-                    compute: torch.dtype | None = None):
+def load_base_16bit(
+    source: ModelSource, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False, compute: torch.dtype | None = None
+):
     """The base model unquantized, its weights rounded to ``dtype``, held in ``compute`` (default ``dtype``)."""
     from transformers import AutoModelForCausalLM
 
     check_unquantized(source)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source.path, dtype=dtype, trust_remote_code=trust_remote_code,
+            source.path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
             device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
         )
     except (OSError, ValueError) as e:
-        raise KieloError(f"cannot load the base model {source.path}: {str(e).splitlines()[0]}",
-                         "check --model (or the run's model.name); hub ids need network access") from None
+        raise KieloError(
+            f"cannot load the base model {source.path}: {str(e).splitlines()[0]}",
+            "check --model (or the run's model.name); hub ids need network access",
+        ) from None
     if compute is not None and compute != dtype:
         model = model.to(compute)  # exact: every 16-bit value is a float32 value
     for p in model.parameters():

@@ -88,8 +88,7 @@ def write_gguf_adapter(adapter_dir: str, model_config, path: Path, kind: str) ->
         writer.write_tensors_to_file()
     finally:
         writer.close()
-    return {"file": path.name, "type": kind, "alpha": alpha, "r": r, "adapted_weights": written,
-            "bytes": path.stat().st_size}
+    return {"file": path.name, "type": kind, "alpha": alpha, "r": r, "adapted_weights": written, "bytes": path.stat().st_size}
 
 
 def verify_gguf_adapter(path: Path, adapter_dir: str, model_config, model_gguf: Path | None) -> dict:
@@ -119,6 +118,11 @@ def verify_gguf_adapter(path: Path, adapter_dir: str, model_config, model_gguf: 
             unnamed.append(name)
     # Relative to the largest update entry: f16 storage of A and B keeps ~3 significant digits.
     relative = worst / scale if scale else 0.0
-    return {"max_abs_update_diff": worst, "max_abs_update": scale, "relative_diff": relative,
-            "names_in_model_gguf": not unnamed, "status": "gguf-py-verified (llama.cpp not run)",
-            "passed": relative <= 1e-2 and not unnamed}
+    return {
+        "max_abs_update_diff": worst,
+        "max_abs_update": scale,
+        "relative_diff": relative,
+        "names_in_model_gguf": not unnamed,
+        "status": "gguf-py-verified (llama.cpp not run)",
+        "passed": relative <= 1e-2 and not unnamed,
+    }

@@ -34,15 +34,23 @@ LOSSLESS_FOR = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf1
 def _qtype(name: str):
     import gguf
 
-    return {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-            "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[name]
+    return {
+        "f32": gguf.GGMLQuantizationType.F32,
+        "f16": gguf.GGMLQuantizationType.F16,
+        "bf16": gguf.GGMLQuantizationType.BF16,
+        "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    }[name]
 
 
 def _file_type(name: str):
     import gguf
 
-    return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-            "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[name]
+    return {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[name]
 
 
 def resolve_gguf_type(gguf_type: str, dtype: torch.dtype) -> str:
@@ -204,9 +212,10 @@ def arch_spec(config) -> ArchSpec:
     """The export rules for a model config; a clear error for architectures kielo can't export."""
     spec = ARCHS.get(config.model_type)
     if spec is None:
-        raise KieloError(f"GGUF export does not support model type `{config.model_type}`",
-                         f"export one of: {', '.join(ARCHS)}; or convert the merged folder with llama.cpp's "
-                         "convert_hf_to_gguf.py")
+        raise KieloError(
+            f"GGUF export does not support model type `{config.model_type}`",
+            f"export one of: {', '.join(ARCHS)}; or convert the merged folder with llama.cpp's convert_hf_to_gguf.py",
+        )
     return spec
 
 
@@ -214,9 +223,10 @@ def check_exportable(config) -> None:
     """Fail before any work when the GGUF format can't express this model exactly."""
     problems = arch_spec(config).problems(config)
     if problems:
-        raise KieloError(f"a GGUF file of this {config.model_type} model would not match it: {'; '.join(problems)}",
-                         "leave out --gguf and convert the merged folder with llama.cpp's own converter, if it "
-                         "supports these settings")
+        raise KieloError(
+            f"a GGUF file of this {config.model_type} model would not match it: {'; '.join(problems)}",
+            "leave out --gguf and convert the merged folder with llama.cpp's own converter, if it supports these settings",
+        )
 
 
 # --- writing -----------------------------------------------------------------------------------------
@@ -233,16 +243,16 @@ def _plan(state: dict[str, torch.Tensor], config, spec: ArchSpec, gguf_type: str
     import gguf
 
     arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == spec.gguf_arch)
-    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers if hasattr(config, "num_hidden_layers")
-                                     else config.n_layer)
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers if hasattr(config, "num_hidden_layers") else config.n_layer)
     tied = getattr(config, "tie_word_embeddings", False)
     planned, unknown = [], []
     for hf_name, t in state.items():
         if tied and hf_name == "lm_head.weight":
             continue  # the output head is the embedding matrix; GGUF readers tie it when output.weight is absent
         # llama.cpp's converter drops BLOOM's "transformer." prefix before looking names up.
-        gguf_name = (names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-                     or names.get_name(hf_name.removeprefix("transformer."), try_suffixes=(".weight", ".bias")))
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias")) or names.get_name(
+            hf_name.removeprefix("transformer."), try_suffixes=(".weight", ".bias")
+        )
         if gguf_name is None:
             unknown.append(hf_name)
             continue
@@ -253,8 +263,10 @@ def _plan(state: dict[str, torch.Tensor], config, spec: ArchSpec, gguf_type: str
             kind = "f16"  # Q8_0 blocks are 32 wide
         planned.append(_Planned(gguf_name, hf_name, kind))
     if unknown:
-        raise KieloError(f"GGUF export: no llama.cpp name for tensors {unknown[:5]}",
-                         "this model has parts kielo's exporter doesn't know; use llama.cpp's converter")
+        raise KieloError(
+            f"GGUF export: no llama.cpp name for tensors {unknown[:5]}",
+            "this model has parts kielo's exporter doesn't know; use llama.cpp's converter",
+        )
     if spec.gguf_arch == "bloom" and not any(p.gguf_name == "output.weight" for p in planned):
         # llama.cpp's BLOOM graph reads an explicit output matrix: the (tied) embeddings once more.
         emb = next(p for p in planned if p.gguf_name == "token_embd.weight")
@@ -278,8 +290,7 @@ def _encode(t: torch.Tensor, kind: str) -> np.ndarray:
     return gguf.quants.quantize(data, _qtype(kind))
 
 
-def write_gguf(model, tokenizer, path: Path, gguf_type: str, name: str, end_token_id: int | None,
-               chat_template: str | None) -> dict:
+def write_gguf(model, tokenizer, path: Path, gguf_type: str, name: str, end_token_id: int | None, chat_template: str | None) -> dict:
     """Write ``model`` (an unquantized HF causal LM) and ``tokenizer`` to ``path``; returns what was written."""
     import gguf
 
@@ -314,5 +325,12 @@ def write_gguf(model, tokenizer, path: Path, gguf_type: str, name: str, end_toke
     types: dict[str, int] = {}
     for p in planned:
         types[p.qtype_name] = types.get(p.qtype_name, 0) + 1
-    return {"file": path.name, "architecture": spec.gguf_arch, "type": gguf_type, "bytes": path.stat().st_size,
-            "tensors": len(planned), "tensor_types": types, "tokenizer": vocab}
+    return {
+        "file": path.name,
+        "architecture": spec.gguf_arch,
+        "type": gguf_type,
+        "bytes": path.stat().st_size,
+        "tensors": len(planned),
+        "tensor_types": types,
+        "tokenizer": vocab,
+    }

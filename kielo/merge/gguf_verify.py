@@ -50,7 +50,10 @@ def load_with_transformers(path: Path, merged_config, dtype: torch.dtype, device
             if hasattr(merged_config, key):
                 setattr(config, key, getattr(merged_config, key))
         model = AutoModelForCausalLM.from_pretrained(
-            alone, gguf_file=name, config=config, dtype=dtype,
+            alone,
+            gguf_file=name,
+            config=config,
+            dtype=dtype,
             quantization_config=GgufConfig(gguf_file=name, dequantize=True),
             device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
         )
@@ -60,11 +63,13 @@ def load_with_transformers(path: Path, merged_config, dtype: torch.dtype, device
 
 def tokenizer_roundtrip(original, rebuilt, texts: list[str]) -> dict:
     """Whether the tokenizer rebuilt from the file encodes ``texts`` to the same ids and keeps the template."""
-    same = sum(original(t, add_special_tokens=False)["input_ids"] == rebuilt(t, add_special_tokens=False)["input_ids"]
-               for t in texts)
-    return {"texts": len(texts), "identical_ids": same,
-            "chat_template": (rebuilt.chat_template or None) == (original.chat_template or None),
-            "passed": same == len(texts) and (rebuilt.chat_template or None) == (original.chat_template or None)}
+    same = sum(original(t, add_special_tokens=False)["input_ids"] == rebuilt(t, add_special_tokens=False)["input_ids"] for t in texts)
+    return {
+        "texts": len(texts),
+        "identical_ids": same,
+        "chat_template": (rebuilt.chat_template or None) == (original.chat_template or None),
+        "passed": same == len(texts) and (rebuilt.chat_template or None) == (original.chat_template or None),
+    }
 
 
 def llama_cpp_available() -> bool:
@@ -104,12 +109,26 @@ def check_with_llama_cpp(path: Path, reference: Reference) -> dict:
             near_ties += 1
         else:
             disagreements += 1
-    return {"sequences": len(reference.sequences), "identical_answers": identical, "near_ties": near_ties,
-            "disagreements": disagreements, "passed": disagreements == 0}
+    return {
+        "sequences": len(reference.sequences),
+        "identical_answers": identical,
+        "near_ties": near_ties,
+        "disagreements": disagreements,
+        "passed": disagreements == 0,
+    }
 
 
-def verify_gguf(path: Path, merged_config, reference: Reference, tokenizer, texts: list[str], gguf_type: str,
-                lossless: bool, dtype: torch.dtype, device: torch.device) -> dict:
+def verify_gguf(
+    path: Path,
+    merged_config,
+    reference: Reference,
+    tokenizer,
+    texts: list[str],
+    gguf_type: str,
+    lossless: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> dict:
     """Read ``path`` back and compare it with the merged model (``reference`` holds the merged model's logits)."""
     tolerance = GGUF_TOLERANCE["exact" if lossless else gguf_type]
     model, rebuilt = load_with_transformers(path, merged_config, dtype, device)

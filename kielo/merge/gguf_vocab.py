@@ -26,7 +26,7 @@ BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 # Split regexes of tokenizer.json pre-tokenizers, by the name llama.cpp gives them.
 KNOWN_SPLITS = {
     "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
     "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
     "bloom": " ?[^(\\s|[.,!?…。，、।۔،])]+",
 }
@@ -54,8 +54,7 @@ def _adds(tokenizer, token_id: int | None, at_start: bool) -> bool:
     return bool(ids) and ids[0 if at_start else -1] == token_id
 
 
-def add_tokenizer(writer, tokenizer, gguf_arch: str, n_vocab: int, end_token_id: int | None,
-                  chat_template: str | None) -> dict:
+def add_tokenizer(writer, tokenizer, gguf_arch: str, n_vocab: int, end_token_id: int | None, chat_template: str | None) -> dict:
     """Add ``tokenizer.ggml.*`` (and the chat template) to ``writer``; returns a summary for the report."""
     import gguf
 
@@ -64,13 +63,16 @@ def add_tokenizer(writer, tokenizer, gguf_arch: str, n_vocab: int, end_token_id:
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec["model"]
     if model.get("type") != "BPE":
-        raise KieloError(f"GGUF export supports BPE tokenizers, not {model.get('type')}",
-                         "convert the merged folder with llama.cpp's converter")
+        raise KieloError(
+            f"GGUF export supports BPE tokenizers, not {model.get('type')}", "convert the merged folder with llama.cpp's converter"
+        )
     spm = bool(model.get("byte_fallback"))
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     if len(by_id) > n_vocab:
-        raise KieloError(f"the tokenizer has {len(by_id)} tokens but the model only {n_vocab} embedding rows",
-                         "use the tokenizer the model was trained with")
+        raise KieloError(
+            f"the tokenizer has {len(by_id)} tokens but the model only {n_vocab} embedding rows",
+            "use the tokenizer the model was trained with",
+        )
     added = {a["id"]: a for a in spec.get("added_tokens", [])}
     # Gemma's sentencepiece model has whitespace runs as user-defined pieces spelled with real spaces;
     # transformers spells them "▁▁..." and respells them back when it reads a GGUF.
@@ -106,8 +108,10 @@ def add_tokenizer(writer, tokenizer, gguf_arch: str, n_vocab: int, end_token_id:
         pre = _pre_tokenizer_name(spec)
         summary["pre_tokenizer"] = pre or "default"
         if pre is None:
-            log.warning("GGUF export: llama.cpp has no name for this tokenizer's pre-tokenizer; it will split text "
-                        "with its default rules, which can tokenize differently from transformers")
+            log.warning(
+                "GGUF export: llama.cpp has no name for this tokenizer's pre-tokenizer; it will split text "
+                "with its default rules, which can tokenize differently from transformers"
+            )
         writer.add_tokenizer_pre(pre or "default")
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
         writer.add_token_merges(merges)
@@ -115,8 +119,12 @@ def add_tokenizer(writer, tokenizer, gguf_arch: str, n_vocab: int, end_token_id:
     writer.add_token_types(types)
     if spm:
         writer.add_token_scores(scores)
-    for key, token_id in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
-                          ("unk", tokenizer.unk_token_id), ("pad", tokenizer.pad_token_id)):
+    for key, token_id in (
+        ("bos", tokenizer.bos_token_id),
+        ("eos", tokenizer.eos_token_id),
+        ("unk", tokenizer.unk_token_id),
+        ("pad", tokenizer.pad_token_id),
+    ):
         if token_id is not None:
             getattr(writer, f"add_{key}_token_id")(token_id)
     if end_token_id is not None and end_token_id != tokenizer.eos_token_id:
@@ -126,8 +134,9 @@ def add_tokenizer(writer, tokenizer, gguf_arch: str, n_vocab: int, end_token_id:
     writer.add_add_eos_token(_adds(tokenizer, tokenizer.eos_token_id, at_start=False))
     if spm:
         normalizer = json.dumps(spec.get("normalizer")) + json.dumps(spec.get("pre_tokenizer"))
-        writer.add_add_space_prefix('"Prepend"' in normalizer or '"prepend_scheme": "always"' in normalizer
-                                    or '"prepend_scheme": "first"' in normalizer)
+        writer.add_add_space_prefix(
+            '"Prepend"' in normalizer or '"prepend_scheme": "always"' in normalizer or '"prepend_scheme": "first"' in normalizer
+        )
     if chat_template:
         writer.add_chat_template(chat_template)
     summary["chat_template"] = bool(chat_template)

@@ -36,8 +36,15 @@ def adapter_summary(adapter_dir: str) -> dict:
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
     scaling = alpha / (r**0.5 if cfg.get("use_rslora") else r) if r and alpha else None
     targets = cfg.get("target_modules")
-    return {"path": adapter_dir, "r": r, "alpha": alpha, "scaling": scaling, "use_rslora": cfg.get("use_rslora", False),
-            "use_dora": cfg.get("use_dora", False), "target_modules": sorted(targets) if isinstance(targets, list) else targets}
+    return {
+        "path": adapter_dir,
+        "r": r,
+        "alpha": alpha,
+        "scaling": scaling,
+        "use_rslora": cfg.get("use_rslora", False),
+        "use_dora": cfg.get("use_dora", False),
+        "target_modules": sorted(targets) if isinstance(targets, list) else targets,
+    }
 
 
 def _expected_update(layer, adapter: str, cfg: dict) -> torch.Tensor | None:
@@ -65,8 +72,10 @@ def merge_adapter(peft_model, adapter_dir: str, dtype: torch.dtype) -> tuple[tor
     from peft.tuners.lora import LoraLayer
 
     if any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in peft_model.modules()):
-        raise KieloError("refusing to merge into quantized (4/8-bit) weights: the update would be rounded away",
-                         "merge into the unquantized base (kielo merge loads it for you)")
+        raise KieloError(
+            "refusing to merge into quantized (4/8-bit) weights: the update would be rounded away",
+            "merge into the unquantized base (kielo merge loads it for you)",
+        )
     cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
     worst, bad, checked, unchecked, rounding_sq, update_sq = 0.0, None, 0, [], 0.0, 0.0
     for name, layer in peft_model.named_modules():
@@ -93,13 +102,18 @@ def merge_adapter(peft_model, adapter_dir: str, dtype: torch.dtype) -> tuple[tor
         update_sq += float(update.pow(2).sum())
         checked += 1
     model = peft_model.unload()  # the LoRA modules out, the merged base layers back in their place
-    report = {"adapted_weights": checked, "unchecked": unchecked, "max_error_in_rounding_steps": worst / 2,
-              "update_rounding_error": math.sqrt(rounding_sq / update_sq) if update_sq else 0.0,
-              "passed": worst <= 1.0}
+    report = {
+        "adapted_weights": checked,
+        "unchecked": unchecked,
+        "max_error_in_rounding_steps": worst / 2,
+        "update_rounding_error": math.sqrt(rounding_sq / update_sq) if update_sq else 0.0,
+        "passed": worst <= 1.0,
+    }
     if not report["passed"]:
-        raise KieloError(f"the merged weights are wrong: {bad} differs from W + scaling * B @ A by {worst / 2:.3g} "
-                         "rounding steps", "this is a bug (or an adapter edited after training): re-run with --debug "
-                                           "and report it")
+        raise KieloError(
+            f"the merged weights are wrong: {bad} differs from W + scaling * B @ A by {worst / 2:.3g} rounding steps",
+            "this is a bug (or an adapter edited after training): re-run with --debug and report it",
+        )
     return model, report
 
 

@@ -44,14 +44,15 @@ def load_nf4(folder: Path, dtype: torch.dtype, compute: torch.dtype, device: tor
     from kielo.model.load import bnb_config
 
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype, quantization_config=bnb_config(NF4, compute),
+        folder,
+        dtype=dtype,
+        quantization_config=bnb_config(NF4, compute),
         device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
     )
     return model.eval()
 
 
-def requantize(merged_bundle: Bundle, folder: Path, out: Path, examples: list[Example], source: str,
-               dtype: torch.dtype) -> dict:
+def requantize(merged_bundle: Bundle, folder: Path, out: Path, examples: list[Example], source: str, dtype: torch.dtype) -> dict:
     """Write an NF4 copy of the merged model in ``folder`` (saved in ``dtype``) to ``out``; report the held-out
     loss before and after."""
     from kielo.train.trainer import write_side_files
@@ -65,6 +66,13 @@ def requantize(merged_bundle: Bundle, folder: Path, out: Path, examples: list[Ex
     write_side_files(nf4_bundle, out)
     del nf4
     log.info("NF4 copy: held-out loss %.4f -> %.4f (%+.4f)", before["loss"], after["loss"], after["loss"] - before["loss"])
-    return {"folder": out.name, "quantization": dataclasses.asdict(NF4), "held_out": source,
-            "loss_merged": before["loss"], "loss_nf4": after["loss"], "loss_change": after["loss"] - before["loss"],
-            "tokens": before["tokens"], "examples": before["examples"]}
+    return {
+        "folder": out.name,
+        "quantization": dataclasses.asdict(NF4),
+        "held_out": source,
+        "loss_merged": before["loss"],
+        "loss_nf4": after["loss"],
+        "loss_change": after["loss"] - before["loss"],
+        "tokens": before["tokens"],
+        "examples": before["examples"],
+    }

@@ -27,8 +27,9 @@ def logits_bytes(n_sequences: int, max_tokens: int, vocab_size: int, dtype: torc
     return n_sequences * max_tokens * vocab_size * torch.finfo(dtype).bits // 8
 
 
-def output_bytes(model_config, dtype: torch.dtype, gguf_bytes_per_weight: float | None, requantize: bool,
-                 tokenizer_bytes: int) -> dict[str, int]:
+def output_bytes(
+    model_config, dtype: torch.dtype, gguf_bytes_per_weight: float | None, requantize: bool, tokenizer_bytes: int
+) -> dict[str, int]:
     """Estimated bytes of every file group the merge writes."""
     from kielo.model.load import estimate_weight_bytes
 
@@ -51,10 +52,11 @@ def check_disk(folder: Path, sizes: dict[str, int]) -> int:
     free = shutil.disk_usage(probe).free
     if need > free:
         parts = ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in sizes.items())
-        raise KieloError(f"not enough disk space in {probe}: the merge writes about {need / GIB:.2f} GiB ({parts}) "
-                         f"but only {free / GIB:.2f} GiB is free",
-                         "free some space or pass --output_dir on a larger disk (leaving out --gguf / --requantize "
-                         "writes less)")
+        raise KieloError(
+            f"not enough disk space in {probe}: the merge writes about {need / GIB:.2f} GiB ({parts}) "
+            f"but only {free / GIB:.2f} GiB is free",
+            "free some space or pass --output_dir on a larger disk (leaving out --gguf / --requantize writes less)",
+        )
     return need
 
 
@@ -64,6 +66,13 @@ def check_memory(model_config, dtype: torch.dtype, device: torch.device, name: s
 
     # On a GPU the reference logits are kept in host memory, which is rarely the constraint there.
     extra = working_bytes if device.type == "cpu" else 0
-    check_fits(model_config, 0, dtype, device, name,
-               fix="merging needs one unquantized copy of the model: use a machine with more memory, --dtype bf16 "
-                   "instead of fp32, or fewer --samples", extra_bytes=extra)
+    check_fits(
+        model_config,
+        0,
+        dtype,
+        device,
+        name,
+        fix="merging needs one unquantized copy of the model: use a machine with more memory, --dtype bf16 "
+        "instead of fp32, or fewer --samples",
+        extra_bytes=extra,
+    )

@@ -85,10 +85,19 @@ def _check_output(out: Path, adapter: str) -> None:
         raise KieloError(f"--output_dir {out} is inside the adapter folder", "write the merged model somewhere else")
 
 
-def plan_merge(config: Config, adapter_dir: str, output_dir: str | Path, dtype: str = o.DEFAULT_DTYPE,
-               model: str | None = None, tolerance: float | None = None, requantize: bool = False, gguf: bool = False,
-               gguf_type: str = o.DEFAULT_GGUF_TYPE, samples: int = o.DEFAULT_SAMPLES,
-               max_new_tokens: int = o.DEFAULT_MAX_NEW_TOKENS) -> MergePlan:
+def plan_merge(
+    config: Config,
+    adapter_dir: str,
+    output_dir: str | Path,
+    dtype: str = o.DEFAULT_DTYPE,
+    model: str | None = None,
+    tolerance: float | None = None,
+    requantize: bool = False,
+    gguf: bool = False,
+    gguf_type: str = o.DEFAULT_GGUF_TYPE,
+    samples: int = o.DEFAULT_SAMPLES,
+    max_new_tokens: int = o.DEFAULT_MAX_NEW_TOKENS,
+) -> MergePlan:
     """Resolve and check a merge without loading weights: clear errors come first and cost nothing."""
     from transformers import AutoConfig
 
@@ -116,14 +125,16 @@ def plan_merge(config: Config, adapter_dir: str, output_dir: str | Path, dtype: 
     try:
         check_adapter_base(adapter, source)
     except KieloError as e:
-        raise KieloError(e.message, "leave out --model to merge into the base the run was trained on, or pass "
-                                    "that base with --model") from None
+        raise KieloError(
+            e.message, "leave out --model to merge into the base the run was trained on, or pass that base with --model"
+        ) from None
     check_unquantized(source)
     try:
         model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise KieloError(f"cannot read the model config of {source.path}: {str(e).splitlines()[0]}",
-                         "check --model (or the run's model.name)") from None
+        raise KieloError(
+            f"cannot read the model config of {source.path}: {str(e).splitlines()[0]}", "check --model (or the run's model.name)"
+        ) from None
     resolved_gguf = None
     if gguf:
         resolved_gguf = resolve_gguf_type(gguf_type, torch_dtype)
@@ -131,8 +142,9 @@ def plan_merge(config: Config, adapter_dir: str, output_dir: str | Path, dtype: 
     device = pick_device(cfg.training.device)
     compute = compute_dtype_for(torch_dtype, device)
     # Reference logits, plus the merged model's when they are kept for the GGUF comparison.
-    working = logits_bytes(samples * (2 if gguf else 1), MAX_PROMPT_TOKENS + max_new_tokens,
-                           model_config.get_text_config().vocab_size, torch.float32)
+    working = logits_bytes(
+        samples * (2 if gguf else 1), MAX_PROMPT_TOKENS + max_new_tokens, model_config.get_text_config().vocab_size, torch.float32
+    )
     try:
         check_memory(model_config, compute, device, source.path, working)
     except KieloError:
@@ -142,11 +154,28 @@ def plan_merge(config: Config, adapter_dir: str, output_dir: str | Path, dtype: 
         compute = torch_dtype
         check_memory(model_config, compute, device, source.path, working)
     tokenizer_bytes = sum(p.stat().st_size for p in Path(source.path).glob("tokenizer*")) if source.is_local else 0
-    check_disk(out.parent, output_bytes(model_config, torch_dtype, bytes_per_weight(resolved_gguf) if resolved_gguf else None,
-                                        requantize, tokenizer_bytes))
-    return MergePlan(cfg, source, adapter, out, dtype, torch_dtype, compute, device,
-                     tolerance_for(torch_dtype) if tolerance is None else tolerance, resolved_gguf, requantize, samples,
-                     max_new_tokens, run_quant)
+    check_disk(
+        out.parent,
+        output_bytes(
+            model_config, torch_dtype, bytes_per_weight(resolved_gguf) if resolved_gguf else None, requantize, tokenizer_bytes
+        ),
+    )
+    return MergePlan(
+        cfg,
+        source,
+        adapter,
+        out,
+        dtype,
+        torch_dtype,
+        compute,
+        device,
+        tolerance_for(torch_dtype) if tolerance is None else tolerance,
+        resolved_gguf,
+        requantize,
+        samples,
+        max_new_tokens,
+        run_quant,
+    )
 
 
 class _Clock:
@@ -224,15 +253,20 @@ def _execute(plan: MergePlan, work: Path) -> dict:
 
     cfg, device = plan.config, plan.device
     clock = _Clock()
-    report: dict = {"adapter": adapter_summary(plan.adapter), "base": plan.source.path, "dtype": plan.dtype_name,
-                    "compute_dtype": str(plan.compute).removeprefix("torch."), "device": str(device)}
+    report: dict = {
+        "adapter": adapter_summary(plan.adapter),
+        "base": plan.source.path,
+        "dtype": plan.dtype_name,
+        "compute_dtype": str(plan.compute).removeprefix("torch."),
+        "device": str(device),
+    }
     if not adapter_moved(plan.adapter):
         log.warning("the adapter's LoRA B matrices are all zero (untrained): the merged model equals the base")
         report["adapter"]["untrained"] = True
     tokenizer, template = load_tokenizer_and_template(cfg, plan.source)
     encoder = make_encoder(tokenizer, template, cfg)
     examples, held_out = held_out_examples(cfg, max(plan.samples, LOSS_EXAMPLES if plan.requantize else 0))
-    prompts = [encoder.prompt_ids(ex.prompt_messages)[-MAX_PROMPT_TOKENS:] for ex in examples[:plan.samples]]
+    prompts = [encoder.prompt_ids(ex.prompt_messages)[-MAX_PROMPT_TOKENS:] for ex in examples[: plan.samples]]
 
     log.info("reference: %s (%s, unquantized) + adapter %s", plan.source.path, plan.dtype_name, plan.adapter)
     base = load_base_16bit(plan.source, plan.dtype, device, cfg.model.trust_remote_code, compute=plan.compute)
@@ -242,17 +276,24 @@ def _execute(plan: MergePlan, work: Path) -> dict:
     reference = capture_reference(peft_model, prompts, gen, device)
     with peft_model.disable_adapter():
         effect, _ = compare(peft_model, reference, plan.tolerance, device, generate=False)
-    report["samples"] = {"source": held_out, "sequences": len(prompts), "max_new_tokens": plan.max_new_tokens,
-                         "tokens": effect["tokens"]}
+    report["samples"] = {
+        "source": held_out,
+        "sequences": len(prompts),
+        "max_new_tokens": plan.max_new_tokens,
+        "tokens": effect["tokens"],
+    }
     report["adapter_effect"] = {k: effect[k] for k in ("max_abs_logit_diff", "mean_abs_logit_diff", "max_kl", "mean_kl")}
     clock.lap("reference")
 
     log.info("merging into the %s weights and saving", plan.dtype_name)
     merged, report["weights"] = merge_adapter(peft_model, plan.adapter, plan.dtype)
     if report["weights"]["update_rounding_error"] > 0.25:
-        log.warning("storing the merged weights in %s changes the adapter's update by %.0f%% (it is small against "
-                    "the weights' rounding step); --dtype fp32 keeps it whole", plan.dtype_name,
-                    100 * report["weights"]["update_rounding_error"])
+        log.warning(
+            "storing the merged weights in %s changes the adapter's update by %.0f%% (it is small against "
+            "the weights' rounding step); --dtype fp32 keeps it whole",
+            plan.dtype_name,
+            100 * report["weights"]["update_rounding_error"],
+        )
     save_merged(merged, bundle, work, plan.dtype)
     bundle.model = None
     del merged, peft_model, base
@@ -267,9 +308,12 @@ def _execute(plan: MergePlan, work: Path) -> dict:
     merged = AutoModelForCausalLM.from_pretrained(work, dtype=plan.compute, device_map=_device_map(device)).eval()
     result, merged_logits = compare(merged, reference, plan.tolerance, device, keep_logits=plan.gguf_type is not None)
     report["verification"] = result
-    check(result, f"the merge check ({plan.dtype_name})",
-          "this is a bug or a broken adapter, not something to tune away: re-run with --debug and report it; "
-          "--tolerance only if you know why the numbers differ")
+    check(
+        result,
+        f"the merge check ({plan.dtype_name})",
+        "this is a bug or a broken adapter, not something to tune away: re-run with --debug and report it; "
+        "--tolerance only if you know why the numbers differ",
+    )
     bundle = dataclasses.replace(bundle, model=merged)
     clock.lap("verification")
     # From here on the merged model is the reference (for the GGUF file); the base + adapter logits can go.
@@ -289,20 +333,32 @@ def _execute(plan: MergePlan, work: Path) -> dict:
 
         path = work / f"{plan.output.name}-{plan.gguf_type}.gguf"
         log.info("writing %s", path.name)
-        info = write_gguf(merged, tokenizer, path, plan.gguf_type, plan.output.name, template.end_token_id,
-                          template.chat_template)
+        info = write_gguf(merged, tokenizer, path, plan.gguf_type, plan.output.name, template.end_token_id, template.chat_template)
         config = merged.config
         bundle.model = None
         del merged
         _collect()
-        texts = [render(tokenizer, template, ex.messages) for ex in examples[:plan.samples]]
-        log.info("reading %s back with transformers' GGUF loader%s", path.name,
-                 " and llama.cpp" if llama_cpp_available() else "")
-        info.update(verify_gguf(path, config, reference, tokenizer, texts, plan.gguf_type,
-                                plan.gguf_type in ("f32", LOSSLESS_FOR[plan.dtype]), plan.compute, device))
+        texts = [render(tokenizer, template, ex.messages) for ex in examples[: plan.samples]]
+        log.info("reading %s back with transformers' GGUF loader%s", path.name, " and llama.cpp" if llama_cpp_available() else "")
+        info.update(
+            verify_gguf(
+                path,
+                config,
+                reference,
+                tokenizer,
+                texts,
+                plan.gguf_type,
+                plan.gguf_type in ("f32", LOSSLESS_FOR[plan.dtype]),
+                plan.compute,
+                device,
+            )
+        )
         report["gguf"] = info
-        check(info, f"the GGUF check ({plan.gguf_type})", "re-run with --debug and report it; the HF folder is fine: "
-                                                           "convert it with llama.cpp's convert_hf_to_gguf.py meanwhile")
+        check(
+            info,
+            f"the GGUF check ({plan.gguf_type})",
+            "re-run with --debug and report it; the HF folder is fine: convert it with llama.cpp's convert_hf_to_gguf.py meanwhile",
+        )
         report["gguf"]["adapter"] = _adapter_gguf(plan, work, config, path)
         clock.lap("gguf")
     report["timings_s"] = clock.laps
@@ -325,10 +381,19 @@ def _adapter_gguf(plan: MergePlan, work: Path, config, model_gguf: Path) -> dict
     return info
 
 
-def merge(config: Config, adapter_dir: str, output_dir: str | Path, dtype: str = o.DEFAULT_DTYPE, model: str | None = None,
-          tolerance: float | None = None, requantize: bool = False, gguf: bool = False,
-          gguf_type: str = o.DEFAULT_GGUF_TYPE, samples: int = o.DEFAULT_SAMPLES,
-          max_new_tokens: int = o.DEFAULT_MAX_NEW_TOKENS) -> dict:
+def merge(
+    config: Config,
+    adapter_dir: str,
+    output_dir: str | Path,
+    dtype: str = o.DEFAULT_DTYPE,
+    model: str | None = None,
+    tolerance: float | None = None,
+    requantize: bool = False,
+    gguf: bool = False,
+    gguf_type: str = o.DEFAULT_GGUF_TYPE,
+    samples: int = o.DEFAULT_SAMPLES,
+    max_new_tokens: int = o.DEFAULT_MAX_NEW_TOKENS,
+) -> dict:
     """Merge the adapter in ``adapter_dir`` (a kielo run folder, checkpoint or PEFT adapter) into its base.
 
     ``model`` overrides the base (default: the run's ``model.name``); ``config`` supplies the device and
@@ -339,8 +404,7 @@ def merge(config: Config, adapter_dir: str, output_dir: str | Path, dtype: str =
     import kielo
 
     started = time.time()
-    plan = plan_merge(config, adapter_dir, output_dir, dtype, model, tolerance, requantize, gguf, gguf_type, samples,
-                      max_new_tokens)
+    plan = plan_merge(config, adapter_dir, output_dir, dtype, model, tolerance, requantize, gguf, gguf_type, samples, max_new_tokens)
     out = plan.output
     out.parent.mkdir(parents=True, exist_ok=True)
     # Beside the target, so the final rename stays on one filesystem and is atomic.

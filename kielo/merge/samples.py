@@ -46,6 +46,5 @@ def held_out_examples(config: Config, limit: int) -> tuple[list[Example], str]:
     if d.train and Path(d.train).is_file():
         return load_examples(d.train, d.system_prompt)[:limit], f"{d.train} (training data: the run held nothing out)"
     if d.validation or d.train:
-        log.warning("the run's data (%s) is not at hand from here; checking on built-in examples",
-                    d.validation or d.train)
+        log.warning("the run's data (%s) is not at hand from here; checking on built-in examples", d.validation or d.train)
     return builtin_examples(d.system_prompt)[:limit], "builtin"

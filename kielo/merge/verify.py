@@ -58,7 +58,7 @@ class Reference:
     generate_kwargs: dict = field(default_factory=dict)
 
     def answer(self, i: int) -> list[int]:
-        return self.sequences[i][self.prompt_lengths[i]:]
+        return self.sequences[i][self.prompt_lengths[i] :]
 
 
 @torch.no_grad()
@@ -70,8 +70,7 @@ def sequence_logits(model, ids: list[int], device: torch.device) -> torch.Tensor
     head_dtype = lm.get_output_embeddings().weight.dtype
     if not head_dtype.is_floating_point:
         head_dtype = torch.float32
-    return torch.cat([head_logits(lm, hidden[i:i + HEAD_ROWS]).to(head_dtype).cpu()
-                      for i in range(0, hidden.shape[0], HEAD_ROWS)])
+    return torch.cat([head_logits(lm, hidden[i : i + HEAD_ROWS]).to(head_dtype).cpu() for i in range(0, hidden.shape[0], HEAD_ROWS)])
 
 
 @torch.no_grad()
@@ -79,7 +78,7 @@ def greedy(model, prompt: list[int], generate_kwargs: dict, device: torch.device
     """The model's greedy continuation of ``prompt`` (end token included when reached)."""
     ids = torch.tensor([prompt], device=device)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **generate_kwargs)
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def capture_reference(model, prompts: list[list[int]], generate_kwargs: dict, device: torch.device) -> Reference:
@@ -94,8 +93,9 @@ def capture_reference(model, prompts: list[list[int]], generate_kwargs: dict, de
     return ref
 
 
-def compare(model, reference: Reference, tolerance: float, device: torch.device, generate: bool = True,
-            keep_logits: bool = False) -> tuple[dict, list[torch.Tensor] | None]:
+def compare(
+    model, reference: Reference, tolerance: float, device: torch.device, generate: bool = True, keep_logits: bool = False
+) -> tuple[dict, list[torch.Tensor] | None]:
     """Compare ``model`` with the reference; returns the result (``passed`` included) and, if asked, its logits."""
     max_diff, diff_sum, n_logits, kl_max, kl_sum = 0.0, 0.0, 0, 0.0, 0.0
     positions = disagreements = near_ties = identical = 0
@@ -129,8 +129,7 @@ def compare(model, reference: Reference, tolerance: float, device: torch.device,
                 near_ties += 1
                 tie_margin = max(tie_margin, margin)
         if generate:
-            identical += greedy(model, seq[:reference.prompt_lengths[i]], reference.generate_kwargs, device) \
-                == reference.answer(i)
+            identical += greedy(model, seq[: reference.prompt_lengths[i]], reference.generate_kwargs, device) == reference.answer(i)
         if kept is not None:
             kept.append(got)
     result = {
@@ -141,10 +140,14 @@ def compare(model, reference: Reference, tolerance: float, device: torch.device,
         "tolerance": tolerance,
         "sequences": len(reference.sequences),
         "tokens": sum(len(s) for s in reference.sequences),
-        "greedy": {"answer_positions": positions, "disagreements": disagreements, "near_ties": near_ties,
-                   "largest_near_tie_margin": tie_margin,
-                   **({"identical_answers": identical} if generate else {}),
-                   **({"worst": worst} if worst else {})},
+        "greedy": {
+            "answer_positions": positions,
+            "disagreements": disagreements,
+            "near_ties": near_ties,
+            "largest_near_tie_margin": tie_margin,
+            **({"identical_answers": identical} if generate else {}),
+            **({"worst": worst} if worst else {}),
+        },
         "passed": max_diff <= tolerance and disagreements == 0,
     }
     return result, kept
@@ -155,8 +158,10 @@ def check(result: dict, what: str, fix: str) -> None:
     if result["passed"]:
         return
     g = result["greedy"]
-    parts = [f"largest logit difference {result['max_abs_logit_diff']:.4g} (tolerance {result['tolerance']:g})",
-             f"{g['disagreements']} of {g['answer_positions']} answer tokens chosen differently"]
+    parts = [
+        f"largest logit difference {result['max_abs_logit_diff']:.4g} (tolerance {result['tolerance']:g})",
+        f"{g['disagreements']} of {g['answer_positions']} answer tokens chosen differently",
+    ]
     for name, sub in result.items():  # sub-checks (tokenizer, llama.cpp) of a GGUF comparison
         if isinstance(sub, dict) and sub.get("passed") is False:
             parts.append(f"{name} check failed: {json.dumps({k: v for k, v in sub.items() if k != 'passed'})}")

@@ -104,8 +104,10 @@ def load_variants(config: Config, adapters: list[str]) -> tuple[Bundle, list[str
             try:
                 model.load_adapter(resolved, adapter_name=name)
             except (RuntimeError, ValueError, KeyError) as e:
-                raise KieloError(f"the adapter in {resolved} does not fit this base model ({str(e)[:200]})",
-                                 "compare adapters trained on the same base") from None
+                raise KieloError(
+                    f"the adapter in {resolved} does not fit this base model ({str(e)[:200]})",
+                    "compare adapters trained on the same base",
+                ) from None
         names.append(name)
     model.eval()
     encoder = make_encoder(tokenizer, template, config)

@@ -96,9 +96,15 @@ def estimate_weight_bytes(model_config, bits: int, dtype: torch.dtype) -> int:
     return total
 
 
-def check_fits(model_config, bits: int, dtype: torch.dtype, device: torch.device, name: str,
-               fix: str = "use a smaller model, --quantization.bits 4, or a machine with more memory",
-               extra_bytes: int = 0) -> None:
+def check_fits(
+    model_config,
+    bits: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    name: str,
+    fix: str = "use a smaller model, --quantization.bits 4, or a machine with more memory",
+    extra_bytes: int = 0,
+) -> None:
     """Fail before loading when the weights (plus ``extra_bytes`` of working memory) plainly exceed what is free."""
     need = estimate_weight_bytes(model_config, bits, dtype) + extra_bytes
     have = _available_memory(device)
@@ -169,7 +175,8 @@ def load_base_model(source: ModelSource, config: Config, device: torch.device, f
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=config.training.gradient_checkpointing,
+                model,
+                use_gradient_checkpointing=config.training.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         elif config.training.gradient_checkpointing:
@@ -216,11 +223,9 @@ def dequantize_for_cpu_inference(model) -> bool:
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     if not layers:
         return False
-    need = sum(m.in_features * m.out_features * torch.finfo(m.compute_dtype or torch.float32).bits // 8
-               for _, m in layers)
+    need = sum(m.in_features * m.out_features * torch.finfo(m.compute_dtype or torch.float32).bits // 8 for _, m in layers)
     if need > 0.5 * _available_memory(torch.device("cpu")):
-        log.info("keeping the 4-bit layers (dequantized they would need %.1f GiB); generation will be slow",
-                 need / 2**30)
+        log.info("keeping the 4-bit layers (dequantized they would need %.1f GiB); generation will be slow", need / 2**30)
         return False
     for name, m in layers:
         dtype = m.compute_dtype or torch.float32
@@ -253,7 +258,8 @@ def warn_untrained_template_tokens(model, tokenizer, template_text: str) -> list
     if suspicious:
         log.warning(
             "The template uses token(s) %s whose embeddings look untrained (norm far below the median); "
-            "consider --data.template builtin", ", ".join(suspicious),
+            "consider --data.template builtin",
+            ", ".join(suspicious),
         )
     return suspicious
 

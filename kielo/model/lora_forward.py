@@ -75,21 +75,31 @@ def _fusable(self, x: torch.Tensor, args, kwargs) -> bool:
     """Whether :class:`LoraLinear4bit` computes this layer: a compute-dtype input to a bias-free 4-bit base."""
     import bitsandbytes as bnb
 
-    return (not args and not kwargs and x.dtype != torch.float32 and isinstance(self.base_layer, bnb.nn.Linear4bit)
-            and self.base_layer.bias is None)
+    return (
+        not args
+        and not kwargs
+        and x.dtype != torch.float32
+        and isinstance(self.base_layer, bnb.nn.Linear4bit)
+        and self.base_layer.bias is None
+    )
 
 
 def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     active = self.active_adapters
-    if (self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None or len(active) != 1
-            or active[0] in self.lora_variant or active[0] not in self.lora_A):
+    if (
+        self.disable_adapters
+        or self.merged
+        or kwargs.get("adapter_names") is not None
+        or len(active) != 1
+        or active[0] in self.lora_variant
+        or active[0] not in self.lora_A
+    ):
         return self._kielo_peft_forward(x, *args, **kwargs)
     name = active[0]
     if _fusable(self, x, args, kwargs):
         dropout = self.lora_dropout[name]
         h = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
-        return LoraLinear4bit.apply(x, h, self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer,
-                                    self.scaling[name])
+        return LoraLinear4bit.apply(x, h, self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer, self.scaling[name])
     result = self.base_layer(x, *args, **kwargs)
     h = self.lora_dropout[name](x)
     a = self.lora_A[name].weight
@@ -104,8 +114,11 @@ def lora_in_input_dtype(model) -> int:
 
     changed = 0
     for module in model.modules():
-        if isinstance(module, LoraLayer) and isinstance(getattr(module, "base_layer", None), torch.nn.Linear) \
-                and not hasattr(module, "_kielo_peft_forward"):
+        if (
+            isinstance(module, LoraLayer)
+            and isinstance(getattr(module, "base_layer", None), torch.nn.Linear)
+            and not hasattr(module, "_kielo_peft_forward")
+        ):
             module._kielo_peft_forward = module.forward
             module.forward = types.MethodType(_forward, module)
             changed += 1

@@ -60,13 +60,17 @@ def resolve_precision(config: Config, model_type: str, device: torch.device, com
     quantized = bool(config.quantization.bits)
     if t.kernels == "liger":
         if device.type != "cuda":
-            raise KieloError("training.kernels `liger` needs a CUDA GPU (Liger's kernels are Triton)",
-                             "use --training.kernels auto (or none) on CPU")
+            raise KieloError(
+                "training.kernels `liger` needs a CUDA GPU (Liger's kernels are Triton)",
+                "use --training.kernels auto (or none) on CPU",
+            )
         if not liger_installed():
             raise KieloError("training.kernels `liger` needs the liger-kernel package", "pip install 'kielo[gpu]'")
         if model_type not in LIGER_FAMILIES:
-            raise KieloError(f"training.kernels `liger`: no Liger kernels for model type {model_type!r}",
-                             f"use --training.kernels auto; Liger covers {', '.join(LIGER_FAMILIES)}")
+            raise KieloError(
+                f"training.kernels `liger`: no Liger kernels for model type {model_type!r}",
+                f"use --training.kernels auto; Liger covers {', '.join(LIGER_FAMILIES)}",
+            )
     if t.stream_dtype == "fp32" or not quantized:
         # Without quantization nothing is upcast: the stream already has the weights' dtype.
         stream = torch.float32 if quantized else compute
@@ -78,8 +82,7 @@ def resolve_precision(config: Config, model_type: str, device: torch.device, com
     if t.kernels == "liger":
         liger = True
     elif t.kernels == "auto":
-        liger = (device.type == "cuda" and stream != torch.float32 and model_type in LIGER_FAMILIES
-                 and liger_installed())
+        liger = device.type == "cuda" and stream != torch.float32 and model_type in LIGER_FAMILIES and liger_installed()
     else:
         liger = False
     return Precision(stream, liger)
@@ -94,8 +97,7 @@ def apply_precision(model, precision: Precision) -> None:
         import liger_kernel.transformers as liger
 
         name, mlp = LIGER_FAMILIES[model.config.model_type]
-        getattr(liger, name)(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False,
-                             model=model, **mlp)
+        getattr(liger, name)(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model, **mlp)
     # The loss head (Liger's fused linear cross-entropy never holds the logits) and the memory planner read it.
     model.kielo_precision = precision
     log.info("training precision: %s", precision.describe())

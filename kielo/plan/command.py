@@ -20,8 +20,12 @@ CONTEXT_BYTES = 2**29
 
 def setup_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("config_file", nargs="?", help="YAML config file (as for kielo train)")
-    p.add_argument("--gpu-memory", type=float, metavar="GIB",
-                   help="the card's memory in GiB (e.g. 24, 80); default: what the first CUDA GPU has free")
+    p.add_argument(
+        "--gpu-memory",
+        type=float,
+        metavar="GIB",
+        help="the card's memory in GiB (e.g. 24, 80); default: what the first CUDA GPU has free",
+    )
     p.add_argument("--mode", choices=("fit", "fastest"), help="planning mode (default: training.memory_plan)")
 
 
@@ -72,8 +76,10 @@ def run_command(args: argparse.Namespace, config) -> int:
     precision = resolve_precision(config, shape.model_type, torch.device("cuda"), compute)
     data, data_note = _data(config)
     mode = args.mode or (config.training.memory_plan if config.training.memory_plan != "off" else "fit")
-    print(f"model {config.model.name} ({shape.model_type}, {shape.n_layers} layers, hidden {shape.hidden}, "
-          f"vocab {shape.vocab:,}); {precision.describe()}")
+    print(
+        f"model {config.model.name} ({shape.model_type}, {shape.n_layers} layers, hidden {shape.hidden}, "
+        f"vocab {shape.vocab:,}); {precision.describe()}"
+    )
     print(f"data: {data_note}; widest row {data.row_width} tokens{' (packed)' if data.packing else ''}")
     print(f"{'micro-batch':>11}  {'checkpointing':>13}  {'estimated peak GiB':>18}")
     for mbs, gc in candidates(config, "fastest"):

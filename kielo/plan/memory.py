@@ -67,10 +67,14 @@ class Estimate:
         return self.weights + self.adapter + self.checkpoints + max(self.layer, self.head) + self.workspace
 
     def describe(self) -> str:
-        rows = [("weights", self.weights), ("LoRA + grads + optimizer", self.adapter),
-                ("checkpointed layer inputs" if self.parts.get("gc", 1) else "all layers' activations",
-                 self.checkpoints),
-                ("one layer in backward", self.layer), ("loss head", self.head), ("workspace", self.workspace)]
+        rows = [
+            ("weights", self.weights),
+            ("LoRA + grads + optimizer", self.adapter),
+            ("checkpointed layer inputs" if self.parts.get("gc", 1) else "all layers' activations", self.checkpoints),
+            ("one layer in backward", self.layer),
+            ("loss head", self.head),
+            ("workspace", self.workspace),
+        ]
         body = ", ".join(f"{name} {b / GIB:.2f}" for name, b in rows)
         return f"{self.total / GIB:.2f} GiB ({body}; the larger of layer and head counts)"
 
@@ -171,8 +175,13 @@ def math_attention_bytes_per_token(shape: ModelShape, s: Setup) -> int:
     """Per token, what SDPA's math path holds at its backward peak: the saved fp32 probabilities, three more
     tensors of their size in backward, and the key/value heads expanded for it (measured: ``sdpa_probe.py``
     and a memory trace of the Llama-8B benchmark step, bench/NOTES.md). 0 where a fused kernel runs."""
-    math_path = (s.stream_bytes == FP32 and not s.masked and shape.kv_width < shape.q_width
-                 and shape.model_type != "bloom" and not shape.model_type.startswith("gemma"))
+    math_path = (
+        s.stream_bytes == FP32
+        and not s.masked
+        and shape.kv_width < shape.q_width
+        and shape.model_type != "bloom"
+        and not shape.model_type.startswith("gemma")
+    )
     if not math_path:
         return 0
     return 4 * shape.n_heads * s.row_width * FP32 + 3 * shape.q_width * FP32
@@ -182,8 +191,10 @@ def estimate(shape: ModelShape, s: Setup) -> Estimate:
     """Estimated peak of one training step (``torch.cuda.max_memory_allocated``), with its parts."""
     sb, t = s.stream_bytes, s.tokens
     unquantized_bytes = sb if s.bits else s.compute_bytes
-    weights = int(shape.quantized_params * quantized_bytes_per_param(s.bits, s.double_quant, s.compute_bytes)
-                  + (shape.embedding_params + shape.head_params + shape.other_params) * unquantized_bytes)
+    weights = int(
+        shape.quantized_params * quantized_bytes_per_param(s.bits, s.double_quant, s.compute_bytes)
+        + (shape.embedding_params + shape.head_params + shape.other_params) * unquantized_bytes
+    )
     n_lora = shape.lora_params(s.lora_r, s.lora_targets)
     state = 8 if s.optimizer == "adamw" else 2
     grads = FP32 * n_lora
@@ -217,5 +228,12 @@ def estimate(shape: ModelShape, s: Setup) -> Estimate:
     # Dequantizing the widest 4-bit weight to the compute dtype for a matmul, and the libraries' workspaces.
     widest = max(i * o for _, i, o in shape.layer_linears)
     workspace = (widest * s.compute_bytes if s.bits == 4 else 0) + LIBRARY_WORKSPACE
-    return Estimate(weights, adapter_fwd, resident, layer, head, workspace,
-                    parts={"gc": int(s.gradient_checkpointing), "layer_per_token": per_token})
+    return Estimate(
+        weights,
+        adapter_fwd,
+        resident,
+        layer,
+        head,
+        workspace,
+        parts={"gc": int(s.gradient_checkpointing), "layer_per_token": per_token},
+    )

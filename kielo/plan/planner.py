@@ -55,17 +55,26 @@ def full_rows(config: Config) -> DataSize:
     return DataSize(n, n, config.data.packing)
 
 
-def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_size: int,
-              checkpointing: bool) -> Setup:
+def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_size: int, checkpointing: bool) -> Setup:
     """The memory-relevant setup of ``config`` with the given micro-batch size and checkpointing."""
     q, lora = config.quantization, config.lora
     compute = COMPUTE_DTYPES.get(q.compute_dtype, torch.bfloat16).itemsize  # auto is bf16/fp16 on CUDA
     trained = min(micro_batch_size * data.trained_per_row, micro_batch_size * data.row_width)
     return Setup(
-        bits=q.bits, double_quant=q.double_quant, compute_bytes=compute, stream_bytes=precision.stream.itemsize,
-        liger=precision.liger, fused_head=precision.liger, lora_r=lora.r, lora_targets=lora.target_modules, lora_dropout=lora.dropout,
-        optimizer=config.training.optimizer, gradient_checkpointing=checkpointing,
-        tokens=micro_batch_size * data.row_width, row_width=data.row_width, trained=trained,
+        bits=q.bits,
+        double_quant=q.double_quant,
+        compute_bytes=compute,
+        stream_bytes=precision.stream.itemsize,
+        liger=precision.liger,
+        fused_head=precision.liger,
+        lora_r=lora.r,
+        lora_targets=lora.target_modules,
+        lora_dropout=lora.dropout,
+        optimizer=config.training.optimizer,
+        gradient_checkpointing=checkpointing,
+        tokens=micro_batch_size * data.row_width,
+        row_width=data.row_width,
+        trained=trained,
         masked=data.packing or micro_batch_size > 1,
     )
 
@@ -82,10 +91,15 @@ class Plan:
     changed: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        head = (f"memory plan ({self.mode}): micro_batch_size {self.micro_batch_size} x gradient_accumulation "
-                f"{self.gradient_accumulation}, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}")
-        lines = [head, f"  estimated peak {self.estimate.describe()}",
-                 f"  budget {self.budget / GIB:.2f} GiB (estimates must stay under {HEADROOM:.0%} of it)"]
+        head = (
+            f"memory plan ({self.mode}): micro_batch_size {self.micro_batch_size} x gradient_accumulation "
+            f"{self.gradient_accumulation}, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}"
+        )
+        lines = [
+            head,
+            f"  estimated peak {self.estimate.describe()}",
+            f"  budget {self.budget / GIB:.2f} GiB (estimates must stay under {HEADROOM:.0%} of it)",
+        ]
         if self.changed:
             lines.append("  changed from the config: " + "; ".join(self.changed))
         if not self.fits:
@@ -112,8 +126,7 @@ def candidates(config: Config, mode: str) -> list[tuple[int, bool]]:
     return order
 
 
-def make_plan(config: Config, shape: ModelShape, precision: Precision, data: DataSize, budget: int,
-              mode: str = "fit") -> Plan:
+def make_plan(config: Config, shape: ModelShape, precision: Precision, data: DataSize, budget: int, mode: str = "fit") -> Plan:
     """The first candidate whose estimated peak fits ``HEADROOM`` of ``budget``, else the leanest one."""
     t = config.training
     effective = t.micro_batch_size * t.gradient_accumulation
@@ -128,11 +141,12 @@ def make_plan(config: Config, shape: ModelShape, precision: Precision, data: Dat
     fits = est.total <= HEADROOM * budget
     changed = []
     if mbs != t.micro_batch_size:
-        changed.append(f"micro_batch_size {t.micro_batch_size} -> {mbs}, gradient_accumulation "
-                       f"{t.gradient_accumulation} -> {effective // mbs} (same {effective} per step)")
+        changed.append(
+            f"micro_batch_size {t.micro_batch_size} -> {mbs}, gradient_accumulation "
+            f"{t.gradient_accumulation} -> {effective // mbs} (same {effective} per step)"
+        )
     if gc != t.gradient_checkpointing:
-        changed.append(f"gradient_checkpointing {'on' if t.gradient_checkpointing else 'off'} -> "
-                       f"{'on' if gc else 'off'}")
+        changed.append(f"gradient_checkpointing {'on' if t.gradient_checkpointing else 'off'} -> {'on' if gc else 'off'}")
     return Plan(mode, mbs, effective // mbs, gc, est, budget, fits, changed)
 
 
@@ -150,9 +164,12 @@ def check_plan(plan: Plan, model_name: str) -> None:
 
 def apply_plan(config: Config, plan: Plan) -> Config:
     """``config`` with the plan's micro-batch size, accumulation and checkpointing."""
-    t = replace(config.training, micro_batch_size=plan.micro_batch_size,
-                gradient_accumulation=plan.gradient_accumulation,
-                gradient_checkpointing=plan.gradient_checkpointing)
+    t = replace(
+        config.training,
+        micro_batch_size=plan.micro_batch_size,
+        gradient_accumulation=plan.gradient_accumulation,
+        gradient_checkpointing=plan.gradient_checkpointing,
+    )
     return replace(config, training=t)
 
 
@@ -162,8 +179,7 @@ def gpu_budget(device: torch.device) -> int:
     return int(free) + torch.cuda.memory_allocated(device)
 
 
-def plan_training(config: Config, model, items: list, device: torch.device,
-                  saved: Config | None = None) -> tuple[Config, Plan | None]:
+def plan_training(config: Config, model, items: list, device: torch.device, saved: Config | None = None) -> tuple[Config, Plan | None]:
     """Plan a run's memory on ``device`` (GPU only, ``training.memory_plan``): the config to train with and
     the plan (None when none was made); the model's checkpointing is switched to match.
 
@@ -179,15 +195,23 @@ def plan_training(config: Config, model, items: list, device: torch.device,
         s = saved.training
         kept = (s.micro_batch_size, s.gradient_accumulation, s.gradient_checkpointing)
         if kept != (t.micro_batch_size, t.gradient_accumulation, t.gradient_checkpointing):
-            log.info("resuming with the run's saved micro_batch_size %d, gradient_accumulation %d, gradient "
-                     "checkpointing %s (the checkpoint's data position is counted in those micro-batches)", *kept)
-        planned = replace(t, micro_batch_size=s.micro_batch_size, gradient_accumulation=s.gradient_accumulation,
-                          gradient_checkpointing=s.gradient_checkpointing)
+            log.info(
+                "resuming with the run's saved micro_batch_size %d, gradient_accumulation %d, gradient "
+                "checkpointing %s (the checkpoint's data position is counted in those micro-batches)",
+                *kept,
+            )
+        planned = replace(
+            t,
+            micro_batch_size=s.micro_batch_size,
+            gradient_accumulation=s.gradient_accumulation,
+            gradient_checkpointing=s.gradient_checkpointing,
+        )
         config = replace(config, training=planned)
     elif device.type == "cuda" and t.memory_plan != "off":
         data = data_size(items, config.data.packing, config.data.max_length)
-        plan = make_plan(config, shape_from_config(model.config), causal_lm(model).kielo_precision, data,
-                         gpu_budget(device), t.memory_plan)
+        plan = make_plan(
+            config, shape_from_config(model.config), causal_lm(model).kielo_precision, data, gpu_budget(device), t.memory_plan
+        )
         log.info("%s", plan.describe())
         check_plan(plan, config.model.name)
         config = apply_plan(config, plan)

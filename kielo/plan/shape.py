@@ -30,8 +30,7 @@ class ModelShape:
 
     def lora_params(self, r: int, targets: list[str] | str) -> int:
         """LoRA parameters for rank ``r`` on the named linear layers (``all-linear`` or a list of names)."""
-        chosen = [(i, o) for name, i, o in self.layer_linears
-                  if targets == "all-linear" or name.rsplit(".", 1)[-1] in targets]
+        chosen = [(i, o) for name, i, o in self.layer_linears if targets == "all-linear" or name.rsplit(".", 1)[-1] in targets]
         return self.n_layers * sum(r * (i + o) for i, o in chosen)
 
 
@@ -39,8 +38,12 @@ def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The longest list of identical blocks: the decoder layers, whatever the family calls them."""
     best = None
     for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) and \
-                len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best)):
+        if (
+            isinstance(module, torch.nn.ModuleList)
+            and len(module)
+            and len({type(m) for m in module}) == 1
+            and (best is None or len(module) > len(best))
+        ):
             best = module
     if best is None:
         raise ValueError(f"{type(model).__name__} has no list of decoder layers")
@@ -62,8 +65,7 @@ def shape_from_config(model_config) -> ModelShape:
     with init_empty_weights():
         shell = AutoModelForCausalLM.from_config(model_config)
     layers = _decoder_layers(shell)
-    linears = tuple((name, m.in_features, m.out_features) for name, m in layers[0].named_modules()
-                    if isinstance(m, torch.nn.Linear))
+    linears = tuple((name, m.in_features, m.out_features) for name, m in layers[0].named_modules() if isinstance(m, torch.nn.Linear))
     by_leaf = {name.rsplit(".", 1)[-1]: (i, o) for name, i, o in linears}
     emb = shell.get_input_embeddings().weight
     head = shell.get_output_embeddings()

@@ -118,8 +118,14 @@ class Chat:
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": gen.text}]
 
 
-def run_chat(bundle, models: list[str], g: GenerationConfig, system: str | None,
-             read_line: Callable[[str], str] = input, out: TextIO = sys.stdout) -> int:
+def run_chat(
+    bundle,
+    models: list[str],
+    g: GenerationConfig,
+    system: str | None,
+    read_line: Callable[[str], str] = input,
+    out: TextIO = sys.stdout,
+) -> int:
     """The chat loop; returns the exit status (0: the user ended it)."""
     if sys.stdin.isatty():
         try:

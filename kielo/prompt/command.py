@@ -33,11 +33,18 @@ def setup_parser(p: argparse.ArgumentParser) -> None:
     src.add_argument("--file", help="prompts from a .txt (blank-line separated), .yaml/.json or .jsonl file")
     src.add_argument("--suite", help="a prompt test suite (YAML with expectations), e.g. prompts/fi_suite.yaml")
     src.add_argument("--chat", action="store_true", help="interactive chat with history and streamed answers")
-    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
-                   help="a LoRA adapter or kielo run folder; repeat to compare several side by side with the base")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a LoRA adapter or kielo run folder; repeat to compare several side by side with the base",
+    )
     p.add_argument("--system", help="system prompt (short for --data.system_prompt)")
-    gen = p.add_argument_group("generation (short for --generation.KEY; default: the training run's generation.* when "
-                               "--model/--adapter is a run folder, else the config)")
+    gen = p.add_argument_group(
+        "generation (short for --generation.KEY; default: the training run's generation.* when "
+        "--model/--adapter is a run folder, else the config)"
+    )
     gen.add_argument("--greedy", action="store_true", help="greedy decoding (temperature 0)")
     for f in fields(GenerationConfig):
         if f.name == "stop":
@@ -79,13 +86,16 @@ def run_command(args: argparse.Namespace, config) -> int:
     from kielo.prompt.suite import load_suite
 
     if _source_count(args) != 1:
-        raise KieloError("give exactly one of: prompt text, --file, --suite or --chat",
-                         'e.g. kielo prompt --model gemma-3-270m "Mikä on Suomen pääkaupunki?"')
+        raise KieloError(
+            "give exactly one of: prompt text, --file, --suite or --chat",
+            'e.g. kielo prompt --model gemma-3-270m "Mikä on Suomen pääkaupunki?"',
+        )
     folder = Path(config.output_dir)
     if (folder / "adapter_config.json").is_file() or (folder / "checkpoints").is_dir():
         # Writing kielo_config.yaml there would replace the training run's own.
-        raise KieloError(f"output_dir {folder} is a training run folder",
-                         "write prompt results elsewhere, e.g. --output_dir runs/prompt")
+        raise KieloError(
+            f"output_dir {folder} is a training run folder", "write prompt results elsewhere, e.g. --output_dir runs/prompt"
+        )
     # Read the prompts before loading any model, so a bad file fails in a second.
     suite = load_suite(args.suite) if args.suite else None
     if suite is not None:

@@ -45,8 +45,16 @@ def _failed_checks(answers: list[Answer]) -> str:
 def summary_rows(run: PromptRun) -> list[list[str]]:
     """Per model: prompts passed, pass rate, failed checks by kind, tokens/s."""
     total = len(run.prompts)
-    return [[m, f"{run.passed(m)}/{total}", f"{100 * run.pass_rates()[m]:.0f}%", _failed_checks(run.answers[m]),
-             f"{run.tokens_per_s.get(m, 0):.1f}"] for m in run.models]
+    return [
+        [
+            m,
+            f"{run.passed(m)}/{total}",
+            f"{100 * run.pass_rates()[m]:.0f}%",
+            _failed_checks(run.answers[m]),
+            f"{run.tokens_per_s.get(m, 0):.1f}",
+        ]
+        for m in run.models
+    ]
 
 
 SUMMARY_HEADERS = ["model", "passed", "pass rate", "failed checks", "tokens/s"]
@@ -77,8 +85,15 @@ def jsonl_rows(run: PromptRun) -> list[dict]:
     for i, p in enumerate(run.prompts):
         for m in run.models:
             a = run.answers[m][i]
-            row = {"id": p.id, "model": m, "messages": p.conversation(run.system_prompt), "answer": a.text,
-                   "tokens": a.tokens, "ended": a.ended, "stop": a.stop}
+            row = {
+                "id": p.id,
+                "model": m,
+                "messages": p.conversation(run.system_prompt),
+                "answer": a.text,
+                "tokens": a.tokens,
+                "ended": a.ended,
+                "stop": a.stop,
+            }
             if run.suite is not None:
                 row["passed"] = a.passed
                 row["checks"] = [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in a.checks]

@@ -100,8 +100,14 @@ def _answer_all(bundle, name: str, prompts: list[Prompt], g: GenerationConfig, s
     return outs, sum(o.tokens for o in outs) / max(time.time() - started, 1e-9)
 
 
-def run_prompts(bundle, models: list[str], prompts: list[Prompt], g: GenerationConfig,
-                system_prompt: str | None = None, expectations: list[Expectations] | None = None) -> PromptRun:
+def run_prompts(
+    bundle,
+    models: list[str],
+    prompts: list[Prompt],
+    g: GenerationConfig,
+    system_prompt: str | None = None,
+    expectations: list[Expectations] | None = None,
+) -> PromptRun:
     """Every model in ``models`` (variant names of ``bundle``) answers every prompt with settings ``g``.
 
     With ``expectations`` (one per prompt), each answer is checked too.

@@ -77,8 +77,10 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
-            raise KieloError(f"{where}: message {i} needs a `role` ({', '.join(ROLES)}) and a text `content`",
-                             'use {"role": "user", "content": "..."}')
+            raise KieloError(
+                f"{where}: message {i} needs a `role` ({', '.join(ROLES)}) and a text `content`",
+                'use {"role": "user", "content": "..."}',
+            )
         out.append({"role": m["role"], "content": m["content"]})
     if out[-1]["role"] == "assistant":  # a data row: its last turn is the reference answer, not part of the prompt
         out = out[:-1]
@@ -99,8 +101,9 @@ def prompt_from_entry(entry: Any, where: str, default_id: str, extra_keys: tuple
     if isinstance(entry, str):
         entry = {"prompt": entry}
     if not isinstance(entry, dict):
-        raise KieloError(f"{where}: a prompt must be text or a mapping, not {type(entry).__name__}",
-                         "write `- prompt: ...` or `- some text`")
+        raise KieloError(
+            f"{where}: a prompt must be text or a mapping, not {type(entry).__name__}", "write `- prompt: ...` or `- some text`"
+        )
     known = PROMPT_KEYS + extra_keys
     for key in entry:
         if key not in known:
@@ -146,8 +149,7 @@ def _from_text(path: Path) -> list[Prompt]:
             blocks.append((n, current))
         else:
             current.append(line)
-    return [Prompt(str(i), [{"role": "user", "content": "\n".join(b).strip()}], f"{path}:{n}")
-            for i, (n, b) in enumerate(blocks, 1)]
+    return [Prompt(str(i), [{"role": "user", "content": "\n".join(b).strip()}], f"{path}:{n}") for i, (n, b) in enumerate(blocks, 1)]
 
 
 def read_yaml_file(path: Path) -> Any:
@@ -157,8 +159,10 @@ def read_yaml_file(path: Path) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}" if mark is not None else ""
-        raise KieloError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})",
-                         "fix the syntax there (quote text that contains `: ` or starts with a symbol)") from None
+        raise KieloError(
+            f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})",
+            "fix the syntax there (quote text that contains `: ` or starts with a symbol)",
+        ) from None
 
 
 def prompt_entries(data: Any, path: Path, allowed_top: tuple[str, ...] = ("prompts",)) -> list:
@@ -192,10 +196,15 @@ def _from_jsonl(path: Path) -> list[Prompt]:
                 raise KieloError(f"{where}: malformed JSON ({e.msg} at column {e.colno})", "fix or remove that line") from None
             if isinstance(row, dict) and "prompt" not in row and "messages" not in row:
                 if "instruction" not in row:
-                    raise KieloError(f"{where}: no `prompt`, `instruction` or `messages`",
-                                     'write {"prompt": "..."} or an alpaca/chat data row')
-                row = {"prompt": row["instruction"], "input": row.get("input") or None, "system": row.get("system"),
-                       **({"id": row["id"]} if "id" in row else {})}
+                    raise KieloError(
+                        f"{where}: no `prompt`, `instruction` or `messages`", 'write {"prompt": "..."} or an alpaca/chat data row'
+                    )
+                row = {
+                    "prompt": row["instruction"],
+                    "input": row.get("input") or None,
+                    "system": row.get("system"),
+                    **({"id": row["id"]} if "id" in row else {}),
+                }
             elif isinstance(row, dict):
                 row = {k: v for k, v in row.items() if k in PROMPT_KEYS}  # data rows carry task, labels, ...
             prompts.append(prompt_from_entry(row, where, str(len(prompts) + 1)))

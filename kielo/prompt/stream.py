@@ -65,7 +65,7 @@ class TextStream(BaseStreamer):
         if stop is None and not final:
             cut = text[: len(text) - _held_back(text, self.stops)]
         if len(cut) > self.shown:
-            self.on_text(cut[self.shown:])
+            self.on_text(cut[self.shown :])
             self.shown = len(cut)
 
 
@@ -79,6 +79,10 @@ def stream_answer(bundle: Bundle, messages: list[dict], g: GenerationConfig, on_
     if g.temperature > 0:
         torch.manual_seed(g.seed)
     bundle.model.eval()
-    out = bundle.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                streamer=TextStream(bundle, list(g.stop), on_text), **generation_kwargs(bundle, g))
-    return to_generation(bundle, out[0, ids.shape[1]:].tolist(), g)
+    out = bundle.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        streamer=TextStream(bundle, list(g.stop), on_text),
+        **generation_kwargs(bundle, g),
+    )
+    return to_generation(bundle, out[0, ids.shape[1] :].tolist(), g)

@@ -109,8 +109,10 @@ def _validate(key: str, value: Any, where: str) -> Any:
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise KieloError(f"{where}: the regular expression {pattern!r} does not compile ({e})",
-                                 "fix the pattern (in YAML, single quotes keep backslashes as they are)") from None
+                raise KieloError(
+                    f"{where}: the regular expression {pattern!r} does not compile ({e})",
+                    "fix the pattern (in YAML, single quotes keep backslashes as they are)",
+                ) from None
         return patterns
     if key == "max_length":
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -130,13 +132,16 @@ def parse_expectations(raw: Any, where: str) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise KieloError(f"{where} must be a mapping of expectations, not {type(raw).__name__}",
-                         "write e.g. {contains: [Helsinki], max_length: 40}")
+        raise KieloError(
+            f"{where} must be a mapping of expectations, not {type(raw).__name__}", "write e.g. {contains: [Helsinki], max_length: 40}"
+        )
     out = {}
     for key, value in raw.items():
         if key not in EXPECTATIONS:
-            raise KieloError(f"{where}.{key} is not an expectation",
-                             f"{suggest(str(key), list(EXPECTATIONS))} Expectations: {', '.join(EXPECTATIONS)}")
+            raise KieloError(
+                f"{where}.{key} is not an expectation",
+                f"{suggest(str(key), list(EXPECTATIONS))} Expectations: {', '.join(EXPECTATIONS)}",
+            )
         out[key] = _validate(key, value, f"{where}.{key}")
     return out
 

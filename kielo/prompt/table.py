@@ -31,8 +31,9 @@ def terminal_table(headers: list[str], rows: list[list[str]], width: int = 120) 
     def block(cells: list[str]) -> list[str]:
         wrapped = [_wrap(c, w) for c, w in zip(cells, widths, strict=True)]
         height = max(len(w) for w in wrapped)
-        return [" │ ".join((w[i] if i < len(w) else "").ljust(widths[k]) for k, w in enumerate(wrapped)).rstrip()
-                for i in range(height)]
+        return [
+            " │ ".join((w[i] if i < len(w) else "").ljust(widths[k]) for k, w in enumerate(wrapped)).rstrip() for i in range(height)
+        ]
 
     out = block(headers) + [rule]
     for n, row in enumerate(rows):

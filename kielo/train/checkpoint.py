@@ -47,8 +47,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict,
-                    write_side_files) -> Path:
+def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict, write_side_files) -> Path:
     """Write ``checkpoints/step-{step}`` atomically; ``write_side_files(folder)`` adds config and tokenizer."""
     root = checkpoints_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -58,8 +57,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
     model.save_pretrained(tmp)
     write_side_files(tmp)
     torch.save(
-        {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-         **extra},
+        {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra},
         tmp / STATE_FILE,
     )
     if final.exists():  # a stale checkpoint of the same step from an earlier attempt

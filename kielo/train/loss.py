@@ -62,7 +62,7 @@ def loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
         return fused_head_loss_sum(lm, h, y), int(y.numel())
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], HEAD_CHUNK):
-        total = total + F.cross_entropy(head_logits(lm, h[i:i + HEAD_CHUNK]), y[i:i + HEAD_CHUNK], reduction="sum")
+        total = total + F.cross_entropy(head_logits(lm, h[i : i + HEAD_CHUNK]), y[i : i + HEAD_CHUNK], reduction="sum")
     return total, int(y.numel())
 
 
@@ -71,13 +71,19 @@ def per_example_loss(model, batch: Batch) -> list[tuple[float, int]]:
     """(loss sum, trained tokens) for each row of a padded batch, in row order."""
     lm = causal_lm(model)
     h, y, mask = trained_hidden(model, batch)
-    ce = torch.cat([
-        F.cross_entropy(head_logits(lm, h[i:i + HEAD_CHUNK]), y[i:i + HEAD_CHUNK], reduction="none")
-        for i in range(0, h.shape[0], HEAD_CHUNK)
-    ]) if h.shape[0] else h.new_zeros(0)
+    ce = (
+        torch.cat(
+            [
+                F.cross_entropy(head_logits(lm, h[i : i + HEAD_CHUNK]), y[i : i + HEAD_CHUNK], reduction="none")
+                for i in range(0, h.shape[0], HEAD_CHUNK)
+            ]
+        )
+        if h.shape[0]
+        else h.new_zeros(0)
+    )
     counts = mask.sum(dim=1).tolist()
     out, at = [], 0
     for n in counts:
-        out.append((float(ce[at:at + n].sum()), int(n)))
+        out.append((float(ce[at : at + n].sum()), int(n)))
         at += n
     return out

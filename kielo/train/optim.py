@@ -13,8 +13,7 @@ from kielo.errors import KieloError
 def build_optimizer(params: list[torch.nn.Parameter], t: TrainingConfig, device: torch.device):
     """AdamW; the bitsandbytes 8-bit variants (paged or not) keep optimizer state in 8 bits on CUDA."""
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay,
-                                 fused=device.type == "cuda")
+        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=device.type == "cuda")
     if device.type != "cuda":
         raise KieloError(f"training.optimizer `{t.optimizer}` needs a CUDA GPU", "use --training.optimizer adamw on CPU")
     import bitsandbytes as bnb
@@ -37,6 +36,4 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
 
 
 def build_scheduler(optimizer, t: TrainingConfig, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, t.warmup_steps, t.scheduler)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, t.warmup_steps, t.scheduler))

@@ -88,13 +88,17 @@ def encode_data(encoder, config: Config, examples: tuple[list, list]) -> tuple[l
             log.warning(
                 "%s: %d of %d examples longer than data.max_length=%d: %d truncated, %d dropped (overlong), "
                 "%d dropped (answer cut entirely); %d tokens lost",
-                name, st.truncated + st.dropped_overlong + st.dropped_no_target, st.total, d.max_length,
-                st.truncated, st.dropped_overlong, st.dropped_no_target, st.tokens_lost,
+                name,
+                st.truncated + st.dropped_overlong + st.dropped_no_target,
+                st.total,
+                d.max_length,
+                st.truncated,
+                st.dropped_overlong,
+                st.dropped_no_target,
+                st.tokens_lost,
             )
     if not train:
-        raise KieloError(
-            f"no training example fits data.max_length={d.max_length}", "raise data.max_length or use shorter examples"
-        )
+        raise KieloError(f"no training example fits data.max_length={d.max_length}", "raise data.max_length or use shorter examples")
     report = {"train": asdict(train_stats), "validation": asdict(val_stats)}
     for r in report.values():
         r.pop("dropped_sources")
@@ -135,8 +139,11 @@ def write_side_files(bundle: Bundle, folder: Path) -> None:
         eos.append(tok.eos_token_id)
     g = bundle.config.generation
     GenerationConfig(
-        eos_token_id=eos, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        max_new_tokens=g.max_new_tokens, do_sample=g.temperature > 0,
+        eos_token_id=eos,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        max_new_tokens=g.max_new_tokens,
+        do_sample=g.temperature > 0,
         **({"temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k} if g.temperature > 0 else {}),
         repetition_penalty=g.repetition_penalty,
     ).save_pretrained(folder)
@@ -286,16 +293,31 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
         history["train_last"] = loss
         tps = loop_tokens / max(time.time() - loop_start, 1e-9)
         if step % t.log_every == 0 or step == steps:
-            metrics.write({"split": "train", "step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                           "grad_norm": grad_norm, "tokens": tokens_seen, "tokens_per_s": tps})
+            metrics.write(
+                {
+                    "split": "train",
+                    "step": step,
+                    "loss": loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "tokens": tokens_seen,
+                    "tokens_per_s": tps,
+                }
+            )
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:.0f}")
         bar.update(1)
         if t.eval_every and step % t.eval_every == 0 and step < steps:
             validate(step)
         if t.save_every and step % t.save_every == 0 and step < steps:
-            ckpt.save_checkpoint(out, step, model, optimizer, scheduler,
-                                 {"tokens_seen": tokens_seen, "history": history},
-                                 lambda f: write_side_files(bundle, f))
+            ckpt.save_checkpoint(
+                out,
+                step,
+                model,
+                optimizer,
+                scheduler,
+                {"tokens_seen": tokens_seen, "history": history},
+                lambda f: write_side_files(bundle, f),
+            )
             ckpt.prune_checkpoints(out, t.keep_last)
     bar.close()
     validate(steps)
