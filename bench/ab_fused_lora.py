@@ -34,22 +34,23 @@ def main() -> None:
     if not (folder / "config.json").is_file():
         qlora.make_model(folder, args.shape)
     model = qlora.load(qlora.Variant("kielo", stream=args.stream, kernels="auto"), folder, device)
+    from kielo.train.loss import loss_head
     from kielo.train.optim import build_optimizer
-    from kielo.train.trainer import accumulate_gradients
+    from kielo.train.step import accumulate_gradients
 
     params = [p for _, p in qlora.trainable(model)]
+    head = loss_head(model.get_base_model().kielo_precision.liger)
     opt = build_optimizer(params, qlora.kielo_config().training, device)
     vocab = model.config.vocab_size
     steps = qlora.full_examples(2 * args.pairs + 2, args.batch, args.seq, vocab, seed=1)
-    fusable = lora_forward._fusable
     times = {"fused": [], "unfused": []}
     for i, examples in enumerate(steps):
         mode = "fused" if i % 2 == 0 else "unfused"
-        lora_forward._fusable = fusable if mode == "fused" else (lambda *a: False)
+        lora_forward.set_fused_lora(model, mode == "fused")
         micro = qlora.micro_batches(examples, "kielo", 2, True, args.seq, vocab - 1)
         torch.cuda.synchronize()
         t = time.perf_counter()
-        accumulate_gradients(model, micro, device)
+        accumulate_gradients(model, micro, device, head)
         opt.step()
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()

@@ -8,6 +8,7 @@ bench/run_gpu_tests.sh runs them.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from pathlib import Path
@@ -87,8 +88,9 @@ def loaded(path: str, folder: Path):
 def train(path: str, folder: Path, steps: list, mbs: int = 2, vocab: int = SHAPE["vocab_size"]) -> tuple[list[float], torch.Tensor]:
     """Losses of ``len(steps)`` optimizer steps of bench variant ``path`` and the flattened LoRA gradients of the
     first."""
+    from kielo.train.loss import loss_head
     from kielo.train.optim import build_optimizer
-    from kielo.train.trainer import accumulate_gradients
+    from kielo.train.step import accumulate_gradients
 
     device = DEVICE
     model = loaded(path, folder)
@@ -96,7 +98,9 @@ def train(path: str, folder: Path, steps: list, mbs: int = 2, vocab: int = SHAPE
     if path == "stock":
         opt, step_fn = torch.optim.AdamW(params, lr=1e-4), qb.stock_step
     else:
-        opt, step_fn = build_optimizer(params, qb.kielo_config().training, device), accumulate_gradients
+        head = loss_head(model.get_base_model().kielo_precision.liger)
+        opt = build_optimizer(params, qb.kielo_config().training, device)
+        step_fn = functools.partial(accumulate_gradients, loss=head)
     losses, first_grads = [], None
     for examples in steps:
         micro = qb.micro_batches(examples, qb.VARIANTS[path].path, mbs, True, 512, vocab - 1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kielo.model.lora_forward import restore_peft_forward
-from kielo.train.loss import loss_sum
+from kielo.train.loss import chunked_loss_sum
 from tests.conftest import tiny_config
 
 
@@ -48,7 +48,7 @@ def _batch(vocab):
 def _loss_and_grads(model, batch, seed=7):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)  # same dropout masks on both paths
-    s, _ = loss_sum(model, batch)
+    s, _ = chunked_loss_sum(model, batch)
     s.backward()
     return float(s), torch.cat(
         [p.grad.flatten().float() for _, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)]
@@ -80,7 +80,7 @@ def _saved_bytes(model, batch) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         torch.manual_seed(7)
-        loss_sum(model, batch)
+        chunked_loss_sum(model, batch)
     return total
 
 
@@ -118,7 +118,7 @@ def test_fused_4bit_lora_matches_the_unfused_paths(tiny_llama, tmp_path, monkeyp
     fused = _loss_and_grads(model, batch)
     n_lora = sum(1 for m in model.modules() if hasattr(m, "_kielo_peft_forward"))
     assert len(calls) == n_lora * (2 if checkpointing else 1)  # every LoRA layer, again when recomputed
-    monkeypatch.setattr(lf, "_fusable", lambda *a: False)
+    lf.set_fused_lora(model, False)
     unfused = _loss_and_grads(model, batch)
     restore_peft_forward(model)
     peft = _loss_and_grads(model, batch)
@@ -137,7 +137,7 @@ def test_dora_keeps_pefts_forward(tiny_llama, tmp_path):
     config = tiny_config(tiny_llama, tmp_path / "d.jsonl", tmp_path / "o", lora={"r": 4, "use_dora": True})
     model = add_lora(load_base_model(ModelSource(str(tiny_llama)), config, torch.device("cpu")), config.lora)
     batch = _batch(model.config.vocab_size)
-    s, _ = loss_sum(model, batch)
+    s, _ = chunked_loss_sum(model, batch)
     s.backward()
     magnitudes = [p.grad for n, p in model.named_parameters() if "magnitude" in n]
     assert magnitudes and all(g is not None for g in magnitudes)

@@ -13,7 +13,7 @@ from conftest import build_model, tiny_config
 from kielo.data.batches import collate_packed, collate_padded
 from kielo.data.encode import IGNORE, Encoded
 from kielo.errors import KieloError
-from kielo.train.loss import loss_sum
+from kielo.train.loss import chunked_loss_sum
 from kielo.train.packing import block_causal_mask, model_inputs, packing_support
 from kielo.train.trainer import prepare_data, train
 
@@ -118,7 +118,7 @@ def test_bloom_packed_loss_and_lora_gradients_equal_examples_alone(tiny_bloom, d
         model.zero_grad()
         total, count = 0.0, 0
         for b in batches:
-            s, n = loss_sum(model, b)
+            s, n = chunked_loss_sum(model, b)
             s.backward()
             total, count = total + float(s), count + n
         return total, count, torch.cat([p.grad.flatten() for p in params])

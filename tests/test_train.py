@@ -14,8 +14,9 @@ from kielo.errors import KieloError
 from kielo.model.bundle import load_bundle
 from kielo.model.load import load_tokenizer
 from kielo.train import checkpoint as ckpt
-from kielo.train.loss import loss_sum
-from kielo.train.trainer import accumulate_gradients, prepare_data, train
+from kielo.train.loss import chunked_loss_sum
+from kielo.train.step import accumulate_gradients
+from kielo.train.trainer import prepare_data, train
 
 
 def adapter_weights(folder):
@@ -124,7 +125,7 @@ def test_trained_position_loss_equals_full_logits_loss(tiny_gemma, data_file, tm
     items, _, _ = prepare_data(bundle)
     batch = collate_padded(items[:3], bundle.tokenizer.pad_token_id)
     with torch.no_grad():
-        s, n = loss_sum(bundle.model, batch)
+        s, n = chunked_loss_sum(bundle.model, batch)
         logits = bundle.model(**batch.model_inputs()).logits
         full = torch.nn.functional.cross_entropy(
             logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
@@ -150,7 +151,7 @@ def test_accumulation_normalizes_by_all_trained_tokens(tiny_llama, data_file, tm
 
     def grads(micro):
         model.zero_grad()
-        accumulate_gradients(model, micro, torch.device("cpu"))
+        accumulate_gradients(model, micro, torch.device("cpu"), chunked_loss_sum)
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
 
     together = grads([collate_padded([a, b], pad)])
@@ -159,7 +160,7 @@ def test_accumulation_normalizes_by_all_trained_tokens(tiny_llama, data_file, tm
     # The wrong rule (mean of per-micro-batch means) gives different gradients: the check can fail.
     model.zero_grad()
     for mb in ([a], [b]):
-        s, n = loss_sum(model, collate_padded(mb, pad))
+        s, n = chunked_loss_sum(model, collate_padded(mb, pad))
         (s / n / 2).backward()
     naive = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
     assert not torch.allclose(naive, together, atol=1e-6, rtol=1e-4)

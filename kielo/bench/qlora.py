@@ -49,6 +49,7 @@ Results: a table on stdout and ``results.json`` in --out (default $OUT, else run
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -357,16 +358,7 @@ def load(variant: Variant, folder: Path, device: torch.device, max_len: int = 20
         for module in (model.get_input_embeddings(), model.get_output_embeddings()):
             module.weight.data = module.weight.data.to(torch.bfloat16)
     torch.manual_seed(0)
-    model = add_lora(model, config.lora)
-    if variant.peft_lora:
-        from kielo.model.lora_forward import restore_peft_forward
-
-        restore_peft_forward(model)
-    if variant.unfused:
-        import kielo.model.lora_forward as lora_forward
-
-        lora_forward._fusable = lambda *args: False
-    return model
+    return add_lora(model, config.lora, "peft" if variant.peft_lora else "unfused" if variant.unfused else "fused")
 
 
 def set_checkpointing(model, layers: int) -> None:
@@ -464,15 +456,6 @@ class Bf16Attention:
             del ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 
-def liger_loss_sum(model, batch):
-    """Liger's fused linear cross-entropy over kielo's trained positions (no logits kept)."""
-    from kielo.train.loss import causal_lm, fused_head_loss_sum, trained_hidden
-
-    lm = causal_lm(model)
-    h, y, _ = trained_hidden(model, batch)
-    return fused_head_loss_sum(lm, h, y), int(y.numel())
-
-
 # ---------------------------------------------------------------------------------------------- worker
 
 
@@ -545,9 +528,10 @@ def stock_step(model, micro: list, device: torch.device) -> float:
 def run_case(model, variant: str, path: str, case: Case, steps: list, args, device, init: dict, grads_dir: Path) -> dict:
     """Time warm-up + timed optimizer steps of one case; dump the LoRA gradients of the first two steps."""
     import kielo.train.loss as loss
-    import kielo.train.trainer as trainer
+    from kielo.model.adapter import causal_lm
     from kielo.train.optim import build_optimizer
     from kielo.train.packing import packing_support
+    from kielo.train.step import accumulate_gradients
 
     params = trainable(model)
     with torch.no_grad():
@@ -573,12 +557,12 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
         step_fn = stock_step
     else:
         opt = build_optimizer([p for _, p in params], kielo_config().training, device)
-        step_fn = trainer.accumulate_gradients
-        # accumulate_gradients calls the loss_sum bound in trainer's namespace: swap the head for this case.
+        # The case's loss head goes into the step as an argument.
         # A lean model's head weight is bf16 while its stream is fp32: its chunked head needs the cast.
         bf16_head = case.head_bf16 or VARIANTS[variant].lean
-        heads = {"chunked": bf16_head_loss_sum if bf16_head else loss.loss_sum, "ckpt": ckpt_loss_sum, "liger": liger_loss_sum}
-        trainer.loss_sum = heads[case.head]
+        default = loss.loss_head(causal_lm(model).kielo_precision.liger)
+        heads = {"chunked": bf16_head_loss_sum if bf16_head else default, "ckpt": ckpt_loss_sum, "liger": loss.fused_loss_sum}
+        step_fn = functools.partial(accumulate_gradients, loss=heads[case.head])
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

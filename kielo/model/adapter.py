@@ -17,9 +17,10 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def add_lora(model, lora: LoraConfig):
-    """Wrap ``model`` with a trainable LoRA adapter configured by ``lora.*``, its LoRA branches computed in
-    the stream's dtype (``kielo.model.lora_forward``)."""
+def add_lora(model, lora: LoraConfig, forward: str = "fused"):
+    """Wrap ``model`` with a trainable LoRA adapter configured by ``lora.*``. ``forward`` (see
+    ``kielo.train.step.LORA_FORWARDS``): "fused" and "unfused" compute the LoRA branches in the stream's dtype
+    (``kielo.model.lora_forward``), with or without the fused 4-bit + LoRA node; "peft" keeps peft's forward."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -41,9 +42,10 @@ def add_lora(model, lora: LoraConfig):
             f"lora.target_modules {lora.target_modules!r} does not fit this model: {e}",
             f"use `all-linear` or names from this model's linear layers: {', '.join(names)}",
         ) from None
-    from kielo.model.lora_forward import lora_in_input_dtype
+    if forward != "peft":
+        from kielo.model.lora_forward import lora_in_input_dtype
 
-    lora_in_input_dtype(peft_model)
+        lora_in_input_dtype(peft_model, fused=forward == "fused")
     return peft_model
 
 

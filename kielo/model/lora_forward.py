@@ -72,11 +72,13 @@ class LoraLinear4bit(torch.autograd.Function):
 
 
 def _fusable(self, x: torch.Tensor, args, kwargs) -> bool:
-    """Whether :class:`LoraLinear4bit` computes this layer: a compute-dtype input to a bias-free 4-bit base."""
+    """Whether :class:`LoraLinear4bit` computes this layer: the layer was set up fused (:func:`set_fused_lora`),
+    and it sees a compute-dtype input to a bias-free 4-bit base."""
     import bitsandbytes as bnb
 
     return (
-        not args
+        self._kielo_fused
+        and not args
         and not kwargs
         and x.dtype != torch.float32
         and isinstance(self.base_layer, bnb.nn.Linear4bit)
@@ -108,8 +110,9 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return result + lora.to(result.dtype)
 
 
-def lora_in_input_dtype(model) -> int:
-    """Give every plain LoRA linear layer of ``model`` the forward above; returns how many were changed."""
+def lora_in_input_dtype(model, fused: bool = True) -> int:
+    """Give every plain LoRA linear layer of ``model`` the forward above, with the fused 4-bit + LoRA node where
+    it applies when ``fused``; returns how many layers were changed."""
     from peft.tuners.lora import LoraLayer
 
     changed = 0
@@ -122,12 +125,22 @@ def lora_in_input_dtype(model) -> int:
             module._kielo_peft_forward = module.forward
             module.forward = types.MethodType(_forward, module)
             changed += 1
+    set_fused_lora(model, fused)
     return changed
 
 
+def set_fused_lora(model, fused: bool) -> None:
+    """Switch the fused 4-bit + LoRA node on or off in every layer :func:`lora_in_input_dtype` set up (an
+    interleaved A/B of both in one process: ``bench/ab_fused_lora.py``)."""
+    for module in model.modules():
+        if hasattr(module, "_kielo_peft_forward"):
+            module._kielo_fused = fused
+
+
 def restore_peft_forward(model) -> None:
-    """Undo :func:`lora_in_input_dtype` (the benchmark compares both)."""
+    """Undo :func:`lora_in_input_dtype`: peft's own forward in every layer."""
     for module in model.modules():
         if hasattr(module, "_kielo_peft_forward"):
             module.forward = module._kielo_peft_forward
             del module._kielo_peft_forward
+            del module._kielo_fused

@@ -8,6 +8,8 @@ result equals ``model(...).logits`` + masked cross-entropy (a test checks it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +17,9 @@ from kielo.data.batches import Batch
 from kielo.data.encode import IGNORE
 from kielo.model.adapter import causal_lm
 from kielo.train.packing import model_inputs
+
+# (model, batch) -> (summed token loss over the batch's trained positions, their number)
+LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, int]]
 
 # Rows of hidden states sent through the head at once: bounds the fp32 logits tensor (rows x vocab).
 HEAD_CHUNK = 1024
@@ -49,21 +54,28 @@ def fused_head_loss_sum(lm, hidden: torch.Tensor, targets: torch.Tensor) -> torc
     return liger_fused_linear_cross_entropy(hidden.to(w.dtype), w, targets, reduction="sum", softcap=cap)
 
 
-def loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
-    """Sum of token cross-entropies over the batch's trained positions, and their number.
-
-    With Liger's kernels (``kielo.model.precision``) the head and cross-entropy are one fused kernel that
-    never holds the logits; otherwise the head runs in chunks of :data:`HEAD_CHUNK` rows.
-    """
+def chunked_loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Sum of token cross-entropies over the batch's trained positions, and their number: the head runs in
+    chunks of :data:`HEAD_CHUNK` rows, fp32 logits and cross-entropy (any device)."""
     lm = causal_lm(model)
     h, y, _ = trained_hidden(model, batch)
-    precision = getattr(lm, "kielo_precision", None)
-    if precision is not None and precision.liger:
-        return fused_head_loss_sum(lm, h, y), int(y.numel())
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], HEAD_CHUNK):
         total = total + F.cross_entropy(head_logits(lm, h[i : i + HEAD_CHUNK]), y[i : i + HEAD_CHUNK], reduction="sum")
     return total, int(y.numel())
+
+
+def fused_loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
+    """As :func:`chunked_loss_sum`, with head and cross-entropy in Liger's fused kernel (never holds the
+    logits; CUDA and liger-kernel)."""
+    lm = causal_lm(model)
+    h, y, _ = trained_hidden(model, batch)
+    return fused_head_loss_sum(lm, h, y), int(y.numel())
+
+
+def loss_head(liger: bool) -> LossFn:
+    """The loss head a training path uses: Liger's fused kernel with Liger's kernel set, else the chunked head."""
+    return fused_loss_sum if liger else chunked_loss_sum
 
 
 @torch.no_grad()

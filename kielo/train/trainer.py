@@ -30,9 +30,9 @@ from kielo.errors import KieloError
 from kielo.model.bundle import Bundle, load_bundle
 from kielo.plan.planner import plan_training
 from kielo.train import checkpoint as ckpt
-from kielo.train.loss import loss_sum
 from kielo.train.optim import build_optimizer, build_scheduler
 from kielo.train.packing import require_packing_support
+from kielo.train.step import accumulate_gradients, evaluate_loss, training_path
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +105,6 @@ def encode_data(encoder, config: Config, examples: tuple[list, list]) -> tuple[l
     return train, val, report
 
 
-@torch.no_grad()
-def evaluate_loss(model, plan: BatchPlan, device: torch.device) -> dict:
-    """Mean token loss and perplexity over all batches of a plan."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(plan.per_epoch):
-        s, n = loss_sum(model, plan.batch(i).to(device))
-        total += float(s.detach())
-        count += n
-    if was_training:
-        model.train()
-    loss = total / max(count, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": count}
-
-
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -189,21 +173,6 @@ class MetricsLog:
             self.tb.close()
 
 
-def accumulate_gradients(model, micro: list, device: torch.device) -> float:
-    """Backward over the micro-batches of one optimizer step; returns the step's mean token loss.
-
-    Each micro-batch's loss sum is divided by the trained tokens of the whole accumulated batch, not by its
-    own count: otherwise a short micro-batch's tokens would weigh more than a long one's.
-    """
-    n_trained = max(1, sum(b.trained_tokens for b in micro))
-    total = 0.0
-    for b in micro:
-        s, _ = loss_sum(model, b.to(device))
-        (s / n_trained).backward()
-        total += float(s.detach())
-    return total / n_trained
-
-
 def total_steps(config: Config, per_epoch: int) -> int:
     t = config.training
     if t.max_steps:
@@ -218,7 +187,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     """
     from tqdm.auto import tqdm
 
-    from kielo.model.adapter import add_lora
+    from kielo.model.adapter import add_lora, causal_lm
     from kielo.model.load import describe_parameters
 
     t = config.training
@@ -245,7 +214,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     val_sorted = sorted(val_items, key=lambda it: len(it.input_ids))
     val_plan = BatchPlan(val_sorted, eval_batch, pad_id, t.seed, False, shuffle=False) if val_items else None
     steps = total_steps(config, plan.per_epoch)
-    model = add_lora(bundle.model, config.lora)
+    path = training_path(causal_lm(bundle.model).kielo_precision)
+    model = add_lora(bundle.model, config.lora, path.lora_forward)
     bundle.model = model
     trainable, total = describe_parameters(model)
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
@@ -268,7 +238,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     def validate(at: int) -> None:
         if val_plan is None:
             return
-        result = evaluate_loss(model, val_plan, bundle.device)
+        result = evaluate_loss(model, val_plan, bundle.device, path.loss)
         history.setdefault("validation", []).append({"step": at, **result})
         metrics.write({"split": "validation", "step": at, **result})
         log.info("step %d validation loss %.4f (perplexity %.2f)", at, result["loss"], result["perplexity"])
@@ -280,7 +250,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     loop_start, loop_tokens = time.time(), 0
     while step < steps:
         micro = [plan.batch(step * t.gradient_accumulation + k) for k in range(t.gradient_accumulation)]
-        loss = accumulate_gradients(model, micro, bundle.device)
+        loss = accumulate_gradients(model, micro, bundle.device, path.loss)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
         optimizer.step()
         scheduler.step()

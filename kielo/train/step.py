@@ -1,0 +1,69 @@
+"""The training step, built from explicit parts instead of module-level functions looked up at run time.
+
+Whoever runs steps (the training loop, the benchmark, the GPU tests) receives the loss head as an argument
+(:class:`TrainingPath`, resolved once from the precision), so another objective or a research head plugs in
+without replacing any module's function.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from kielo.data.batches import BatchPlan
+from kielo.model.precision import Precision
+from kielo.train.loss import LossFn, loss_head
+
+# How each LoRA layer computes (kielo.model.lora_forward): "fused" = kielo's branch in the input's dtype with
+# the fused 4-bit + LoRA node where it applies; "unfused" = the same branch without that node; "peft" = peft's
+# own forward.
+LORA_FORWARDS = ("fused", "unfused", "peft")
+
+
+@dataclass(frozen=True)
+class TrainingPath:
+    """How a training step computes: the precision and kernel set, the LoRA forward and the loss head."""
+
+    precision: Precision
+    loss: LossFn
+    lora_forward: str = "fused"
+
+
+def training_path(precision: Precision, lora_forward: str = "fused") -> TrainingPath:
+    """The product's path for ``precision``: Liger's fused head with Liger's kernels, else the chunked head."""
+    if lora_forward not in LORA_FORWARDS:
+        raise ValueError(f"lora_forward must be one of {LORA_FORWARDS}, not {lora_forward!r}")
+    return TrainingPath(precision, loss_head(precision.liger), lora_forward)
+
+
+def accumulate_gradients(model, micro: list, device: torch.device, loss: LossFn) -> float:
+    """Backward over the micro-batches of one optimizer step; returns the step's mean token loss.
+
+    Each micro-batch's loss sum is divided by the trained tokens of the whole accumulated batch, not by its
+    own count: otherwise a short micro-batch's tokens would weigh more than a long one's.
+    """
+    n_trained = max(1, sum(b.trained_tokens for b in micro))
+    total = 0.0
+    for b in micro:
+        s, _ = loss(model, b.to(device))
+        (s / n_trained).backward()
+        total += float(s.detach())
+    return total / n_trained
+
+
+@torch.no_grad()
+def evaluate_loss(model, plan: BatchPlan, device: torch.device, loss: LossFn) -> dict:
+    """Mean token loss and perplexity over all batches of a plan."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(plan.per_epoch):
+        s, n = loss(model, plan.batch(i).to(device))
+        total += float(s.detach())
+        count += n
+    if was_training:
+        model.train()
+    mean = total / max(count, 1)
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "tokens": count}
