@@ -33,13 +33,14 @@ def main() -> None:
     folder = Path(args.model_dir) if args.model_dir else Path(tempfile.mkdtemp()) / args.shape
     if not (folder / "config.json").is_file():
         qlora.make_model(folder, args.shape)
-    model = qlora.load(qlora.Variant("kielo", stream=args.stream, kernels="auto"), folder, device)
+    variant = qlora.Variant("kielo", stream=args.stream, kernels="auto")
+    model = qlora.load(variant, folder, device)
     from kielo.train.loss import loss_head
     from kielo.train.optim import build_optimizer
     from kielo.train.step import accumulate_gradients
 
     params = [p for _, p in qlora.trainable(model)]
-    head = loss_head(model.get_base_model().kielo_precision.liger)
+    head = loss_head(qlora.variant_precision(variant, model, device).liger)
     opt = build_optimizer(params, qlora.kielo_config().training, device)
     vocab = model.config.vocab_size
     steps = qlora.full_examples(2 * args.pairs + 2, args.batch, args.seq, vocab, seed=1)

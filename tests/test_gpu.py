@@ -98,7 +98,7 @@ def train(path: str, folder: Path, steps: list, mbs: int = 2, vocab: int = SHAPE
     if path == "stock":
         opt, step_fn = torch.optim.AdamW(params, lr=1e-4), qb.stock_step
     else:
-        head = loss_head(model.get_base_model().kielo_precision.liger)
+        head = loss_head(qb.variant_precision(qb.VARIANTS[path], model, device).liger)
         opt = build_optimizer(params, qb.kielo_config().training, device)
         step_fn = functools.partial(accumulate_gradients, loss=head)
     losses, first_grads = [], None
@@ -144,7 +144,7 @@ def test_gemma_fast_path_matches_stock(gemma_dir):
     model = loaded("kielo", gemma_dir)
     norm = next(p for n, p in model.named_parameters() if n.endswith("input_layernorm.weight"))
     assert norm.dtype == torch.bfloat16, "the Gemma 3 default must train on the bf16 stream"
-    assert model.get_base_model().kielo_precision.liger == liger_installed()
+    assert qb.variant_precision(qb.VARIANTS["kielo"], model, DEVICE).liger == liger_installed()
     del model
     steps = qb.instruction_examples(STEPS, 8, 512, vocab, seed=6)
     stock_losses, stock_grads = train("stock", gemma_dir, steps, vocab=vocab)

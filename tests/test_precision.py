@@ -7,7 +7,14 @@ import torch
 
 from kielo.config.load import from_dict
 from kielo.errors import KieloError
-from kielo.model.precision import Precision, apply_precision, liger_installed, resolve_precision
+from kielo.model.precision import (
+    Precision,
+    apply_precision,
+    liger_installed,
+    resolve_hardware,
+    resolve_precision,
+    resolved_precision,
+)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -56,4 +63,16 @@ def test_apply_casts_only_frozen_fp32_weights(tiny_llama):
     apply_precision(model, Precision(torch.bfloat16, False))
     assert model.model.norm.weight.dtype == torch.bfloat16
     assert trainable.dtype == torch.float32  # trainable weights keep their fp32 master copy
-    assert model.kielo_precision == Precision(torch.bfloat16, False)
+
+
+def test_resolved_config_carries_the_precision_and_resolves_to_itself():
+    resolved = resolve_hardware(cfg(), "llama", CPU)
+    t, q = resolved.training, resolved.quantization
+    assert (t.device, q.compute_dtype, t.stream_dtype, t.kernels) == ("cpu", "fp32", "compute", "none")
+    assert resolved_precision(resolved) == resolve_precision(cfg(), "llama", CPU, torch.float32)
+    assert resolve_hardware(resolved, "llama", CPU) == resolved
+    # a quantized model on the fp32 stream with bf16 matmuls keeps "fp32" (not the compute dtype)
+    bf16 = resolve_hardware(from_dict({"quantization": {"compute_dtype": "bf16"}, "training": {"stream_dtype": "fp32"}}), "llama", CPU)
+    assert bf16.training.stream_dtype == "fp32" and resolved_precision(bf16) == Precision(torch.float32, False)
+    with pytest.raises(ValueError, match="resolve_hardware"):
+        resolved_precision(cfg())

@@ -252,6 +252,19 @@ def kielo_config(gc: bool = True, compute_dtype: str = "bf16", stream: str = "fp
     )
 
 
+def variant_config(variant: Variant):
+    """The kielo config a kielo variant loads with."""
+    return kielo_config(compute_dtype="fp32" if variant.reference else "bf16", stream=variant.stream, kernels=variant.kernels)
+
+
+def variant_precision(variant: Variant, model, device: torch.device):
+    """The precision kielo resolves for a kielo variant's config on ``model`` (what its load applied)."""
+    from kielo.model.adapter import causal_lm
+    from kielo.model.precision import resolve_hardware, resolved_precision
+
+    return resolved_precision(resolve_hardware(variant_config(variant), causal_lm(model).config.model_type, device))
+
+
 def apply_liger(model_type: str) -> None:
     """Patch Liger's norm, RoPE and MLP kernels into the transformers classes (before the model is built)."""
     from liger_kernel.transformers import apply_liger_kernel_to_gemma3_text, apply_liger_kernel_to_llama
@@ -344,7 +357,7 @@ def load(variant: Variant, folder: Path, device: torch.device, max_len: int = 20
         # only the arithmetic differs: fp32 matmuls without TF32, fp32 attention, head and LoRA.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    config = kielo_config(compute_dtype="fp32" if variant.reference else "bf16", stream=variant.stream, kernels=variant.kernels)
+    config = variant_config(variant)
     model = load_base_model(ModelSource(str(folder)), config, device)
     if variant.bf16:
         # bf16 -> fp32 -> bf16 is exact, so this equals never upcasting (peft's prepare step upcasts).
@@ -483,7 +496,8 @@ def planned(model, variant: str, case: Case, micro: list) -> dict:
     ):
         return {}
     lm = causal_lm(model)
-    fused = case.head == "liger" or lm.kielo_precision.liger
+    precision = variant_precision(v, model, next(model.parameters()).device)
+    fused = case.head == "liger" or precision.liger
     batches = [b for mb in micro for b in mb]
     # A mask exists where a row holds several examples (positions restart) or padding.
     masked = any(
@@ -491,7 +505,7 @@ def planned(model, variant: str, case: Case, micro: list) -> dict:
     )
     setup = Setup(
         stream_bytes=lm.get_input_embeddings().weight.element_size(),
-        liger=v.liger or lm.kielo_precision.liger,
+        liger=v.liger or precision.liger,
         fused_head=fused,
         lora_r=16,
         lora_dropout=0.0,
@@ -528,7 +542,6 @@ def stock_step(model, micro: list, device: torch.device) -> float:
 def run_case(model, variant: str, path: str, case: Case, steps: list, args, device, init: dict, grads_dir: Path) -> dict:
     """Time warm-up + timed optimizer steps of one case; dump the LoRA gradients of the first two steps."""
     import kielo.train.loss as loss
-    from kielo.model.adapter import causal_lm
     from kielo.train.optim import build_optimizer
     from kielo.train.packing import packing_support
     from kielo.train.step import accumulate_gradients
@@ -560,7 +573,7 @@ def run_case(model, variant: str, path: str, case: Case, steps: list, args, devi
         # The case's loss head goes into the step as an argument.
         # A lean model's head weight is bf16 while its stream is fp32: its chunked head needs the cast.
         bf16_head = case.head_bf16 or VARIANTS[variant].lean
-        default = loss.loss_head(causal_lm(model).kielo_precision.liger)
+        default = loss.loss_head(variant_precision(VARIANTS[variant], model, device).liger)
         heads = {"chunked": bf16_head_loss_sum if bf16_head else default, "ckpt": ckpt_loss_sum, "liger": loss.fused_loss_sum}
         step_fn = functools.partial(accumulate_gradients, loss=heads[case.head])
     gc.collect()

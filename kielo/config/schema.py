@@ -153,9 +153,9 @@ class TrainingConfig:
         "auto",
         "Dtype of the unquantized weights (embedding, norms, head), so of the residual stream, when training a "
         "quantized model: fp32 as peft's k-bit preparation does (the stock stack's arithmetic); compute = "
-        "quantization.compute_dtype (faster and leaner on GPU; LoRA gradients measured 0.9996 from fp32's on "
-        "Gemma 3, 0.995 on Llama as Unsloth's, 0.86 on BLOOM); auto = compute for Gemma 3 and Llama on CUDA, "
-        "else fp32.",
+        "quantization.compute_dtype (faster and leaner on GPU, LoRA gradients slightly further from fp32's); "
+        "auto = compute for the families measured close to fp32 (Gemma 3, Llama) on CUDA, else fp32. A run's "
+        "saved config holds the resolved choice.",
         ("auto", "fp32", "compute"),
     )
     kernels: str = opt(

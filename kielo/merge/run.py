@@ -106,7 +106,7 @@ def plan_merge(
     from kielo.merge.gguf_export import bytes_per_weight, check_exportable, resolve_gguf_type
     from kielo.merge.resources import check_disk, check_memory, logits_bytes, output_bytes
     from kielo.merge.verify import tolerance_for
-    from kielo.model.load import pick_device
+    from kielo.model.device import pick_device
 
     torch_dtype = resolve_dtype(dtype)
     if samples < 1 or max_new_tokens < 1:

@@ -15,6 +15,7 @@ from kielo.config.schema import Config
 from kielo.data.encode import Encoder
 from kielo.data.template import Template, resolve_template
 from kielo.errors import KieloError
+from kielo.model.device import pick_device
 from kielo.model.source import ModelSource, resolve_adapter, resolve_model
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,19 @@ def make_encoder(tokenizer, template: Template, config: Config) -> Encoder:
 def load_bundle(config: Config, for_training: bool, adapter: str | None = None) -> Bundle:
     """Load tokenizer, template and (quantized) base model; attach ``adapter`` or the run folder's adapter."""
     from kielo.model.adapter import load_adapter
-    from kielo.model.load import load_base_model, pick_device, warn_untrained_template_tokens
+    from kielo.model.load import load_base_model, load_model_config, warn_untrained_template_tokens
+    from kielo.model.precision import resolve_hardware, resolved_precision
 
     config, source = effective_config(config)
     device = pick_device(config.training.device)
+    precision = None
+    if for_training:
+        # Device, dtypes and kernels become concrete here, before the weights load in them; the bundle's
+        # config says what this model trains with.
+        config = resolve_hardware(config, load_model_config(source, config.model.trust_remote_code).model_type, device)
+        precision = resolved_precision(config)
     tokenizer, template = load_tokenizer_and_template(config, source)
-    model = load_base_model(source, config, device, for_training=for_training)
+    model = load_base_model(source, config, device, for_training=for_training, precision=precision)
     warn_untrained_template_tokens(model, tokenizer, template.chat_template)
     adapter = adapter or source.adapter
     if adapter:
@@ -84,7 +92,7 @@ def load_variants(config: Config, adapters: list[str]) -> tuple[Bundle, list[str
     from pathlib import Path
 
     from kielo.model.adapter import load_adapter
-    from kielo.model.load import load_base_model, pick_device
+    from kielo.model.load import load_base_model
 
     config, source = effective_config(config)
     device = pick_device(config.training.device)

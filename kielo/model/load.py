@@ -8,35 +8,13 @@ import torch
 
 from kielo.config.schema import Config, QuantizationConfig
 from kielo.errors import KieloError
+from kielo.model.device import compute_dtype
+from kielo.model.precision import Precision, apply_precision, resolve_hardware, resolved_precision
 from kielo.model.source import ModelSource
 
 log = logging.getLogger(__name__)
 
 PAD_CANDIDATES = ("<pad>", "[PAD]", "<|pad|>", "<|finetune_right_pad_id|>", "<|finetune_right_pad|>")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when present; asking for CUDA on a machine without it is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise KieloError("training.device is `cuda` but no CUDA GPU is available", "use --training.device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-# quantization.compute_dtype's names; `auto` resolves per device in compute_dtype.
-COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def compute_dtype(q: QuantizationConfig, device: torch.device) -> torch.dtype:
-    """Resolve ``quantization.compute_dtype``; CPUs get fp32 by default (bf16 matmuls are slow on most)."""
-    if q.compute_dtype != "auto":
-        if device.type == "cpu" and q.compute_dtype == "fp16":
-            raise KieloError("fp16 compute is not supported on CPU", "use --quantization.compute_dtype bf16 or fp32")
-        return COMPUTE_DTYPES[q.compute_dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right"):
@@ -152,8 +130,11 @@ def load_model_config(source: ModelSource, trust_remote_code: bool = False):
         raise KieloError(f"cannot load model config from {source.path}: {msg}", fix) from None
 
 
-def load_base_model(source: ModelSource, config: Config, device: torch.device, for_training: bool = True):
-    """Load the frozen base model quantized per ``config.quantization``, on ``device``."""
+def load_base_model(
+    source: ModelSource, config: Config, device: torch.device, for_training: bool = True, precision: Precision | None = None
+):
+    """Load the frozen base model quantized per ``config.quantization``, on ``device``; for training, in
+    ``precision`` (default: what :func:`~kielo.model.precision.resolve_hardware` resolves ``config`` to)."""
     from transformers import AutoModelForCausalLM
 
     trust = config.model.trust_remote_code
@@ -182,9 +163,7 @@ def load_base_model(source: ModelSource, config: Config, device: torch.device, f
         elif config.training.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
-        from kielo.model.precision import apply_precision, resolve_precision
-
-        apply_precision(model, resolve_precision(config, model_config.model_type, device, dtype))
+        apply_precision(model, precision or resolved_precision(resolve_hardware(config, model_config.model_type, device)))
         # transformers skips gradient checkpointing silently in eval mode; training must be in train mode.
         model.train()
     else:

@@ -4,30 +4,30 @@ peft's ``prepare_model_for_kbit_training`` upcasts the embedding, norms and head
 residual stream, the attention and the head run in fp32 between the 4-bit matmuls. That is the stock
 stack's arithmetic; ``training.stream_dtype: fp32`` keeps it.
 
-Measured on H100/H200 (``bench/NOTES.md``: random weights, LoRA-gradient cosine against stock): a bf16
-stream with Liger's kernels and its fused head is 0.9996 from stock on the Gemma 3 1B and 4B shapes at
-1.2-1.7x the speed and a quarter of the memory; 0.9955 on Llama-3.1-8B at 3x the speed and 43% of the
-memory, where Unsloth, measured the same way, is 0.9957 and stock itself 0.996 from exact fp32 arithmetic
-(bf16 rounding anywhere in 32 random-weight layers costs that much; losses stay within 0.003 of stock's);
-and 0.86 on BLOOM, whose eager attention does the softmax in the stream's dtype. So ``auto`` takes the bf16
-stream for Gemma 3 and Llama on CUDA and keeps fp32 for BLOOM and the families not measured;
-``training.stream_dtype: compute`` asks for it anywhere.
+``training.stream_dtype: auto`` takes the compute-dtype stream, with Liger's kernels when installed, for the
+families whose bf16-stream training was measured against stock's (``bench/NOTES.md``), on CUDA; it keeps fp32
+for BLOOM and the families not measured. ``compute`` asks for it anywhere.
+
+The choice is resolved once, before training, into the config itself (:func:`resolve_hardware`: device,
+compute dtype, stream dtype and kernel set all concrete); everything after reads it from there
+(:func:`resolved_precision`), and the resolved config is what a run saves.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from kielo.config.schema import Config
 from kielo.errors import KieloError
+from kielo.model.device import COMPUTE_DTYPES, DTYPE_NAMES, compute_dtype, pick_device
 
 log = logging.getLogger("kielo")
 
-# Model types whose bf16-stream training was measured against stock's: Gemma 3 (gradient cosine 0.9996) and
-# Llama (0.9955, as close as Unsloth's 0.9957).
+# Model types whose bf16-stream training was measured against stock's (bench/NOTES.md: LoRA gradients as close
+# to fp32's as Unsloth's; BLOOM's eager attention is not, so it is not here).
 COMPUTE_STREAM_MEASURED = ("gemma3_text", "llama")
 # Liger's per-family patch functions, and the MLP kernel each family takes.
 LIGER_FAMILIES = {
@@ -88,6 +88,31 @@ def resolve_precision(config: Config, model_type: str, device: torch.device, com
     return Precision(stream, liger)
 
 
+def resolve_hardware(config: Config, model_type: str, device: torch.device | None = None) -> Config:
+    """``config`` with ``training.device``, ``quantization.compute_dtype``, ``training.stream_dtype`` and
+    ``training.kernels`` made concrete for ``model_type`` on this machine (``device``: the one to train on,
+    default ``training.device``). Resolving a resolved config gives it back unchanged."""
+    device = device or pick_device(config.training.device)
+    compute = compute_dtype(config.quantization, device)
+    precision = resolve_precision(config, model_type, device, compute)
+    training = replace(
+        config.training,
+        device=device.type,
+        stream_dtype="compute" if precision.stream == compute else "fp32",
+        kernels="liger" if precision.liger else "none",
+    )
+    return replace(config, quantization=replace(config.quantization, compute_dtype=DTYPE_NAMES[compute]), training=training)
+
+
+def resolved_precision(config: Config) -> Precision:
+    """The precision a config resolved by :func:`resolve_hardware` trains with."""
+    t, q = config.training, config.quantization
+    if q.compute_dtype == "auto" or t.stream_dtype == "auto" or t.kernels == "auto":
+        raise ValueError("resolved_precision needs a config resolved by resolve_hardware (no `auto` left)")
+    compute = COMPUTE_DTYPES[q.compute_dtype]
+    return Precision(compute if t.stream_dtype == "compute" else torch.float32, t.kernels == "liger")
+
+
 def apply_precision(model, precision: Precision) -> None:
     """Cast the frozen unquantized weights to the stream dtype and patch in Liger's kernels (on this model)."""
     for p in model.parameters():
@@ -98,6 +123,4 @@ def apply_precision(model, precision: Precision) -> None:
 
         name, mlp = LIGER_FAMILIES[model.config.model_type]
         getattr(liger, name)(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model, **mlp)
-    # The loss head (Liger's fused linear cross-entropy never holds the logits) and the memory planner read it.
-    model.kielo_precision = precision
     log.info("training precision: %s", precision.describe())

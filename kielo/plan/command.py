@@ -62,7 +62,8 @@ def run_command(args: argparse.Namespace, config) -> int:
     import torch
 
     from kielo.model.bundle import effective_config
-    from kielo.model.load import COMPUTE_DTYPES, load_model_config
+    from kielo.model.device import COMPUTE_DTYPES
+    from kielo.model.load import load_model_config
     from kielo.model.precision import resolve_precision
     from kielo.plan.memory import GIB, estimate
     from kielo.plan.planner import candidates, make_plan, setup_for

@@ -16,9 +16,8 @@ import torch
 
 from kielo.config.schema import Config
 from kielo.errors import KieloError
-from kielo.model.adapter import causal_lm
-from kielo.model.load import COMPUTE_DTYPES
-from kielo.model.precision import Precision
+from kielo.model.device import COMPUTE_DTYPES
+from kielo.model.precision import Precision, resolved_precision
 from kielo.plan.memory import GIB, Estimate, Setup, estimate
 from kielo.plan.shape import ModelShape
 
@@ -209,9 +208,7 @@ def plan_training(config: Config, model, items: list, device: torch.device, save
         config = replace(config, training=planned)
     elif device.type == "cuda" and t.memory_plan != "off":
         data = data_size(items, config.data.packing, config.data.max_length)
-        plan = make_plan(
-            config, shape_from_config(model.config), causal_lm(model).kielo_precision, data, gpu_budget(device), t.memory_plan
-        )
+        plan = make_plan(config, shape_from_config(model.config), resolved_precision(config), data, gpu_budget(device), t.memory_plan)
         log.info("%s", plan.describe())
         check_plan(plan, config.model.name)
         config = apply_plan(config, plan)

@@ -15,7 +15,7 @@ import random
 import resource
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from kielo.data.encode import Encoded, EncodeStats
 from kielo.data.records import load_examples
 from kielo.errors import KieloError
 from kielo.model.bundle import Bundle, load_bundle
+from kielo.model.precision import resolved_precision
 from kielo.plan.planner import plan_training
 from kielo.train import checkpoint as ckpt
 from kielo.train.optim import build_optimizer, build_scheduler
@@ -187,7 +188,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     """
     from tqdm.auto import tqdm
 
-    from kielo.model.adapter import add_lora, causal_lm
+    from kielo.model.adapter import add_lora
     from kielo.model.load import describe_parameters
 
     t = config.training
@@ -204,8 +205,9 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
         require_packing_support(bundle.model)
     train_items, val_items, data_report = prepare_data(bundle, examples)
     saved = load_config(out / CONFIG_FILE) if latest is not None and (out / CONFIG_FILE).is_file() else None
-    config, memory_plan = plan_training(config, bundle.model, train_items, bundle.device, saved)
-    bundle.config = replace(bundle.config, training=config.training)
+    # The bundle's config has the device, dtypes and kernels resolved; the plan adds its picks.
+    config, memory_plan = plan_training(bundle.config, bundle.model, train_items, bundle.device, saved)
+    bundle.config = config
     t = config.training
     pad_id = bundle.tokenizer.pad_token_id
     plan = BatchPlan(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
@@ -214,7 +216,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     val_sorted = sorted(val_items, key=lambda it: len(it.input_ids))
     val_plan = BatchPlan(val_sorted, eval_batch, pad_id, t.seed, False, shuffle=False) if val_items else None
     steps = total_steps(config, plan.per_epoch)
-    path = training_path(causal_lm(bundle.model).kielo_precision)
+    path = training_path(resolved_precision(config))
     model = add_lora(bundle.model, config.lora, path.lora_forward)
     bundle.model = model
     trainable, total = describe_parameters(model)
