@@ -7,12 +7,11 @@ worked. The defaults come from ``configs/demo.yaml``; any config key can be over
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kielo.config.load import read_yaml, save_config
@@ -42,12 +41,14 @@ def demo_base() -> tuple[dict, Path]:
     raise KieloError(f"{DEMO_CONFIG} not found", "run kielo demo from the kielo repository folder")
 
 
-def resolve_paths(config: Config, root: Path) -> None:
-    """Make the demo's relative data paths work from any working directory."""
+def resolve_paths(config: Config, root: Path) -> Config:
+    """``config`` with the demo's relative data paths made to work from any working directory."""
+    paths = {}
     for key in ("train", "validation"):
         value = getattr(config.data, key)
         if value and not Path(value).is_absolute() and not Path(value).exists() and (root / value).exists():
-            setattr(config.data, key, str(root / value))
+            paths[key] = str(root / value)
+    return replace(config, data=replace(config.data, **paths))
 
 
 def fresh_dir(path: Path) -> Path:
@@ -161,7 +162,7 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
     from kielo.train.trainer import train
 
     _, root = demo_base()
-    resolve_paths(config, root)
+    config = resolve_paths(config, root)
     held_out = str(root / HELD_OUT)
     out = fresh_dir(Path(config.output_dir))
     out.mkdir(parents=True, exist_ok=True)
@@ -172,17 +173,14 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
     run_dir = out / "tuned"
 
     def train_stage() -> dict:
-        cfg = copy.deepcopy(config)
-        cfg.output_dir = str(run_dir)
         # The compare stage measures base vs tuned on held-out data; validation during training would
         # only repeat that at a cost of minutes on a CPU.
-        cfg.data.validation = None
-        return train(cfg)
+        return train(replace(config, output_dir=str(run_dir), data=replace(config.data, validation=None)))
 
     def eval_config() -> Config:
         # Base and tuned are both measured on the 4-bit base the adapter was trained on (on a CPU its
         # weights are dequantized once at load: the same function at a plain model's speed).
-        return copy.deepcopy(config)
+        return config
 
     def compare_stage() -> dict:
         cfg = eval_config()
@@ -194,7 +192,7 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
         return suite_pass_rates(eval_config(), [str(run_dir)])
 
     def merge_stage() -> dict:
-        r = merge(copy.deepcopy(config), str(run_dir), out / "merged", dtype="bf16", samples=2, max_new_tokens=16)
+        r = merge(config, str(run_dir), out / "merged", dtype="bf16", samples=2, max_new_tokens=16)
         return {k: r[k] for k in ("output", "verification") if k in r}
 
     report.stage(
@@ -202,7 +200,7 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
         lambda: {
             "warnings": analyze_data(
                 [config.data.train, config.data.validation or held_out, held_out],
-                copy.deepcopy(config),
+                config,
                 output_dir=out / "analyze",
                 examples=2,
             ).get("warnings", [])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +29,7 @@ def load_model_tokenizer(config: Config) -> ModelTokenizer:
     """Resolve ``model.name`` (alias, folder, .gguf, run folder) and build the training encoder for it."""
     from kielo.model.bundle import effective_config, load_tokenizer_and_template, make_encoder
 
-    # effective_config fills in a run folder's saved settings in place; the caller's config stays as it was.
-    config, source = effective_config(copy.deepcopy(config))
+    config, source = effective_config(config)
     tokenizer, template = load_tokenizer_and_template(config, source)
     return ModelTokenizer(config.model.name, tokenizer, template, make_encoder(tokenizer, template, config), config)
 

@@ -1,7 +1,9 @@
 """The one typed config schema. YAML files, CLI flags, validation and the README reference derive from it.
 
 Each field's ``metadata["help"]`` is its documentation; ``choices`` restricts string values. Cross-field
-rules live in ``__post_init__`` so a config is valid the moment it exists.
+rules live in ``__post_init__`` so a config is valid the moment it exists. Every section is frozen: a
+changed config is a new one (``dataclasses.replace``), so a resolved config saved beside a run is exactly
+the one it trained with.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
         raise KieloError(f"{key} = {value} must be {'>= 0' if allow_zero else '> 0'}", f"set {key} to a positive value")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = opt(
         "gemma-3-270m",
@@ -50,7 +52,7 @@ class ModelConfig:
             raise KieloError("model.name is empty", "give a hub id, a local folder, a .gguf file or `gemma-3-270m`")
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuantizationConfig:
     bits: int = opt(4, "Base weights: 4 (QLoRA), 8 (LLM.int8) or 0 (no quantization: plain LoRA).", (4, 8, 0))
     quant_type: str = opt("nf4", "4-bit data type.", ("nf4", "fp4"))
@@ -65,7 +67,7 @@ class QuantizationConfig:
         _check_choices(self, "quantization")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraConfig:
     r: int = opt(16, "LoRA rank.")
     alpha: float = opt(32, "LoRA scaling numerator: updates are scaled by alpha/r (alpha/sqrt(r) with rsLoRA).")
@@ -88,12 +90,12 @@ class LoraConfig:
         if isinstance(tm, str):
             if tm != "all-linear":
                 # A comma list from the CLI (--lora.target_modules q_proj,v_proj) is accepted.
-                self.target_modules = [t.strip() for t in tm.split(",") if t.strip()]
+                object.__setattr__(self, "target_modules", [t.strip() for t in tm.split(",") if t.strip()])
         elif not (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)):
             raise KieloError(f"lora.target_modules = {tm!r} is not valid", "give a non-empty list of module names or `all-linear`")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     train: str | None = opt(None, "Training data: JSONL, JSON, CSV or Parquet; alpaca-style or chat messages.")
     validation: str | None = opt(None, "Validation data file (or use data.validation_split).")
@@ -124,7 +126,7 @@ class DataConfig:
             raise KieloError(f"data.max_length = {self.max_length} is too short", "use at least 8 tokens")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingConfig:
     epochs: float = opt(1.0, "Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = opt(0, "Optimizer steps to run; 0 = derive from epochs.")
@@ -178,7 +180,7 @@ class TrainingConfig:
             _positive(self.epochs, "training.epochs")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = opt(256, "Longest generated answer, in tokens.")
     temperature: float = opt(0.0, "Sampling temperature; 0 = greedy decoding.")
@@ -195,7 +197,7 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
-            self.stop = [self.stop]
+            object.__setattr__(self, "stop", [self.stop])
         if not (isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop)):
             raise KieloError(f"generation.stop = {self.stop!r} is not valid", "give a list of non-empty strings")
         _positive(self.max_new_tokens, "generation.max_new_tokens")
@@ -205,7 +207,7 @@ class GenerationConfig:
             raise KieloError(f"generation.top_p = {self.top_p} is out of range", "use a value in (0, 1]")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = opt(None, "Base model.", factory=ModelConfig)
     quantization: QuantizationConfig = opt(None, "How the frozen base is stored.", factory=QuantizationConfig)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from kielo.config.schema import Config
@@ -64,19 +65,19 @@ def check_adapter_base(adapter_dir: str, base: ModelSource) -> None:
 def resolve(config: Config, adapters: list[str]) -> tuple[Config, ModelSource, list[str]]:
     """Resolve the base and every adapter to load, checking each, before any weights are read.
 
-    A run folder given as the model supplies its base, prompt format and system prompt (``config`` is
-    updated as :func:`~kielo.model.bundle.effective_config` does) and its adapter, which comes first.
+    A run folder given as the model supplies its base, prompt format and system prompt (the returned
+    config has them, as :func:`~kielo.model.bundle.effective_config` gives) and its adapter, which comes first.
     """
     config, source = effective_config(config)
     resolved = [resolve_adapter(a) for a in adapters]
     paths = ([source.adapter] if source.adapter else []) + [path for path, _ in resolved]
     for path in paths:
         check_adapter_base(path, source)
-    apply_prompt_format(config, {path: run for path, run in resolved if run})
+    config = apply_prompt_format(config, {path: run for path, run in resolved if run})
     return config, source, paths
 
 
-def apply_prompt_format(config: Config, runs: dict[str, dict]) -> None:
+def apply_prompt_format(config: Config, runs: dict[str, dict]) -> Config:
     """Evaluate adapters in the prompt format they were trained with (their run folders' saved config).
 
     With ``data.template: auto`` (the default) the adapters' template and system prompt are used; adapters
@@ -95,7 +96,7 @@ def apply_prompt_format(config: Config, runs: dict[str, dict]) -> None:
                 + ", ".join(f"{Path(p).name}: {t}" for p, (t, _) in formats.items()),
                 "compare adapters trained with the same data.template, or force one with --data.template builtin|chat",
             )
-        config.data.template = templates.pop()
+        config = replace(config, data=replace(config.data, template=templates.pop()))
         log.info("prompt format of the adapters' training run: data.template %s", config.data.template)
     else:
         for path, (template, _) in formats.items():
@@ -103,7 +104,8 @@ def apply_prompt_format(config: Config, runs: dict[str, dict]) -> None:
                 log.warning("%s was trained with data.template %s but is evaluated with %s", path, template, config.data.template)
     prompts = {sp for _, sp in formats.values()}
     if config.data.system_prompt is None and len(prompts) == 1:
-        config.data.system_prompt = prompts.pop()
+        config = replace(config, data=replace(config.data, system_prompt=prompts.pop()))
+    return config
 
 
 def load_one(config: Config, adapter: str | None) -> Bundle:

@@ -11,7 +11,6 @@ or a task-stratified subset of ``generate`` of them (``0``: no generation).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import asdict
@@ -197,7 +196,6 @@ def _header(
 
 
 def _prepare(config: Config, data, adapters: list[str], generate: int | None):
-    config = copy.deepcopy(config)  # resolving a run folder rewrites the config; the caller's stays as given
     config, source, paths = resolve(config, adapters)
     examples, data_path = _data(config, data)
     gen_idx = stratified_subset(examples, generate) if generate != 0 else []

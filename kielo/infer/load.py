@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kielo.config.load import load_config
 from kielo.model.bundle import Bundle, load_bundle
 
@@ -15,5 +17,5 @@ def load_model(model: str, adapter: str | None = None, config=None, **overrides)
     overrides = {k.replace("__", "."): v for k, v in overrides.items()}
     cfg = config if config is not None else load_config(overrides={"model.name": model, **overrides})
     if config is not None:
-        cfg.model.name = model
+        cfg = replace(cfg, model=replace(cfg.model, name=model))
     return load_bundle(cfg, for_training=False, adapter=adapter)

@@ -17,7 +17,6 @@ Order of work (one model in memory at a time):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
 import json
@@ -115,12 +114,16 @@ def plan_merge(
     out = Path(output_dir)
     _check_output(out, adapter)
     base_name = _adapter_base(adapter, run_cfg, model)
-    cfg = from_dict(run_cfg) if run_cfg else copy.deepcopy(config)
+    cfg = from_dict(run_cfg) if run_cfg else config
     run_quant = dataclasses.asdict(cfg.quantization) if run_cfg else None
-    cfg.model.name = base_name
-    cfg.model.trust_remote_code = config.model.trust_remote_code or cfg.model.trust_remote_code
-    cfg.training.device = config.training.device
-    cfg.output_dir = str(out)
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(
+            cfg.model, name=base_name, trust_remote_code=config.model.trust_remote_code or cfg.model.trust_remote_code
+        ),
+        training=dataclasses.replace(cfg.training, device=config.training.device),
+        output_dir=str(out),
+    )
     source = resolve_model(base_name)
     try:
         check_adapter_base(adapter, source)

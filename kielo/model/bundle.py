@@ -6,7 +6,7 @@ Training, evaluation and generation all build their model through here, so they 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -34,13 +34,13 @@ class Bundle:
 
 
 def effective_config(config: Config) -> tuple[Config, ModelSource]:
-    """When ``model.name`` is a run folder, its saved config supplies model, quantization and data format."""
+    """When ``model.name`` is a run folder, its saved config supplies the model and the data format: the
+    returned config is a new one (``config`` is left as it was)."""
     source = resolve_model(config.model.name)
     if source.run_config:
         saved = from_dict(source.run_config)
-        config.model = saved.model
-        config.data.template = saved.data.template
-        config.data.system_prompt = config.data.system_prompt or saved.data.system_prompt
+        data = replace(config.data, template=saved.data.template, system_prompt=config.data.system_prompt or saved.data.system_prompt)
+        config = replace(config, model=saved.model, data=data)
     return config, source
 
 

@@ -15,7 +15,7 @@ import argparse
 import logging
 import shutil
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from kielo.config.schema import GenerationConfig
@@ -103,9 +103,9 @@ def run_command(args: argparse.Namespace, config) -> int:
     elif not args.chat:
         prompts = read_prompt_file(args.file) if args.file else from_arguments(args.prompt)
     if args.system is not None:
-        config.data.system_prompt = args.system or None
+        config = replace(config, data=replace(config.data, system_prompt=args.system or None))
     gen = resolve_generation(config.generation, [config.model.name, *args.adapter], _flags(args))
-    config.generation = gen
+    config = replace(config, generation=gen)
     bundle, models = load_models(config, args.adapter)
     system = bundle.config.data.system_prompt  # a run folder's own system prompt applies unless --system is given
     log.info("models: %s; %s", ", ".join(models), describe(gen))

@@ -15,7 +15,7 @@ import random
 import resource
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +207,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     saved = load_config(out / CONFIG_FILE) if latest is not None and (out / CONFIG_FILE).is_file() else None
     # The bundle's config has the device, dtypes and kernels resolved; the plan adds its picks.
     config, memory_plan = plan_training(bundle.config, bundle.model, train_items, bundle.device, saved)
-    bundle.config = config
+    bundle = replace(bundle, config=config)
     t = config.training
     pad_id = bundle.tokenizer.pad_token_id
     plan = BatchPlan(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
@@ -218,7 +218,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     steps = total_steps(config, plan.per_epoch)
     path = training_path(resolved_precision(config))
     model = add_lora(bundle.model, config.lora, path.lora_forward)
-    bundle.model = model
+    bundle = replace(bundle, model=model)
     trainable, total = describe_parameters(model)
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     params = [p for p in model.parameters() if p.requires_grad]
