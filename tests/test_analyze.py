@@ -17,7 +17,7 @@ from kielo.analyze.duplicates import dedup_text, signatures, similar_pairs
 from kielo.analyze.render import render_example, to_ansi, to_html, token_pieces
 from kielo.analyze.tokenizer_efficiency import tokenizer_efficiency
 from kielo.cli import main
-from kielo.data.batches import BatchPlan, pack_rows, token_counts
+from kielo.data.batches import BatchLayout, pack_rows, token_counts
 from kielo.data.encode import Encoded, Encoder
 from kielo.data.records import Example, load_examples
 from kielo.data.template import resolve_template
@@ -110,20 +110,20 @@ def test_pack_rows_is_first_fit():
 
 @pytest.mark.parametrize("packing", [False, True])
 def test_token_counts_agree_with_training_batches(tiny_llama, tmp_path, packing):
+    from kielo.data.prepare import prepare_data
     from kielo.model.bundle import load_tokenizer_and_template, make_encoder
     from kielo.model.source import resolve_model
-    from kielo.train.trainer import prepare_data
 
     train = write_rows(tmp_path / "train.jsonl", CLEAN + [LEAVES, {**LEAVES, "output": "sana " * 60}])
     config = config_for(tiny_llama, train, tmp_path / "out", max_length=40, packing=packing)
     result = analyze_data([train], config, examples=0)
 
-    # What training does (trainer.train): prepare_data, then the BatchPlan over the training items.
+    # What training does (trainer.train): prepare_data, then the BatchLayout over the training items.
     tok, template = load_tokenizer_and_template(config, resolve_model(config.model.name))
     items, _, report = prepare_data(types.SimpleNamespace(config=config, encoder=make_encoder(tok, template, config)))
     t = config.training
-    plan = BatchPlan(items, t.micro_batch_size, tok.pad_token_id, t.seed, config.data.packing, config.data.max_length)
-    batches = [plan.batch(i) for i in range(plan.per_epoch)]
+    layout = BatchLayout(items, t.micro_batch_size, tok.pad_token_id, t.seed, config.data.packing, config.data.max_length)
+    batches = [layout.batch(i) for i in range(layout.per_epoch)]
 
     split = result["splits"]["train"]
     assert split["kept"] == len(items) and split["truncated"] == report["train"]["truncated"] > 0
@@ -147,7 +147,7 @@ def test_token_counts_match_collated_batches_in_every_mode(tokenizers, data_file
     from kielo.data.batches import collate_packed, collate_padded
 
     for packing in (False, True):
-        groups = BatchPlan(items, 3, tok.pad_token_id, 5, packing=packing, max_length=64).groups(0)
+        groups = BatchLayout(items, 3, tok.pad_token_id, 5, packing=packing, max_length=64).groups(0)
         batches = [collate_packed(g, tok.pad_token_id) if packing else collate_padded(g, tok.pad_token_id) for g in groups]
         assert token_counts(groups, packing) == {
             "slots": sum(b.input_ids.numel() for b in batches),
@@ -156,7 +156,7 @@ def test_token_counts_match_collated_batches_in_every_mode(tokenizers, data_file
         }
     grouped = length_grouped(items, 3, seed=5)
     assert sorted(it.index for g in grouped for it in g) == [it.index for it in items]
-    padded = token_counts(BatchPlan(items, 3, tok.pad_token_id, 5).groups(0), False)
+    padded = token_counts(BatchLayout(items, 3, tok.pad_token_id, 5).groups(0), False)
     assert token_counts(grouped, False)["slots"] <= padded["slots"]
 
 

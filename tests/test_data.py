@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from kielo.data.batches import BatchPlan, collate_packed, collate_padded
+from kielo.data.batches import BatchLayout, collate_packed, collate_padded
 from kielo.data.encode import IGNORE, Encoder
 from kielo.data.records import Example, load_examples
 from kielo.data.template import resolve_template
@@ -151,8 +151,8 @@ def test_plan_is_deterministic_and_covers_every_example(tiny_gemma, data_file):
     enc = Encoder(tok, resolve_template(tok, "builtin"), 128)
     items = [enc.encode(e, i) for i, e in enumerate(load_examples(data_file))]
     for packing in (False, True):
-        a = BatchPlan(items, 2, tok.pad_token_id, seed=3, packing=packing, max_length=128)
-        b = BatchPlan(items, 2, tok.pad_token_id, seed=3, packing=packing, max_length=128)
+        a = BatchLayout(items, 2, tok.pad_token_id, seed=3, packing=packing, max_length=128)
+        b = BatchLayout(items, 2, tok.pad_token_id, seed=3, packing=packing, max_length=128)
         seen = sorted(i for k in range(a.per_epoch) for i in a.batch(k).indices)
         assert seen == list(range(len(items)))
         assert [a.batch(k).indices for k in range(5)] == [b.batch(k).indices for k in range(5)]

@@ -12,10 +12,11 @@ from conftest import build_model, tiny_config
 
 from kielo.data.batches import collate_packed, collate_padded
 from kielo.data.encode import IGNORE, Encoded
+from kielo.data.prepare import prepare_data
 from kielo.errors import KieloError
 from kielo.train.loss import chunked_loss_sum
 from kielo.train.packing import block_causal_mask, model_inputs, packing_support
-from kielo.train.trainer import prepare_data, train
+from kielo.train.trainer import train
 
 
 def random_examples(lengths: list[int], vocab: int, seed: int = 0) -> list[Encoded]:

@@ -11,7 +11,7 @@ import torch
 
 from kielo.model.precision import Precision
 from kielo.plan.memory import GIB, Setup, estimate, quantized_bytes_per_param
-from kielo.plan.planner import DataSize, candidates, check_plan, make_plan, plan_training
+from kielo.plan.planner import DataSize, candidates, check_plan, make_plan
 from kielo.plan.shape import shape_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,22 +172,27 @@ def test_candidates_keep_the_effective_batch():
     assert candidates(config, "fastest")[0] == (12, False)
 
 
-def test_plan_training_is_a_no_op_on_cpu_and_keeps_a_resumed_runs_settings(tiny_llama, tmp_path):
-    from kielo.model.load import load_base_model
-    from kielo.model.source import ModelSource
+def test_resolve_training_plans_nothing_on_cpu_and_keeps_a_resumed_runs_settings(tiny_llama, tmp_path):
+    from kielo.model.bundle import load_bundle
+    from kielo.train.resolve import resolve_training
     from tests.conftest import tiny_config
 
     config = tiny_config(tiny_llama, tmp_path / "d.jsonl", tmp_path / "o")
-    model = load_base_model(ModelSource(str(tiny_llama)), config, torch.device("cpu"))
-    same, plan = plan_training(config, model, [], torch.device("cpu"))
-    assert plan is None and same.training == config.training
+    bundle = load_bundle(config, for_training=True)
+    model = bundle.model
+    same, plan = resolve_training(bundle, [])
+    assert plan is None and same == bundle.config
+    t = same.training
+    # resolved: nothing left on `auto`, the configured batch settings kept
+    assert (t.device, same.quantization.compute_dtype, t.stream_dtype, t.kernels) == ("cpu", "fp32", "compute", "none")
+    assert (t.micro_batch_size, t.gradient_accumulation) == (config.training.micro_batch_size, config.training.gradient_accumulation)
     saved = tiny_config(
         tiny_llama,
         tmp_path / "d.jsonl",
         tmp_path / "o",
         training={"micro_batch_size": 1, "gradient_accumulation": 2, "gradient_checkpointing": False},
     )
-    resumed, _ = plan_training(config, model, [], torch.device("cpu"), saved)
+    resumed, _ = resolve_training(bundle, [], saved)
     assert (resumed.training.micro_batch_size, resumed.training.gradient_accumulation) == (1, 2)
     assert resumed.training.gradient_checkpointing is False
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())

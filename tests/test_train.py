@@ -9,14 +9,15 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from kielo.data.batches import BatchPlan, collate_padded
+from kielo.data.batches import BatchLayout, collate_padded
+from kielo.data.prepare import prepare_data
 from kielo.errors import KieloError
 from kielo.model.bundle import load_bundle
 from kielo.model.load import load_tokenizer
 from kielo.train import checkpoint as ckpt
 from kielo.train.loss import chunked_loss_sum
 from kielo.train.step import accumulate_gradients
-from kielo.train.trainer import prepare_data, train
+from kielo.train.trainer import train
 
 
 def adapter_weights(folder):
@@ -200,8 +201,8 @@ def test_packed_training_runs_and_counts_tokens(tiny_gemma, data_file, tmp_path)
     cfg = tiny_config(tiny_gemma, data_file, tmp_path / "p", data={"packing": True, "max_length": 128}, training={"max_steps": 2})
     bundle = load_bundle(cfg, for_training=True)
     items, _, _ = prepare_data(bundle)
-    plan = BatchPlan(items, 2, bundle.tokenizer.pad_token_id, 1, packing=True, max_length=128)
-    assert sum(plan.batch(i).trained_tokens for i in range(plan.per_epoch)) == sum(
+    layout = BatchLayout(items, 2, bundle.tokenizer.pad_token_id, 1, packing=True, max_length=128)
+    assert sum(layout.batch(i).trained_tokens for i in range(layout.per_epoch)) == sum(
         it.trained_tokens - (it.labels[0] != -100) for it in items
     )
     summary = train(cfg, progress=False)

@@ -1,6 +1,6 @@
 """Trained, masked and padding tokens of the micro-batches training builds, with and without packing.
 
-The micro-batches come from training's own :class:`~kielo.data.batches.BatchPlan` (same seed, same
+The micro-batches come from training's own :class:`~kielo.data.batches.BatchLayout` (same seed, same
 ``micro_batch_size``, same packing), and their sizes from :func:`~kielo.data.batches.token_counts`, which
 equals what the collate functions put in the tensors. Length grouping is not a training option yet; it
 is shown as the padding it would save, grouped the way transformers' ``group_by_length`` does.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from kielo.data.batches import BatchPlan, token_counts
+from kielo.data.batches import BatchLayout, token_counts
 from kielo.data.encode import Encoded
 
 MEGABATCH = 50  # micro-batches per length-sorted megabatch, as in transformers' LengthGroupedSampler
@@ -46,7 +46,7 @@ def token_budget(items: list[Encoded], micro_batch_size: int, pad_id: int, seed:
         return {"training_uses": "packed" if packing else "padded", "modes": {}}
     modes = {}
     for name, pack in (("padded", False), ("packed", True)):
-        groups = BatchPlan(items, micro_batch_size, pad_id, seed, packing=pack, max_length=max_length).groups(0)
+        groups = BatchLayout(items, micro_batch_size, pad_id, seed, packing=pack, max_length=max_length).groups(0)
         modes[name] = _shares(token_counts(groups, pack), len(groups))
     groups = length_grouped(items, micro_batch_size, seed)
     modes["length_grouped"] = _shares(token_counts(groups, False), len(groups))

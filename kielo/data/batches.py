@@ -151,7 +151,7 @@ def token_counts(groups: list[list], packing: bool) -> dict[str, int]:
     return {"slots": slots, "real": real, "trained": trained}
 
 
-class BatchPlan:
+class BatchLayout:
     """The deterministic order of micro-batches for every epoch, from the seed.
 
     A run's position is just the number of micro-batches consumed, which makes resuming exact.

@@ -6,12 +6,11 @@ variant's; this module only finds what to evaluate and what training already log
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kielo.train.checkpoint import STEP_DIR, list_checkpoints
-from kielo.train.trainer import METRICS_FILE, SUMMARY_FILE
+from kielo.runs.folder import checkpoint_step, list_checkpoints
+from kielo.runs.saved import has_adapter, read_metrics, read_summary
 
 
 @dataclass
@@ -23,10 +22,10 @@ class CurvePoint:
 def run_points(run_dir: str | Path) -> list[CurvePoint]:
     """The run's checkpoints, oldest first, then its final adapter (when the run finished)."""
     run = Path(run_dir)
-    points = [CurvePoint(int(STEP_DIR.match(p.name).group(1)), str(p)) for p in list_checkpoints(run)]
-    summary = run / SUMMARY_FILE
-    if summary.is_file() and (run / "adapter_config.json").is_file():
-        steps = json.loads(summary.read_text(encoding="utf-8")).get("steps")
+    points = [CurvePoint(checkpoint_step(p), str(p)) for p in list_checkpoints(run)]
+    summary = read_summary(run)
+    if summary is not None and has_adapter(run):
+        steps = summary.get("steps")
         if steps is not None and all(p.step != steps for p in points):
             points.append(CurvePoint(int(steps), str(run)))
     return points
@@ -34,16 +33,7 @@ def run_points(run_dir: str | Path) -> list[CurvePoint]:
 
 def validation_history(run_dir: str | Path) -> list[dict]:
     """``[{step, loss}]`` of the validation losses training logged in ``metrics.jsonl``."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record.get("split") == "validation":
-                out.append({"step": record["step"], "loss": record["loss"]})
-    return out
+    return [{"step": r["step"], "loss": r["loss"]} for r in read_metrics(run_dir) if r.get("split") == "validation"]
 
 
 def has_checkpoints(path: str | Path) -> bool:

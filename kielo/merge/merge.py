@@ -119,7 +119,7 @@ def merge_adapter(peft_model, adapter_dir: str, dtype: torch.dtype) -> tuple[tor
 
 def save_merged(model, bundle, folder: Path, dtype: torch.dtype) -> None:
     """Write the merged model in ``dtype`` and its side files (tokenizer + template, generation config, config)."""
-    from kielo.train.trainer import write_side_files
+    from kielo.runs.folder import write_side_files
 
     model.to(dtype).save_pretrained(folder, safe_serialization=True)  # the one rounding of W + update
     # After the model: save_pretrained writes the base's generation_config.json, which this replaces.

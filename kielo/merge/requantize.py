@@ -55,7 +55,7 @@ def load_nf4(folder: Path, dtype: torch.dtype, compute: torch.dtype, device: tor
 def requantize(merged_bundle: Bundle, folder: Path, out: Path, examples: list[Example], source: str, dtype: torch.dtype) -> dict:
     """Write an NF4 copy of the merged model in ``folder`` (saved in ``dtype``) to ``out``; report the held-out
     loss before and after."""
-    from kielo.train.trainer import write_side_files
+    from kielo.runs.folder import write_side_files
 
     before = held_out_loss(merged_bundle, examples)
     compute = next(merged_bundle.model.parameters()).dtype

@@ -35,7 +35,7 @@ def builtin_examples(system_prompt: str | None = None) -> list[Example]:
 
 def held_out_examples(config: Config, limit: int) -> tuple[list[Example], str]:
     """Up to ``limit`` held-out examples of the run and where they came from (a file, or ``builtin``)."""
-    from kielo.train.trainer import split_validation
+    from kielo.data.prepare import split_validation
 
     d = config.data
     if d.validation and Path(d.validation).is_file():

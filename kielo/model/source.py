@@ -13,11 +13,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from kielo.config.load import CONFIG_FILE
 from kielo.errors import KieloError
 from kielo.model import default
+from kielo.runs.saved import has_adapter, read_run_config
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -33,14 +32,6 @@ class ModelSource:
     @property
     def is_local(self) -> bool:
         return Path(self.path).is_dir()
-
-
-def find_run_config(folder: Path) -> Path | None:
-    """The saved config of a run folder or of a checkpoint inside one."""
-    for candidate in (folder, folder.parent, folder.parent.parent):
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate / CONFIG_FILE
-    return None
 
 
 def _gguf_to_folder(path: Path) -> str:
@@ -75,14 +66,13 @@ def resolve_model(name: str) -> ModelSource:
             raise KieloError(f"GGUF file {p} does not exist", "check the path to the .gguf file")
         return ModelSource(_gguf_to_folder(p))
     if p.is_dir():
-        if (p / "adapter_config.json").is_file():
-            cfg_path = find_run_config(p)
-            if cfg_path is None:
+        if has_adapter(p):
+            run_cfg = read_run_config(p)
+            if run_cfg is None:
                 raise KieloError(
                     f"{p} holds a LoRA adapter but no {CONFIG_FILE} saying which base it belongs to",
                     "pass the base with --model and the folder with --adapter",
                 )
-            run_cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
             base = resolve_model(run_cfg.get("model", {}).get("name", default.ALIAS))
             return ModelSource(base.path, adapter=str(p), run_config=run_cfg)
         if (p / "config.json").is_file():
@@ -110,7 +100,6 @@ def resolve_adapter(path: str) -> tuple[str, dict | None]:
     p = Path(path).expanduser()
     if not p.exists():
         raise KieloError(f"adapter {p} does not exist", "check the path to the adapter or run folder")
-    if not (p / "adapter_config.json").is_file():
+    if not has_adapter(p):
         raise KieloError(f"{p} holds no LoRA adapter (adapter_config.json)", "point to a kielo run folder or PEFT adapter")
-    cfg = find_run_config(p)
-    return str(p), (yaml.safe_load(cfg.read_text(encoding="utf-8")) if cfg else None)
+    return str(p), read_run_config(p)

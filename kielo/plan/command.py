@@ -48,8 +48,8 @@ def _data(config):
 
     if not config.data.train:
         return full_rows(config), "no data.train: every row taken as data.max_length long and fully trained"
+    from kielo.data.prepare import encode_data, read_data
     from kielo.model.bundle import effective_config, load_tokenizer_and_template, make_encoder
-    from kielo.train.trainer import encode_data, read_data
 
     examples = read_data(config)
     config, source = effective_config(config)

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 
 from kielo.plan.shape import ModelShape
 
+# Rows of hidden states the chunked loss head (kielo.train.loss) sends through the head at once: it bounds
+# the fp32 logits tensor (rows x vocab), a memory decision, so the memory model owns it.
+HEAD_CHUNK = 1024
+
 GIB = 2**30
 # cuBLAS and cuBLASLt keep their workspaces in PyTorch's allocator (32 MiB each by default on recent
 # cards), so they count in max_memory_allocated like any tensor.
 LIBRARY_WORKSPACE = 64 * 2**20
-# Rows of hidden states sent through the chunked head at once (kielo.train.loss.HEAD_CHUNK).
-HEAD_CHUNK = 1024
 FP32 = 4
 
 

@@ -79,7 +79,7 @@ def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_
 
 
 @dataclass
-class Plan:
+class MemoryPlan:
     mode: str
     micro_batch_size: int
     gradient_accumulation: int
@@ -125,7 +125,7 @@ def candidates(config: Config, mode: str) -> list[tuple[int, bool]]:
     return order
 
 
-def make_plan(config: Config, shape: ModelShape, precision: Precision, data: DataSize, budget: int, mode: str = "fit") -> Plan:
+def make_plan(config: Config, shape: ModelShape, precision: Precision, data: DataSize, budget: int, mode: str = "fit") -> MemoryPlan:
     """The first candidate whose estimated peak fits ``HEADROOM`` of ``budget``, else the leanest one."""
     t = config.training
     effective = t.micro_batch_size * t.gradient_accumulation
@@ -146,10 +146,10 @@ def make_plan(config: Config, shape: ModelShape, precision: Precision, data: Dat
         )
     if gc != t.gradient_checkpointing:
         changed.append(f"gradient_checkpointing {'on' if t.gradient_checkpointing else 'off'} -> {'on' if gc else 'off'}")
-    return Plan(mode, mbs, effective // mbs, gc, est, budget, fits, changed)
+    return MemoryPlan(mode, mbs, effective // mbs, gc, est, budget, fits, changed)
 
 
-def check_plan(plan: Plan, model_name: str) -> None:
+def check_plan(plan: MemoryPlan, model_name: str) -> None:
     """Refuse a run whose leanest setting is estimated well over the budget (beyond the estimates' error)."""
     if plan.estimate.total > plan.budget / HEADROOM:
         raise KieloError(
@@ -161,7 +161,7 @@ def check_plan(plan: Plan, model_name: str) -> None:
         )
 
 
-def apply_plan(config: Config, plan: Plan) -> Config:
+def apply_plan(config: Config, plan: MemoryPlan) -> Config:
     """``config`` with the plan's micro-batch size, accumulation and checkpointing."""
     t = replace(
         config.training,
@@ -178,40 +178,15 @@ def gpu_budget(device: torch.device) -> int:
     return int(free) + torch.cuda.memory_allocated(device)
 
 
-def plan_training(config: Config, model, items: list, device: torch.device, saved: Config | None = None) -> tuple[Config, Plan | None]:
-    """Plan a run's memory on ``device`` (GPU only, ``training.memory_plan``): the config to train with and
-    the plan (None when none was made); the model's checkpointing is switched to match.
-
-    A resumed run (``saved``: the run folder's config) keeps its saved micro-batch settings, because a
-    checkpoint's position in the data is counted in micro-batches of that size.
-    """
-    from kielo.model.load import set_gradient_checkpointing
+def plan_memory(config: Config, model_config, items: list, device: torch.device) -> MemoryPlan:
+    """The memory plan of a run with ``config`` (resolved: its precision concrete) on ``device``, a GPU, for
+    the loaded model's transformers config and the encoded training examples; refused (KieloError) when even
+    the leanest setting is well over the budget. Call it after the weights are loaded: they count."""
     from kielo.plan.shape import shape_from_config
 
-    t = config.training
-    plan = None
-    if saved is not None:
-        s = saved.training
-        kept = (s.micro_batch_size, s.gradient_accumulation, s.gradient_checkpointing)
-        if kept != (t.micro_batch_size, t.gradient_accumulation, t.gradient_checkpointing):
-            log.info(
-                "resuming with the run's saved micro_batch_size %d, gradient_accumulation %d, gradient "
-                "checkpointing %s (the checkpoint's data position is counted in those micro-batches)",
-                *kept,
-            )
-        planned = replace(
-            t,
-            micro_batch_size=s.micro_batch_size,
-            gradient_accumulation=s.gradient_accumulation,
-            gradient_checkpointing=s.gradient_checkpointing,
-        )
-        config = replace(config, training=planned)
-    elif device.type == "cuda" and t.memory_plan != "off":
-        data = data_size(items, config.data.packing, config.data.max_length)
-        plan = make_plan(config, shape_from_config(model.config), resolved_precision(config), data, gpu_budget(device), t.memory_plan)
-        log.info("%s", plan.describe())
-        check_plan(plan, config.model.name)
-        config = apply_plan(config, plan)
-    if config.training.gradient_checkpointing != t.gradient_checkpointing:  # the load set the configured one
-        set_gradient_checkpointing(model, config.training.gradient_checkpointing)
-    return config, plan
+    data = data_size(items, config.data.packing, config.data.max_length)
+    shape = shape_from_config(model_config)
+    plan = make_plan(config, shape, resolved_precision(config), data, gpu_budget(device), config.training.memory_plan)
+    log.info("%s", plan.describe())
+    check_plan(plan, config.model.name)
+    return plan

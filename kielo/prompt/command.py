@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kielo.config.schema import GenerationConfig
 from kielo.errors import KieloError
+from kielo.runs.saved import is_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def run_command(args: argparse.Namespace, config) -> int:
             'e.g. kielo prompt --model gemma-3-270m "Mikä on Suomen pääkaupunki?"',
         )
     folder = Path(config.output_dir)
-    if (folder / "adapter_config.json").is_file() or (folder / "checkpoints").is_dir():
+    if is_run_folder(folder):
         # Writing kielo_config.yaml there would replace the training run's own.
         raise KieloError(
             f"output_dir {folder} is a training run folder", "write prompt results elsewhere, e.g. --output_dir runs/prompt"

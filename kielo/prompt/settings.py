@@ -15,11 +15,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kielo.config.load import from_dict
 from kielo.config.schema import GenerationConfig
-from kielo.model.source import find_run_config
+from kielo.runs.saved import find_run_config, has_adapter, read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +34,15 @@ def run_defaults(names: list[str]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for name in names:
         p = Path(name).expanduser()
-        if not (p / "adapter_config.json").is_file():
+        if not has_adapter(p):
             continue  # a base model, a plain hub id, or a path load_variants will report
-        cfg_path = find_run_config(p)
-        if cfg_path is None:
+        run = read_run_config(p)
+        if run is None:
             continue
-        saved = (yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}).get("generation") or {}
+        saved = run.get("generation") or {}
         known = {k: v for k, v in saved.items() if k in KEYS}  # runs saved by other kielo versions may differ
         if known:
-            log.info("generation defaults from the training run %s", cfg_path.parent)
+            log.info("generation defaults from the training run %s", find_run_config(p).parent)
         merged.update(known)
     return merged
 

@@ -8,28 +8,16 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-STATE_FILE = "trainer_state.pt"
-STEP_DIR = re.compile(r"^step-(\d+)$")
+# The layout comes from the run layer; list_checkpoints is re-exported for the loop and its tests.
+from kielo.runs.folder import STATE_FILE, checkpoints_dir, list_checkpoints
 
-
-def checkpoints_dir(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "checkpoints"
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = checkpoints_dir(output_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
-    return [p for _, p in sorted(found)]
+__all__ = ["list_checkpoints", "load_adapter_weights", "load_state", "prune_checkpoints", "save_checkpoint", "set_rng_state"]
 
 
 def rng_state() -> dict:

@@ -16,13 +16,11 @@ import torch.nn.functional as F
 from kielo.data.batches import Batch
 from kielo.data.encode import IGNORE
 from kielo.model.adapter import causal_lm
+from kielo.plan.memory import HEAD_CHUNK
 from kielo.train.packing import model_inputs
 
 # (model, batch) -> (summed token loss over the batch's trained positions, their number)
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, int]]
-
-# Rows of hidden states sent through the head at once: bounds the fp32 logits tensor (rows x vocab).
-HEAD_CHUNK = 1024
 
 
 def head_logits(lm, hidden: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kielo.data.batches import BatchPlan
+from kielo.data.batches import BatchLayout
 from kielo.model.precision import Precision
 from kielo.train.loss import LossFn, loss_head
 
@@ -54,13 +54,13 @@ def accumulate_gradients(model, micro: list, device: torch.device, loss: LossFn)
 
 
 @torch.no_grad()
-def evaluate_loss(model, plan: BatchPlan, device: torch.device, loss: LossFn) -> dict:
-    """Mean token loss and perplexity over all batches of a plan."""
+def evaluate_loss(model, layout: BatchLayout, device: torch.device, loss: LossFn) -> dict:
+    """Mean token loss and perplexity over all batches of a layout."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for i in range(plan.per_epoch):
-        s, n = loss(model, plan.batch(i).to(device))
+    for i in range(layout.per_epoch):
+        s, n = loss(model, layout.batch(i).to(device))
         total += float(s.detach())
         count += n
     if was_training:
