@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 import kielo.model.lora_forward as lora_forward
-from kielo.bench import qlora
+from kielo.bench.cases import Variant
+from kielo.bench.data import full_examples, micro_batches
+from kielo.bench.models import kielo_config, load, make_model, trainable
 
 
 def main() -> None:
@@ -32,26 +34,24 @@ def main() -> None:
     device = torch.device("cuda")
     folder = Path(args.model_dir) if args.model_dir else Path(tempfile.mkdtemp()) / args.shape
     if not (folder / "config.json").is_file():
-        qlora.make_model(folder, args.shape)
-    variant = qlora.Variant("kielo", stream=args.stream, kernels="auto")
-    model = qlora.load(variant, folder, device)
-    from kielo.train.loss import loss_head
+        make_model(folder, args.shape)
+    loaded = load(Variant("kielo", stream=args.stream, kernels="auto"), folder, device)
+    model = loaded.model
     from kielo.train.optim import build_optimizer
     from kielo.train.step import accumulate_gradients
 
-    params = [p for _, p in qlora.trainable(model)]
-    head = loss_head(qlora.variant_precision(variant, model, device).liger)
-    opt = build_optimizer(params, qlora.kielo_config().training, device)
+    params = [p for _, p in trainable(model)]
+    opt = build_optimizer(params, kielo_config().training, device)
     vocab = model.config.vocab_size
-    steps = qlora.full_examples(2 * args.pairs + 2, args.batch, args.seq, vocab, seed=1)
+    steps = full_examples(2 * args.pairs + 2, args.batch, args.seq, vocab, seed=1)
     times = {"fused": [], "unfused": []}
     for i, examples in enumerate(steps):
         mode = "fused" if i % 2 == 0 else "unfused"
         lora_forward.set_fused_lora(model, mode == "fused")
-        micro = qlora.micro_batches(examples, "kielo", 2, True, args.seq, vocab - 1)
+        micro = micro_batches(examples, loaded.layout, 2, args.seq, vocab - 1)
         torch.cuda.synchronize()
         t = time.perf_counter()
-        accumulate_gradients(model, micro, device, head)
+        accumulate_gradients(model, micro, device, loaded.path.loss)
         opt.step()
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()

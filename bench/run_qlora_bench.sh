@@ -1,9 +1,14 @@
 #!/bin/bash
 # On the GPU machine: install the carried wheels (WHL, default .whl: bitsandbytes, liger-kernel), then run
-# `kielo bench` (kielo/bench/qlora.py) with the given arguments (results.json lands in $OUT).
+# `kielo bench` (kielo/bench) with the given arguments (results.json lands in $OUT). A first argument --research
+# runs bench/research_variants.py instead: the same bench with the research variants and case options.
 set -u
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHL:-.whl}"/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error \
   HF_HUB_DISABLE_PROGRESS_BARS=1
+if [ "${1:-}" = "--research" ]; then
+  shift
+  exec python3 bench/research_variants.py "$@"
+fi
 exec python3 -m kielo bench "$@"

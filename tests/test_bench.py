@@ -56,7 +56,8 @@ def test_another_stack_starts_from_stocks_lora_weights():
     import pytest
     import torch
 
-    from kielo.bench.qlora import init_from, lora_key
+    from kielo.bench.unsloth import init_from, lora_key
+    from kielo.errors import KieloError
 
     stock = {
         "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight": torch.ones(2, 3),
@@ -71,7 +72,7 @@ def test_another_stack_starts_from_stocks_lora_weights():
     assert got.keys() == own.keys()
     a, b = got.values()
     assert a.dtype == torch.bfloat16 and bool((a == 1).all()) and bool((b == 0).all())
-    with pytest.raises(SystemExit, match="do not pair up"):
+    with pytest.raises(KieloError, match="do not pair up"):
         init_from({**own, "base_model.model.layers.1.mlp.up_proj.lora_A.weight": torch.ones(1)}, stock)
 
 
@@ -81,9 +82,72 @@ def test_unsloth_variant_without_unsloth_says_what_to_install(tmp_path):
     import pytest
     import torch
 
-    from kielo.bench.qlora import VARIANTS, load
+    from kielo.bench.cases import VARIANTS
+    from kielo.bench.models import load
+    from kielo.errors import KieloError
 
     if importlib.util.find_spec("unsloth") is not None:
         pytest.skip("Unsloth is installed here")
-    with pytest.raises(SystemExit, match="the unsloth variant needs Unsloth .*install its wheels"):
+    with pytest.raises(KieloError, match="the unsloth variant needs Unsloth") as e:
         load(VARIANTS["unsloth"], tmp_path, torch.device("cpu"))
+    assert "install its wheels" in e.value.fix
+
+
+def _research_script():
+    """bench/research_variants.py as a module (it is a script of the repository, not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "research_variants.py"
+    spec = importlib.util.spec_from_file_location("research_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_research_variant_runs_through_the_same_driver(tmp_path):
+    """A variant and a case option of bench/research_variants.py run in workers started from that script, with
+    the bench's data, parity and table: the lean variant's bf16-matmul head and the bf16-attention option each
+    change the numbers a little (so they took effect) and stay close to stock."""
+    research = _research_script()
+    out = tmp_path / "out"
+    small = ["--shape", "tiny", "--seq", "128", "--warmup-a", "1", "--timed-a", "1", "--workdir", str(tmp_path / "work")]
+    rc = research.bench_main([*small, "--out", str(out), "--plan", "stock:a kielo+lean:a,a/attn=bf16"], registry=research.registry())
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [(r["variant"], r["case"]) for r in results] == [("stock", "a"), ("kielo+lean", "a"), ("kielo+lean", "a/attn=bf16")]
+    stock, lean, attn = results
+    assert all("error" not in r for r in results)
+    assert lean["head"] == "bf16_head_loss_sum" and "planned_gib" not in lean  # the planner does not model lean
+    assert attn["attn_bf16"] is True and "attn_bf16" not in lean
+    for r in (lean, attn):
+        assert 0 < r["max_loss_delta"] < 0.05 and min(r["grad_cosine"]) > 0.99
+    assert attn["losses"] != lean["losses"]
+
+
+def test_plan_mistakes_stop_before_anything_runs(tmp_path, capsys):
+    """An unknown variant or case option is a user mistake (exit 2 with the known names), found before a model
+    is built; research options are known only to the registry that brings them."""
+    import pytest
+
+    from kielo.bench.cases import PRODUCT, parse_plan
+    from kielo.cli import main
+    from kielo.errors import KieloError
+
+    args = ["bench", "--shape", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert main([*args, "--plan", "stock:a kielo+lean:a"]) == 2
+    assert "unknown variant 'kielo+lean'" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+    with pytest.raises(KieloError, match="unknown option 'attn=bf16'"):
+        parse_plan("kielo:a/attn=bf16", PRODUCT)
+    with pytest.raises(KieloError, match="gc= needs a whole number"):
+        parse_plan("kielo:a/gc=x", PRODUCT)
+    with pytest.raises(KieloError, match="starts from stock's LoRA weights"):
+        parse_plan("unsloth:a", PRODUCT)
+    research = _research_script().registry()
+    (entry,) = parse_plan("kielo+bf16:b/attn=bf16/head=liger", research)
+    assert entry.cases[0].fields()["head"] == "liger" and entry.cases[0].fields()["attn_bf16"] is True
+    with pytest.raises(KieloError, match="computes its model's own loss"):
+        parse_plan("stock:a/head=ckpt", research)
+    with pytest.raises(KieloError, match="more than one option chooses the loss head"):
+        parse_plan("kielo:a/head=ckpt/headmm=bf16", research)

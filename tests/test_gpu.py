@@ -1,6 +1,6 @@
 """GPU checks: kielo's training path gives the stock path's losses and LoRA gradients, and packing isolates examples.
 
-Both paths are the ones `kielo bench` (kielo/bench/qlora.py) times (stock = transformers + peft + bitsandbytes as the anchor
+Both paths are the ones `kielo bench` (kielo/bench) times (stock = transformers + peft + bitsandbytes as the anchor
 scripts run them; kielo = load_base_model + add_lora + accumulate_gradients), on a small random Llama with
 NF4 weights and bf16 compute (Gemma 3 and BLOOM where named). Marked ``gpu`` and skipped without CUDA;
 bench/run_gpu_tests.sh runs them.
@@ -8,7 +8,6 @@ bench/run_gpu_tests.sh runs them.
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 from pathlib import Path
@@ -16,7 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import kielo.bench.qlora as qb
+from kielo.bench.cases import VARIANTS
+from kielo.bench.data import full_examples, instruction_examples, micro_batches
+from kielo.bench.models import load, trainable
+from kielo.bench.steps import optimizer, step_function
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -74,36 +76,32 @@ def bloom_dir(tmp_path_factory) -> Path:
 
 
 def loaded(path: str, folder: Path):
-    """A path's model with LoRA B set to the same small random values in both, so that A gets gradients too
-    (B starts at zero, which would leave every A gradient zero at the first step)."""
-    model = qb.load(qb.VARIANTS[path], folder, DEVICE)
+    """A bench variant's loaded model (kielo.bench.models.Loaded) with LoRA B set to the same small random values
+    in both, so that A gets gradients too (B starts at zero, which would leave every A gradient zero at the first
+    step)."""
+    stack = load(VARIANTS[path], folder, DEVICE)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for name, p in qb.trainable(model):
+        for name, p in trainable(stack.model):
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.01)
-    return model
+    return stack
 
 
 def train(path: str, folder: Path, steps: list, mbs: int = 2, vocab: int = SHAPE["vocab_size"]) -> tuple[list[float], torch.Tensor]:
     """Losses of ``len(steps)`` optimizer steps of bench variant ``path`` and the flattened LoRA gradients of the
     first."""
-    from kielo.train.loss import loss_head
-    from kielo.train.optim import build_optimizer
-    from kielo.train.step import accumulate_gradients
+    from kielo.bench.cases import Case
 
     device = DEVICE
-    model = loaded(path, folder)
-    params = [p for _, p in qb.trainable(model)]
-    if path == "stock":
-        opt, step_fn = torch.optim.AdamW(params, lr=1e-4), qb.stock_step
-    else:
-        head = loss_head(qb.variant_precision(qb.VARIANTS[path], model, device).liger)
-        opt = build_optimizer(params, qb.kielo_config().training, device)
-        step_fn = functools.partial(accumulate_gradients, loss=head)
+    stack = loaded(path, folder)
+    model = stack.model
+    params = [p for _, p in trainable(model)]
+    # The bench's own step and optimizer for the stack: stock's model loss and AdamW, kielo's resolved path.
+    opt, step_fn = optimizer(stack, params, device), step_function(stack, Case("a", "a"))
     losses, first_grads = [], None
     for examples in steps:
-        micro = qb.micro_batches(examples, qb.VARIANTS[path].path, mbs, True, 512, vocab - 1)
+        micro = micro_batches(examples, stack.layout, mbs, 512, vocab - 1)
         losses.append(step_fn(model, micro, device))
         if first_grads is None:
             first_grads = torch.cat([p.grad.detach().float().flatten() for p in params])
@@ -119,9 +117,9 @@ def test_kielo_matches_stock_loss_and_gradients(llama_dir, data, path):
     (stock's arithmetic) against stock."""
     vocab = SHAPE["vocab_size"]
     if data == "full":
-        steps = qb.full_examples(STEPS, 2, 512, vocab, seed=3)
+        steps = full_examples(STEPS, 2, 512, vocab, seed=3)
     else:  # variable lengths: stock pads micro-batches of 2, kielo packs rows of 512
-        steps = qb.instruction_examples(STEPS, 8, 512, vocab, seed=4)
+        steps = instruction_examples(STEPS, 8, 512, vocab, seed=4)
     stock_losses, stock_grads = train("stock", llama_dir, steps)
     kielo_losses, kielo_grads = train(path, llama_dir, steps)
     deltas = [abs(a - b) for a, b in zip(stock_losses, kielo_losses, strict=True)]
@@ -141,12 +139,12 @@ def test_gemma_fast_path_matches_stock(gemma_dir):
     from kielo.model.precision import liger_installed
 
     vocab = GEMMA_SHAPE["vocab_size"]
-    model = loaded("kielo", gemma_dir)
-    norm = next(p for n, p in model.named_parameters() if n.endswith("input_layernorm.weight"))
+    stack = loaded("kielo", gemma_dir)
+    norm = next(p for n, p in stack.model.named_parameters() if n.endswith("input_layernorm.weight"))
     assert norm.dtype == torch.bfloat16, "the Gemma 3 default must train on the bf16 stream"
-    assert qb.variant_precision(qb.VARIANTS["kielo"], model, DEVICE).liger == liger_installed()
-    del model
-    steps = qb.instruction_examples(STEPS, 8, 512, vocab, seed=6)
+    assert stack.path.precision.liger == liger_installed()
+    del stack
+    steps = instruction_examples(STEPS, 8, 512, vocab, seed=6)
     stock_losses, stock_grads = train("stock", gemma_dir, steps, vocab=vocab)
     kielo_losses, kielo_grads = train("kielo", gemma_dir, steps, vocab=vocab)
     deltas = [abs(a - b) for a, b in zip(stock_losses, kielo_losses, strict=True)]
@@ -178,9 +176,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_packed_examples_never_attend_to_each_other(request, folder):
     from kielo.data.batches import collate_packed, collate_padded
 
-    model = loaded("kielo", request.getfixturevalue(folder))
+    model = loaded("kielo", request.getfixturevalue(folder)).model
     pad = SHAPE["vocab_size"] - 1
-    examples = qb.instruction_examples(1, 3, 200, SHAPE["vocab_size"], seed=5)[0]
+    examples = instruction_examples(1, 3, 200, SHAPE["vocab_size"], seed=5)[0]
     packed_batch = collate_packed([examples], pad)
     packed = _logits(model, packed_batch)[0]
     # Control: the same row as one causal sequence (one segment: for BLOOM a plain causal mask), where later

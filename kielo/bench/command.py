@@ -1,4 +1,25 @@
-"""`kielo bench`: the command-line face of :mod:`kielo.bench.qlora` (imported only when the command runs)."""
+"""`kielo bench`: QLoRA training speed and parity, the stock stack against kielo's training path, in one
+invocation on one GPU.
+
+Builds a random-weight model in a real shape (``kielo.bench.shapes``) and times optimizer steps of NF4 +
+double-quant QLoRA (bf16 compute, LoRA r=16 alpha=32 on every linear projection, AdamW lr 1e-4) on the same
+data for each variant of the plan (``kielo.bench.cases.VARIANTS``): ``stock`` (transformers + peft +
+bitsandbytes as the anchor scripts run it), ``kielo`` (``kielo train``'s defaults), ``kielo+fp32``,
+``kielo+compute``, ``kielo+tf32``, ``+peftlora`` / ``+unfused`` (the LoRA forward), ``unsloth`` /
+``unsloth+nogc`` (when installed), and ``ref`` (fp32 arithmetic: the yardstick of ``cos vs ref``).
+
+Data: ``a`` = batch x seq random tokens per step, every position trained; ``b`` = variable-length
+instruction-like examples (mean ~300 tokens, tail to max_length, prompt masked), the same examples in every
+optimizer step for every path: stock pads micro-batches of 2 to their longest example, kielo packs them into
+rows of max_length. tokens/s counts real (non-padding) tokens only. Case options: ``kielo.bench.cases``.
+
+    kielo bench --shape llama8b --plan "stock:a,b kielo:a,b kielo+compute:a,b,a/nogc"
+    kielo bench --shape tiny --seq 256 --max-length 256 --plan "stock:a,b kielo:a,b"  # CPU smoke test
+    bash bench/run_qlora_bench.sh ARGS  # on a GPU machine: installs the carried wheels, then kielo bench ARGS
+    python bench/research_variants.py ARGS  # the same bench with the research variants and case options
+
+Results: a table on stdout and ``results.json`` in --out (default $OUT, else runs/qlora-bench).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +31,7 @@ from kielo.bench.shapes import SHAPES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The bench's options (``kielo bench`` and ``python -m kielo.bench.qlora`` share them)."""
+    """The bench's options (``kielo bench`` and the research scripts share them)."""
     p.add_argument("--shape", default="llama8b", choices=sorted(SHAPES))
     p.add_argument(
         "--plan",
@@ -52,6 +73,26 @@ def setup_parser(p: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace, config) -> int:
     """Run the bench; the kielo config is not used (the bench fixes its own settings, as the stock scripts do)."""
-    from kielo.bench.qlora import run
+    from kielo.bench.runner import run
 
     return run(args)
+
+
+def main(argv: list[str] | None = None, registry=None) -> int:
+    """The bench outside the kielo CLI (the research scripts in the repository's bench/): the same options, the
+    given registry (default: the product's variants); a user mistake prints its message and fix and returns 2."""
+    import sys
+
+    from kielo.bench.cases import PRODUCT
+    from kielo.bench.runner import run
+    from kielo.errors import KieloError
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    try:
+        return run(p.parse_args(argv), registry or PRODUCT)
+    except KieloError as e:
+        print(f"bench: error: {e.message}", file=sys.stderr)
+        if e.fix:
+            print(f"  fix: {e.fix}", file=sys.stderr)
+        return 2

@@ -1,0 +1,182 @@
+"""What a bench plan names: variants (a stack and its settings), cases (data and step options) and the registry
+of both that one bench invocation knows.
+
+A plan is ``VARIANT:CASE,CASE ...``; a case is ``DATA[/opt...]`` with the options ``nogc`` (no gradient
+checkpointing), ``gc=N`` (checkpoint the first N layers only), ``mbs=N`` (sequences per micro-batch for a, packed
+rows for b; default 2), ``profile`` (one extra untimed step under torch.profiler), ``compile`` (torch.compile each
+decoder layer) and ``memtrace`` (record CUDA allocations over the first step). Research scripts in the
+repository's ``bench/`` pass a :class:`Registry` with more variants and options (``bench/research_variants.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+from kielo.errors import KieloError
+
+STACKS = ("stock", "kielo", "unsloth")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One stack with its settings, loaded once per worker process.
+
+    ``stock``: transformers + peft + bitsandbytes as the anchor scripts run it; ``kielo``: kielo's training path
+    (``stream`` and ``kernels`` are training.stream_dtype and training.kernels, ``lora_forward`` one of
+    ``kielo.train.step.LORA_FORWARDS``); ``unsloth``: Unsloth, when installed, loaded as its anchor script does.
+    """
+
+    stack: str
+    stream: str = "fp32"
+    kernels: str = "none"
+    lora_forward: str = "fused"
+    compute_dtype: str = "bf16"  # quantization.compute_dtype (fp32: the reference arithmetic)
+    tf32: bool | None = None  # fp32 matmuls on TF32 tensor cores (None: torch's default, off)
+    unsloth_gc: bool = True  # unsloth: its offloaded gradient checkpointing (fixed at load)
+    # Whether kielo's memory planner models this variant (its estimate is printed beside the measured peak).
+    planned: bool = True
+    # A research change to the loaded base model before LoRA is added: (model, TrainingPath) -> TrainingPath.
+    adjust: Callable | None = None
+
+
+@dataclass(frozen=True)
+class StepOption:
+    """What a registry's extra case option changes in a step: the loss head (kielo stack only), a context
+    entered around every step (given the device), and the fields it records in the result."""
+
+    fields: dict = field(default_factory=dict)
+    loss: Callable | None = None
+    context: Callable[..., AbstractContextManager] | None = None
+    planned: bool = False  # whether the memory planner's estimate still applies with this option
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    data: str  # "a" (full rows) or "b" (variable-length instruction data)
+    gc: int = -1  # layers checkpointed: -1 all, 0 none, N the first N
+    mbs: int = 2
+    profile: bool = False  # one extra, untimed step under torch.profiler: top CUDA kernels printed
+    compile: bool = False  # torch.compile each decoder layer (stays compiled for the worker's later cases)
+    memtrace: bool = False  # record CUDA allocations over the first step; snapshot written next to the results
+    extra: tuple[StepOption, ...] = ()  # the registry's extra options, in the order given
+
+    def fields(self) -> dict:
+        """The case's settings as recorded in results.json."""
+        out = {"data": self.data, "gc": self.gc, "mbs": self.mbs, "profile": self.profile, "compile": self.compile}
+        out["memtrace"] = self.memtrace
+        for option in self.extra:
+            out.update(option.fields)
+        return out
+
+    @property
+    def planned(self) -> bool:
+        return self.gc <= 0 and not self.profile and all(o.planned for o in self.extra)
+
+
+def _int(text: str, value: str, key: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise KieloError(f"case {text!r}: {key}= needs a whole number, not {value!r}", f"write e.g. a/{key}=4") from None
+
+
+def parse_case(text: str, options: dict[str, Callable[[str], StepOption]] | None = None) -> Case:
+    """A case from its text, ``DATA[/opt...]``; ``options`` maps further option keys to their parsers (a parser
+    gets the text after ``=``, "" if none, and raises KieloError on a value it does not take)."""
+    options = options or {}
+    data, *opts = text.split("/")
+    if data not in ("a", "b"):
+        raise KieloError(f"case {text!r}: data must be a or b", "write a case as a or b, with options after /: a/nogc")
+    settings: dict = {}
+    extra = []
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        if key == "nogc" and not value:
+            settings["gc"] = 0
+        elif key in ("gc", "mbs"):
+            settings[key] = _int(text, value, key)
+        elif key in ("profile", "compile", "memtrace") and not value:
+            settings[key] = True
+        elif key in options:
+            extra.append(options[key](value))
+        else:
+            known = ["nogc", "gc=N", "mbs=N", "profile", "compile", "memtrace", *options]
+            raise KieloError(f"case {text!r}: unknown option {opt!r}", f"options are {', '.join(known)}")
+    if sum(o.loss is not None for o in extra) > 1:
+        raise KieloError(f"case {text!r}: more than one option chooses the loss head", "give one head option per case")
+    return Case(text, data, extra=tuple(extra), **settings)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The variants and extra case options one bench invocation knows, and the command that runs one variant
+    in a fresh process with this same registry (the bench's workers)."""
+
+    variants: dict[str, Variant]
+    options: dict[str, Callable[[str], StepOption]] = field(default_factory=dict)
+    worker: tuple[str, ...] = (sys.executable, "-m", "kielo", "bench")
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    name: str
+    variant: Variant
+    cases: tuple[Case, ...]
+    reuse: bool  # "=NAME": the results an earlier invocation left in the workdir
+
+    @property
+    def case_text(self) -> str:
+        return ",".join(c.name for c in self.cases)
+
+
+def parse_plan(plan: str, registry: Registry) -> list[PlanEntry]:
+    """The plan's entries, every name and case checked before anything runs."""
+    entries = []
+    for spec in plan.split():
+        name, _, cases = spec.partition(":")
+        reuse = name.startswith("=")
+        name = name.lstrip("=")
+        if name not in registry.variants:
+            raise KieloError(f"unknown variant {name!r}", f"known: {', '.join(registry.variants)}")
+        variant = registry.variants[name]
+        parsed = tuple(parse_case(c, registry.options) for c in cases.split(",")) if cases else ()
+        if not parsed and not reuse:
+            raise KieloError(f"variant {name!r} has no cases", f"write {name}:a,b")
+        for case in parsed:
+            if variant.stack != "kielo" and any(o.loss for o in case.extra):
+                raise KieloError(f"case {case.name!r}: {name} computes its model's own loss", "give head options to kielo variants")
+            if variant.stack == "unsloth" and case.gc != -1:
+                raise KieloError(
+                    f"case {case.name!r}: unsloth's checkpointing is fixed at load", "use the unsloth+nogc variant, not a gc option"
+                )
+        if variant.stack == "unsloth" and not any(e.variant.stack == "stock" for e in entries):
+            # kielo's and stock's seeded peft adapters start equal; Unsloth seeds its own, so it takes stock's.
+            raise KieloError(f"{name} starts from stock's LoRA weights", f"put stock (or =stock) before {name} in the plan")
+        entries.append(PlanEntry(name, variant, parsed, reuse))
+    return entries
+
+
+VARIANTS = {
+    "stock": Variant("stock"),
+    # kielo's path with every matmul in fp32 and TF32 off (same dequantized weights): the yardstick for how far
+    # each path's gradients, stock's included, are from exact arithmetic ("cos vs ref").
+    "ref": Variant("kielo", compute_dtype="fp32", tf32=False, planned=False),
+    "kielo": Variant("kielo", stream="auto", kernels="auto"),  # kielo train's defaults
+    "kielo+fp32": Variant("kielo"),  # the fp32 stream everywhere, no fused kernels (stock's arithmetic)
+    "kielo+tf32": Variant("kielo", stream="auto", kernels="auto", tf32=True),
+    # --training.stream_dtype compute: the bf16 stream (+ Liger when installed) on any family
+    "kielo+compute": Variant("kielo", stream="compute", kernels="auto"),
+    # peft's own LoRA forward, and kielo's without the fused 4-bit + LoRA node
+    "kielo+peftlora": Variant("kielo", stream="auto", kernels="auto", lora_forward="peft", planned=False),
+    "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", lora_forward="peft", planned=False),
+    "kielo+unfused": Variant("kielo", stream="auto", kernels="auto", lora_forward="unfused", planned=False),
+    "kielo+compute+unfused": Variant("kielo", stream="compute", kernels="auto", lora_forward="unfused", planned=False),
+    "unsloth": Variant("unsloth"),
+    "unsloth+nogc": Variant("unsloth", unsloth_gc=False),
+}
+
+PRODUCT = Registry(VARIANTS)

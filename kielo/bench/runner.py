@@ -1,0 +1,91 @@
+"""The bench's driver: build the random model once, run every variant of the plan in its own process (the
+registry's worker command), add the parity figures, write results.json and print the table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from kielo.bench.cases import PRODUCT, PlanEntry, Registry, parse_plan
+
+# The arguments that size the data: passed on to every worker and recorded in results.json's meta.
+DATA_ARGS = ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")
+
+
+def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
+    """``kielo bench`` (and a research script's own variants, through ``registry``): a worker or model-building
+    subprocess when ``--worker`` or ``--make`` is given, else the whole plan."""
+    if args.worker:
+        from kielo.bench.worker import worker
+
+        worker(args, registry)
+        return 0
+    work = Path(args.workdir)
+    model_dir, grads_dir, out = work / f"model-{args.shape}", work / "grads", Path(args.out)
+    if args.make:
+        from kielo.bench.models import make_model
+
+        make_model(model_dir, args.shape)
+        return 0
+    plan = parse_plan(args.plan, registry)  # every name and case checked before anything runs
+    grads_dir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (model_dir / "config.json").is_file():
+        t = time.perf_counter()
+        subprocess.run([*registry.worker, "--make", "--shape", args.shape, "--workdir", str(work)], check=True)
+        print(f"model built in {time.perf_counter() - t:.0f}s", flush=True)
+    if any(e.variant.stack == "unsloth" for e in plan) and not (model_dir / "tokenizer.json").is_file():
+        from kielo.bench.unsloth import save_stand_in_tokenizer
+
+        save_stand_in_tokenizer(model_dir)
+    from kielo.bench.parity import add_parity
+    from kielo.bench.report import table, versions
+
+    meta = {"shape": args.shape, "plan": args.plan, "versions": versions(), **{k: getattr(args, k) for k in DATA_ARGS}}
+    results: list[dict] = []
+    for entry in plan:
+        result_file = work / f"result-{args.shape}-{entry.name}.json"
+        if entry.reuse:
+            if result_file.is_file():
+                results += [{**r, "reused": True} for r in json.loads(result_file.read_text())]
+            continue
+        results += run_worker(entry, args, registry, model_dir, grads_dir, result_file)
+        add_parity(results, grads_dir)
+        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(json.dumps(meta["versions"]))
+    print(table(results))
+    return 0
+
+
+def run_worker(entry: PlanEntry, args, registry: Registry, model_dir: Path, grads_dir: Path, result_file: Path) -> list[dict]:
+    """One variant's cases in a fresh process; the results it wrote, and an error row for each case it did not
+    finish (a crash, or running past --worker-timeout)."""
+    result_file.unlink(missing_ok=True)
+    cmd = [
+        *registry.worker,
+        "--worker",
+        entry.name,
+        "--cases",
+        entry.case_text,
+        "--model-dir",
+        str(model_dir),
+        "--grads-dir",
+        str(grads_dir),
+        "--result",
+        str(result_file),
+        *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in DATA_ARGS),
+    ]
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, timeout=args.worker_timeout)
+        failed = proc.returncode != 0 and f"exit code {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        failed = f"timed out after {args.worker_timeout}s"
+    print(f"{entry.name}: {time.perf_counter() - t:.0f}s", flush=True)
+    done = json.loads(result_file.read_text()) if result_file.is_file() else []
+    if failed:
+        done += [{"variant": entry.name, "case": c.name, "error": failed} for c in entry.cases[len(done) :]]
+    return done
