@@ -1,12 +1,12 @@
 """A run folder's layout and everything written into it.
 
-    output_dir/
-      adapter_config.json, adapter_model.safetensors   the final adapter (PEFT's format)
-      tokenizer files, generation_config.json           side files: the tokenizer with the training template
-      kielo_config.yaml                                 the resolved config the run trained with
-      metrics.jsonl, tensorboard/                       the training curve (kielo.runs.metrics)
-      summary.json                                      written last: the run finished
-      checkpoints/step-N/                               adapter, side files and trainer_state.pt
+output_dir/
+  adapter_config.json, adapter_model.safetensors   the final adapter (PEFT's format)
+  tokenizer files, generation_config.json           side files: the tokenizer with the training template
+  kielo_config.yaml                                 the resolved config the run trained with
+  metrics.jsonl, tensorboard/                       the training curve (kielo.runs.metrics)
+  summary.json                                      written last: the run finished
+  checkpoints/step-N/                               adapter, side files and trainer_state.pt
 """
 
 from __future__ import annotations
