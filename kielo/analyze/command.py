@@ -44,8 +44,8 @@ def setup_parser(p: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace, config: Config) -> int:
     """Analyse, print the summary and the rendered examples, and point to the report."""
     from kielo.analyze.render import LEGEND, to_ansi
+    from kielo.analyze.report import summary
     from kielo.analyze.run import analyze_data
-    from kielo.analyze.terminal import summary
 
     result = analyze_data(
         args.data_files,

@@ -1,33 +1,17 @@
-"""The report's figures as PNG bytes (matplotlib, imported only here and only when a report is written)."""
+"""The report's figures (matplotlib, imported only when a report is written)."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
+
+from kielo.report import Figure
+from kielo.report.figures import pyplot as _pyplot
+from kielo.report.figures import to_figure
 
 COLORS = {"trained": "#2e7d32", "masked": "#9e9e9e", "padding": "#ef9a9a"}
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed; must be chosen before pyplot is imported
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def length_histograms(split: str, lengths: dict[str, np.ndarray], max_length: int) -> bytes:
+def length_histograms(split: str, lengths: dict[str, np.ndarray], max_length: int) -> Figure:
     """Prompt, response and whole-example token lengths, with data.max_length and p99 marked."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
@@ -43,10 +27,10 @@ def length_histograms(split: str, lengths: dict[str, np.ndarray], max_length: in
         ax.set_xlabel("tokens")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("examples")
-    return _png(fig)
+    return to_figure(fig, f"lengths_{split}", tight=False)
 
 
-def token_budget(budgets: dict[str, dict]) -> bytes:
+def token_budget(budgets: dict[str, dict]) -> Figure:
     """Stacked shares of trained / masked / padding tokens per split and batching mode."""
     plt = _pyplot()
     labels, rows = [], []
@@ -65,10 +49,10 @@ def token_budget(budgets: dict[str, dict]) -> bytes:
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the micro-batches' token slots")
     ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=9)
-    return _png(fig)
+    return to_figure(fig, "token_budget", tight=False)
 
 
-def tokenizers(efficiency: dict[str, dict]) -> bytes:
+def tokenizers(efficiency: dict[str, dict]) -> Figure:
     """Characters per token, tokens per word and share of words in 3+ pieces, per tokenizer."""
     plt = _pyplot()
     names = list(efficiency)
@@ -87,4 +71,4 @@ def tokenizers(efficiency: dict[str, dict]) -> bytes:
             ax.text(v, y, f" {v:.3g}", va="center", fontsize=8)
     for ax in axes[1:]:
         ax.set_yticklabels([])
-    return _png(fig)
+    return to_figure(fig, "tokenizers", tight=False)

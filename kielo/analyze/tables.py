@@ -1,30 +1,21 @@
-"""The summary tables, as data: the terminal and the HTML report print the same tables."""
+"""The summary tables, as report-kit tables: the terminal, the HTML report and the JSON show the same cells."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from kielo.analyze.languages import JUDGED_WORDS
+from kielo.report import Table
 
-
-@dataclass
-class Table:
-    """A titled table of strings, with notes printed under it."""
-
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    notes: list[str] = field(default_factory=list)
+MISSING = "–"
 
 
 def pct(x: float | None) -> str:
     """A share as a percentage with one decimal."""
-    return "–" if x is None else f"{100 * x:.1f}%"
+    return MISSING if x is None else f"{100 * x:.1f}%"
 
 
 def _num(x) -> str:
     if x is None:
-        return "–"
+        return MISSING
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
@@ -40,10 +31,10 @@ def lengths_table(result: dict) -> Table:
                 + [_num(summary.get(k)) for k in keys]
             )
     return Table(
-        "Token lengths (before data.max_length)",
         ["split", "examples", "part", *keys],
         rows,
-        ["prompt: tokens before the first answer; response: all answers with their end tokens"],
+        title="Token lengths (before data.max_length)",
+        notes=["prompt: tokens before the first answer; response: all answers with their end tokens"],
     )
 
 
@@ -66,9 +57,9 @@ def max_length_table(result: dict) -> Table:
         )
     max_length = next(iter(result["splits"].values()))["max_length"]
     return Table(
-        f"What data.max_length={max_length} and the template do",
         ["split", "longer", "tokens lost", "answer cut entirely", "end token trained", "double BOS", "empty fields"],
         rows,
+        title=f"What data.max_length={max_length} and the template do",
     )
 
 
@@ -91,10 +82,10 @@ def budget_table(result: dict) -> Table:
                 ]
             )
     return Table(
-        f"Tokens in one epoch of micro-batches (micro_batch_size {mbs})",
         ["split", "batching", "micro-batches", "trained", "masked", "padding"],
         rows,
-        [
+        title=f"Tokens in one epoch of micro-batches (micro_batch_size {mbs})",
+        notes=[
             "each split batched as training batches its data; trained: in the loss; masked: in the batch, "
             "not in the loss (prompts, template text); length grouped is not a training option yet"
         ],
@@ -106,7 +97,9 @@ def duplicates_table(result: dict) -> Table:
     d = result["duplicates"]
     rows = [[name, str(s["exact"]), str(s["near"])] for name, s in d["splits"].items()]
     rows += [[f"{o['b']} in {o['a']}", str(o["exact"]), f"{o['exact_or_near'] - o['exact']}"] for o in d["overlap"]]
-    return Table(f"Duplicates (near: 5-gram Jaccard ≥ {d['threshold']}, {d['method']})", ["split / overlap", "exact", "near"], rows)
+    return Table(
+        ["split / overlap", "exact", "near"], rows, title=f"Duplicates (near: 5-gram Jaccard ≥ {d['threshold']}, {d['method']})"
+    )
 
 
 def languages_table(result: dict) -> Table:
@@ -126,10 +119,10 @@ def languages_table(result: dict) -> Table:
         for name, lang in result["languages"].items()
     ]
     return Table(
-        "Languages (kielo.lang)",
         ["split", "checked", "prompts", "answers", "answer not in answer_lang"],
         rows,
-        [f"answers under {JUDGED_WORDS} words are not judged against answer_lang"],
+        title="Languages (kielo.lang)",
+        notes=[f"answers under {JUDGED_WORDS} words are not judged against answer_lang"],
     )
 
 
@@ -142,10 +135,33 @@ def tokenizers_table(result: dict) -> Table:
     first = next(iter(result["tokenizers"].values()))
     language = "Finnish" if result["tokenizers_language"] == "fi" else "all sampled"
     return Table(
-        f"Tokenizers on {language} text ({first['texts']} texts, {first['words']} words)",
         ["tokenizer", "chars/token", "tokens/word", "words in 3+ pieces", "most fragmented frequent words"],
         rows,
+        title=f"Tokenizers on {language} text ({first['texts']} texts, {first['words']} words)",
     )
+
+
+def fragmented_tables(result: dict) -> list[Table]:
+    """The most fragmented frequent words, one table per tokenizer."""
+    return [
+        Table(
+            ["word", "count", "pieces", "split"],
+            [[w["word"], str(w["count"]), str(w["pieces"]), w["split"]] for w in e["most_fragmented"]],
+            title=name,
+        )
+        for name, e in result["tokenizers"].items()
+    ]
+
+
+def duplicate_examples(result: dict) -> list[str]:
+    """One line per duplicate or overlap example found."""
+    items = []
+    for name, s in result["duplicates"]["splits"].items():
+        items += [f"{name}: exact — {d['b']} = {d['a']}: {d['text']}" for d in s["exact_examples"]]
+        items += [f"{name}: near (J≈{d['jaccard']}) — {d['b']} ~ {d['a']}: {d['text']}" for d in s["near_examples"]]
+    for o in result["duplicates"]["overlap"]:
+        items += [f"{o['b']} also in {o['a']}: {d['b']}: {d['text']}" for d in o["examples"]]
+    return items
 
 
 def all_tables(result: dict) -> list[Table]:
