@@ -143,7 +143,7 @@ def test_harness_is_optional_and_its_scores_are_collected(monkeypatch):
     import types
 
     from kielo.evaluate import harness
-    from kielo.evaluate.report import harness_table
+    from kielo.evaluate.tables import harness_table
 
     bundle = types.SimpleNamespace(model=torch.nn.Linear(1, 1), tokenizer=None)
     monkeypatch.setattr(harness, "available", lambda: False)

@@ -1,32 +1,25 @@
-"""PNG plots of a comparison (matplotlib, Agg backend, imported only when plotting).
+"""The comparison's figures (matplotlib, Agg backend, imported only when plotting).
 
-Each function draws one figure from the report dict and returns the file it wrote. Metrics on 0-1 are
+Each function draws one figure from the report dict and returns it as a report-kit
+:class:`~kielo.report.Figure` named after its file (``plots/<name>.png``), or ``None`` when there is
+nothing to draw. Metrics on 0-1 are
 drawn in points (x 100) beside chrF, so one axis holds them all; the loss has its own.
 """
 
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
-from pathlib import Path
 
-from kielo.evaluate.report import safe_name
+from kielo.evaluate.format import safe_name
 from kielo.evaluate.scores import GENERATION_METRICS, METRICS_BY_KEY
+from kielo.report import Figure
+from kielo.report.figures import available, to_figure
+from kielo.report.figures import pyplot as _pyplot
 
 log = logging.getLogger(__name__)
 
 # Generation metrics with a direction (better/worse) are the ones whose deltas are plotted.
 DELTA_METRICS = [x for x in GENERATION_METRICS if x.higher_is_better is not None]
-
-
-@lru_cache(maxsize=1)
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and in tests
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _integer_ticks():
@@ -35,28 +28,15 @@ def _integer_ticks():
     return MaxNLocator(integer=True)
 
 
-def available() -> bool:
-    """Whether matplotlib is installed."""
-    try:
-        _pyplot()
-    except ImportError:
-        return False
-    return True
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
+def _save(fig, name: str) -> Figure:
+    return to_figure(fig, name, alt=name.replace("_", " "), dpi=110)
 
 
 def _points(key: str, value: float) -> float:
     return value * 100 if METRICS_BY_KEY[key].percent else value
 
 
-def metric_deltas(report: dict, path: Path) -> Path | None:
+def metric_deltas(report: dict) -> Figure | None:
     """Each adapter's delta from the base per metric, with its bootstrap interval."""
     plt = _pyplot()
     names = list(report["deltas"])
@@ -95,10 +75,10 @@ def metric_deltas(report: dict, path: Path) -> Path | None:
     ax_loss.invert_yaxis()
     ax_loss.set_xlabel("loss change (lower is better)")
     fig.suptitle(f"Adapter minus base, {int(report['settings']['level'] * 100)}% paired bootstrap intervals", fontsize=10)
-    return _save(fig, path)
+    return _save(fig, "metric_deltas")
 
 
-def per_task(report: dict, path: Path) -> Path | None:
+def per_task(report: dict) -> Figure | None:
     """Loss, chrF and task success per task type for every model."""
     plt = _pyplot()
     results = report["results"]
@@ -125,10 +105,10 @@ def per_task(report: dict, path: Path) -> Path | None:
     axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axes[-1].set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(tasks))], tasks, rotation=35, ha="right")
     fig.suptitle("Per task type (tasks without a check show no task-success bar)", fontsize=10)
-    return _save(fig, path)
+    return _save(fig, "per_task")
 
 
-def loss_differences(report: dict, path: Path) -> Path | None:
+def loss_differences(report: dict) -> Figure | None:
     """Per-example loss change from the base, sorted: left of zero the adapter helped."""
     plt = _pyplot()
     diffs = {n: d for n, d in report["loss_differences"].items() if d.get("n")}
@@ -143,10 +123,10 @@ def loss_differences(report: dict, path: Path) -> Path | None:
     ax.set_ylabel("loss(adapter) - loss(base)")
     ax.legend(fontsize=8)
     ax.set_title("Per-example response loss change (below zero: better than the base)", fontsize=10)
-    return _save(fig, path)
+    return _save(fig, "loss_differences")
 
 
-def adapter_heatmap(analysis: dict, path: Path) -> Path | None:
+def adapter_heatmap(analysis: dict, name: str) -> Figure | None:
     """Relative update norm ||scale·BA|| / ||W|| per layer (rows) and module type (columns)."""
     plt = _pyplot()
     rows = [r for r in analysis["modules"] if r["relative"] is not None and r["layer"] is not None]
@@ -164,10 +144,10 @@ def adapter_heatmap(analysis: dict, path: Path) -> Path | None:
     ax.set_ylabel("layer")
     fig.colorbar(im, ax=ax, label="||scale·BA||_F / ||W||_F (%)")
     ax.set_title(f"{analysis['adapter']}: size of the update relative to the base weight", fontsize=10)
-    return _save(fig, path)
+    return _save(fig, name)
 
 
-def adapter_spectrum(analysis: dict, path: Path) -> Path | None:
+def adapter_spectrum(analysis: dict, name: str) -> Figure | None:
     """Singular values of the update, normalized to the largest, averaged per module type."""
     plt = _pyplot()
     by_kind: dict[str, list[list[float]]] = {}
@@ -193,10 +173,10 @@ def adapter_spectrum(analysis: dict, path: Path) -> Path | None:
         fontsize=10,
     )
     ax.legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return _save(fig, name)
 
 
-def learning_curve(curve: dict, path: Path) -> Path | None:
+def learning_curve(curve: dict) -> Figure | None:
     """Evaluation loss of each checkpoint, with the validation loss training logged."""
     plt = _pyplot()
     if not curve:
@@ -220,22 +200,21 @@ def learning_curve(curve: dict, path: Path) -> Path | None:
     ax.set_ylabel("response loss")
     ax.legend(fontsize=8)
     ax.set_title("Learning curve", fontsize=10)
-    return _save(fig, path)
+    return _save(fig, "learning_curve")
 
 
-def draw_all(report: dict, folder: Path) -> dict[str, str]:
-    """Every plot of a comparison into ``folder``: ``{key: path}`` (empty without matplotlib)."""
+def draw_all(report: dict) -> dict[str, Figure]:
+    """Every figure of a comparison by name (empty without matplotlib)."""
     if not available():
         log.warning("plots skipped: matplotlib is not installed (pip install 'kielo[eval]')")
         return {}
-    out: dict[str, Path | None] = {
-        "metric_deltas": metric_deltas(report, folder / "metric_deltas.png"),
-        "per_task": per_task(report, folder / "per_task.png"),
-        "loss_differences": loss_differences(report, folder / "loss_differences.png"),
-        "learning_curve": learning_curve(report.get("learning_curve") or {}, folder / "learning_curve.png"),
-    }
+    out: list[Figure | None] = [
+        metric_deltas(report),
+        per_task(report),
+        loss_differences(report),
+        learning_curve(report.get("learning_curve") or {}),
+    ]
     for name, analysis in (report.get("adapter_analysis") or {}).items():
         stem = f"adapter_{safe_name(name)}"
-        out[f"{stem}_heatmap"] = adapter_heatmap(analysis, folder / f"{stem}_heatmap.png")
-        out[f"{stem}_spectrum"] = adapter_spectrum(analysis, folder / f"{stem}_spectrum.png")
-    return {k: str(v) for k, v in out.items() if v is not None}
+        out += [adapter_heatmap(analysis, f"{stem}_heatmap"), adapter_spectrum(analysis, f"{stem}_spectrum")]
+    return {f.name: f for f in out if f is not None}
