@@ -20,7 +20,7 @@ from kielo.prompt.settings import resolve_generation, with_values
 from kielo.prompt.sources import Prompt, from_arguments, read_prompt_file
 from kielo.prompt.stream import _held_back, stream_answer
 from kielo.prompt.suite import EXPECTATIONS, Expectations, check, load_suite, parse_suite
-from kielo.prompt.table import markdown_table, terminal_table
+from kielo.report import Table, markdown, text
 from kielo.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -434,9 +434,9 @@ def test_shipped_suite_does_not_overlap_the_bundled_data():
 
 
 def test_terminal_and_markdown_tables():
-    table = terminal_table(["prompt", "base", "run"], [["[1] Kysymys", "pitkä vastaus " * 6, "rivi 1\nrivi 2"]], width=60)
+    table = text.wrapped_table(Table(["prompt", "base", "run"], [["[1] Kysymys", "pitkä vastaus " * 6, "rivi 1\nrivi 2"]]), width=60)
     lines = table.splitlines()
     assert all(len(line) <= 60 for line in lines) and lines[0].startswith("prompt")
     assert len(lines) >= 4 and "rivi 2" in table and "─┼─" in lines[1]
-    md = markdown_table(["prompt", "base"], [["a | b", "rivi 1\nrivi 2"]])
+    md = markdown.table(Table(["prompt", "base"], [["a | b", "rivi 1\nrivi 2"]]))
     assert md.splitlines() == ["| prompt | base |", "|---|---|", "| a \\| b | rivi 1<br>rivi 2 |"]

@@ -1,4 +1,4 @@
-"""A prompt run as text: terminal columns, a suite summary, and the JSONL and Markdown files."""
+"""A prompt run as a report: terminal columns, a suite summary, and the JSONL and Markdown files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kielo.prompt.run import Answer, PromptRun
 from kielo.prompt.settings import describe
-from kielo.prompt.table import markdown_table, terminal_table
+from kielo.report import Paragraph, Report, Section, Table, markdown, text
 
 PASS, FAIL = "✓", "✗"
 
@@ -32,9 +32,14 @@ def _rows(run: PromptRun) -> list[list[str]]:
     return [[f"[{p.id}] {p.text}"] + [_answer_cell(run.answers[m][i]) for m in run.models] for i, p in enumerate(run.prompts)]
 
 
-def answers_table(run: PromptRun, width: int = 120) -> str:
+def answers(run: PromptRun) -> Table:
     """The prompts down the left, one column per model."""
-    return terminal_table(["prompt", *run.models], _rows(run), width)
+    return Table(["prompt", *run.models], _rows(run))
+
+
+def answers_table(run: PromptRun, width: int = 120) -> str:
+    """The answers side by side in ``width`` terminal columns."""
+    return text.wrapped_table(answers(run), width)
 
 
 def _failed_checks(answers: list[Answer]) -> str:
@@ -60,23 +65,30 @@ def summary_rows(run: PromptRun) -> list[list[str]]:
 SUMMARY_HEADERS = ["model", "passed", "pass rate", "failed checks", "tokens/s"]
 
 
+def summary(run: PromptRun) -> Table:
+    """The suite summary: one row per model."""
+    return Table(SUMMARY_HEADERS, summary_rows(run))
+
+
 def summary_table(run: PromptRun) -> str:
     """The suite summary as aligned plain-text columns."""
-    rows = [SUMMARY_HEADERS, *summary_rows(run)]
-    widths = [max(len(r[k]) for r in rows) for k in range(len(SUMMARY_HEADERS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    return text.table(summary(run), rule="-")
+
+
+def prompt_report(run: PromptRun, title: str) -> Report:
+    """The whole run: settings, suite summary (if any), answers side by side."""
+    blocks = [Paragraph(f"Settings: {describe(run.settings)}.")]
+    if run.system_prompt:
+        blocks.append(Paragraph(f"System prompt: {run.system_prompt}"))
+    if run.suite is not None:
+        blocks.append(Section("Summary", [summary(run)]))
+    blocks.append(Section("Answers", [answers(run)]))
+    return Report(title, blocks)
 
 
 def to_markdown(run: PromptRun, title: str) -> str:
-    """The whole run as a Markdown document: settings, suite summary (if any), answers side by side."""
-    parts = [f"# {title}", "", f"Settings: {describe(run.settings)}."]
-    if run.system_prompt:
-        parts.append(f"System prompt: {run.system_prompt}")
-    if run.suite is not None:
-        parts += ["", "## Summary", "", markdown_table(SUMMARY_HEADERS, summary_rows(run))]
-    parts += ["", "## Answers", "", markdown_table(["prompt", *run.models], _rows(run)), ""]
-    return "\n".join(parts)
+    """The whole run as a Markdown document."""
+    return markdown.render(prompt_report(run, title))
 
 
 def jsonl_rows(run: PromptRun) -> list[dict]:
