@@ -7,7 +7,6 @@ worked. The defaults come from ``configs/demo.yaml``; any config key can be over
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +16,10 @@ from pathlib import Path
 from kielo.config.load import read_yaml, save_config
 from kielo.config.schema import Config
 from kielo.errors import KieloError
+from kielo.report import Bullets, Check, Checks, Paragraph, Report, Section, Table
+from kielo.report.data import render as render_json
+from kielo.report.data import write_json
+from kielo.report.markdown import render as render_markdown
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,9 @@ def fresh_dir(path: Path) -> Path:
 
 
 @dataclass
-class Report:
+class Stages:
+    """The demo's stages as they run: each one's time and result, written to ``report.json`` after each."""
+
     out: Path
     stages: list[dict] = field(default_factory=list)
     results: dict = field(default_factory=dict)
@@ -78,9 +83,8 @@ class Report:
         return result
 
     def write(self) -> None:
-        (self.out / "report.json").write_text(
-            json.dumps({"stages": self.stages, "results": self.results}, indent=2, default=str), encoding="utf-8"
-        )
+        # Written after every stage, so an interrupted demo still shows how far it got.
+        write_json({"stages": self.stages, "results": self.results}, self.out / "report.json", indent=2, lenient=True)
 
 
 def evidence(summary: dict, tuned: str) -> dict:
@@ -110,43 +114,48 @@ def evidence(summary: dict, tuned: str) -> dict:
     return checks
 
 
-def markdown(report: Report, checks: dict, summary: dict | None, suite: dict | None, full: bool = True) -> str:
-    lines = ["# kielo demo", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {s['stage']} | {s['seconds']:.0f} |" for s in report.stages]
-    lines += [f"| **total** | **{report.results.get('total_seconds', 0):.0f}** |", ""]
+def demo_report(report: Stages, checks: dict, summary: dict | None, suite: dict | None, full: bool = True) -> Report:
+    """The demo's report: each stage's time, the held-out results, the evidence bars, the suite pass rates."""
+    stages = Table(
+        ["stage", "seconds"],
+        [[s["stage"], s["seconds"]] for s in report.stages],
+        formats={"seconds": ".0f"},
+        footer=["total", report.results.get("total_seconds", 0)],
+    )
+    blocks: list = [stages]
     if summary:
-        lines += [
-            "## Held-out results (base vs tuned)",
-            "",
-            "| model | loss | chrF | task success | ends with end token | expected language |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, m in summary["models"].items():
-
-            def fmt(v, pct=False):
-                return "–" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}")
-
-            lines.append(
-                f"| {name} | {fmt(m.get('loss'))} | {fmt(m.get('chrf'))} | {fmt(m.get('task_success'), True)} | "
-                f"{fmt(m.get('end_token'), True)} | {fmt(m.get('expected_language'), True)} |"
+        columns = ["model", "loss", "chrF", "task success", "ends with end token", "expected language"]
+        keys = ["loss", "chrf", "task_success", "end_token", "expected_language"]
+        results = Table(
+            columns,
+            [[name, *[m.get(k) for k in keys]] for name, m in summary["models"].items()],
+            formats=dict(zip(columns[1:], [".3f", ".3f", ".1%", ".1%", ".1%"], strict=True)),
+            missing="–",
+        )
+        bars = [
+            Check(
+                key,
+                f"{c['value']:.3f}" + (f" (95% CI {c['interval'][0]:.3f} … {c['interval'][1]:.3f})" if "interval" in c else ""),
+                c["bar"],
+                c["passed"],
             )
-        lines += ["", "## Evidence bars", "", "| check | measured | bar | passed |", "|---|---|---|---|"]
-        for key, c in checks.items():
-            interval = f" (95% CI {c['interval'][0]:.3f} … {c['interval'][1]:.3f})" if "interval" in c else ""
-            lines.append(f"| {key} | {c['value']:.3f}{interval} | {c['bar']} | {'yes' if c['passed'] else 'NO'} |")
-        lines.append("")
+            for key, c in checks.items()
+        ]
+        evidence_blocks: list = [Checks(bars)]
         if not full:
             # The rates and intervals above come from a subset; the claim is judged on all held-out examples.
             n = next(iter(summary["models"].values())).get("generated_examples")
-            lines += [
-                f"Generation metrics here come from {n} task-stratified held-out examples (the loss from all "
-                "of them); the evidence is judged on every held-out example with `kielo demo --full`, "
-                "where the intervals are narrower.",
-                "",
-            ]
+            evidence_blocks.append(
+                Paragraph(
+                    f"Generation metrics here come from {n} task-stratified held-out examples (the loss from all "
+                    "of them); the evidence is judged on every held-out example with `kielo demo --full`, "
+                    "where the intervals are narrower."
+                )
+            )
+        blocks += [Section("Held-out results (base vs tuned)", [results]), Section("Evidence bars", evidence_blocks)]
     if suite:
-        lines += ["## Prompt suite pass rates", ""] + [f"- {k}: {v:.0%}" for k, v in suite.items()] + [""]
-    return "\n".join(lines)
+        blocks.append(Section("Prompt suite pass rates", [Bullets([f"{k}: {v:.0%}" for k, v in suite.items()])]))
+    return Report("kielo demo", blocks, data={"stages": report.stages, "results": report.results})
 
 
 def run_demo(config: Config, full: bool = False, strict: bool = False, generate_n: int | None = None) -> int:
@@ -168,7 +177,7 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
     out.mkdir(parents=True, exist_ok=True)
     log.info("demo output: %s", out)
     save_config(config, out)
-    report = Report(out)
+    report = Stages(out)
     started = time.time()
     run_dir = out / "tuned"
 
@@ -214,8 +223,9 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
     tuned = run_dir.name
     checks = evidence(summary, tuned)
     report.results["evidence"] = checks
-    report.write()
-    (out / "report.md").write_text(markdown(report, checks, summary, suite, full), encoding="utf-8")
+    document = demo_report(report, checks, summary, suite, full)
+    write_json(render_json(document), out / "report.json", indent=2, lenient=True)
+    (out / "report.md").write_text(render_markdown(document), encoding="utf-8")
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"full report: {out / 'compare' / 'report.html'}")
     if strict and suite.get(tuned, 0) < 1:
