@@ -58,45 +58,10 @@ def setup_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _print_summary(report: dict) -> None:
-    v, effect = report["verification"], report["adapter_effect"]
-    g = v["greedy"]
-    w = report["weights"]
-    print(f"merged: {report['output']} ({report['dtype']}, from {report['base']})")
-    print(
-        f"weights: {w['adapted_weights']} adapted weights equal W + scaling * B @ A (within "
-        f"{w['max_error_in_rounding_steps']:.2g} rounding steps); storing them in {report['dtype']} changes the "
-        f"update by {100 * w['update_rounding_error']:.0f}%"
-    )
-    print(
-        f"check vs base + adapter: PASS, max |logit diff| {v['max_abs_logit_diff']:.4g} (tolerance {v['tolerance']:g}); "
-        f"greedy answers identical {g['identical_answers']}/{v['sequences']}, {g['near_ties']} near-ties; "
-        f"the adapter itself moves logits by up to {effect['max_abs_logit_diff']:.4g}"
-    )
-    t = report.get("vs_trained", {})
-    if "max_abs_logit_diff" in t:
-        print(
-            f"vs the quantized base + adapter training used: max |logit diff| {t['max_abs_logit_diff']:.4g} "
-            f"(the base's quantization error; informational)"
-        )
-    if "requantized" in report:
-        r = report["requantized"]
-        print(
-            f"NF4 copy: {report['output']}/{r['folder']}, held-out loss {r['loss_merged']:.4f} -> {r['loss_nf4']:.4f} "
-            f"({r['loss_change']:+.4f}) on {r['examples']} examples from {r['held_out']}"
-        )
-    if "gguf" in report:
-        q = report["gguf"]
-        print(
-            f"GGUF: {report['output']}/{q['file']} ({q['type']}, {q['status']}): max |logit diff| "
-            f"{q['max_abs_logit_diff']:.4g} vs the merged model, tokenizer {q['tokenizer']['identical_ids']}/"
-            f"{q['tokenizer']['texts']} texts identical"
-        )
-        a = q.get("adapter", {})
-        if "file" in a:
-            print(f"GGUF adapter alone (llama.cpp --lora): {report['output']}/{a['file']} ({a['status']})")
-        elif "skipped" in a:
-            print(f"GGUF adapter alone: not written ({a['skipped']})")
-    print(f"report: {report['output']}/merge_report.json ({report['wall_time_s']:.0f} s)")
+    from kielo.merge.summary import merge_summary
+    from kielo.report import text
+
+    print(text.render(merge_summary(report), title=False), end="")
 
 
 def run_command(args: argparse.Namespace, config: Config) -> int:

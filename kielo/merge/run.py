@@ -36,7 +36,10 @@ from kielo.config.load import from_dict
 from kielo.config.schema import Config, GenerationConfig
 from kielo.errors import KieloError
 from kielo.merge import options as o
+from kielo.merge.summary import merge_summary
 from kielo.model.source import ModelSource, resolve_adapter, resolve_model
+from kielo.report.data import render as render_json
+from kielo.report.data import write_json
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +422,7 @@ def merge(
         report = {"kielo_version": kielo.__version__, "output": str(out), **_execute(plan, work)}
         report["files"] = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()) + [REPORT_FILE]
         report["wall_time_s"] = round(time.time() - started, 2)
-        (work / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_json(render_json(merge_summary(report)), work / REPORT_FILE, indent=2)
         _open_up(work)
         if out.is_dir():
             out.rmdir()  # empty (checked in the plan); rename needs the name free

@@ -1,0 +1,60 @@
+"""A merge's report as a report-kit Report: what was merged, the checks it passed, what else was written."""
+
+from __future__ import annotations
+
+from kielo.report import KeyValues, Report
+
+
+def merge_summary(report: dict) -> Report:
+    """The merge report (as :func:`kielo.merge.run.merge` returns it) as facts, one per check or output."""
+    v, effect, w = report["verification"], report["adapter_effect"], report["weights"]
+    g = v["greedy"]
+    items = [
+        ("merged", f"{report['output']} ({report['dtype']}, from {report['base']})"),
+        (
+            "weights",
+            f"{w['adapted_weights']} adapted weights equal W + scaling * B @ A (within "
+            f"{w['max_error_in_rounding_steps']:.2g} rounding steps); storing them in {report['dtype']} changes the "
+            f"update by {100 * w['update_rounding_error']:.0f}%",
+        ),
+        (
+            "check vs base + adapter",
+            f"PASS, max |logit diff| {v['max_abs_logit_diff']:.4g} (tolerance {v['tolerance']:g}); "
+            f"greedy answers identical {g['identical_answers']}/{v['sequences']}, {g['near_ties']} near-ties; "
+            f"the adapter itself moves logits by up to {effect['max_abs_logit_diff']:.4g}",
+        ),
+    ]
+    t = report.get("vs_trained", {})
+    if "max_abs_logit_diff" in t:
+        items.append(
+            (
+                "vs the quantized base + adapter training used",
+                f"max |logit diff| {t['max_abs_logit_diff']:.4g} (the base's quantization error; informational)",
+            )
+        )
+    if "requantized" in report:
+        r = report["requantized"]
+        items.append(
+            (
+                "NF4 copy",
+                f"{report['output']}/{r['folder']}, held-out loss {r['loss_merged']:.4f} -> {r['loss_nf4']:.4f} "
+                f"({r['loss_change']:+.4f}) on {r['examples']} examples from {r['held_out']}",
+            )
+        )
+    if "gguf" in report:
+        q = report["gguf"]
+        items.append(
+            (
+                "GGUF",
+                f"{report['output']}/{q['file']} ({q['type']}, {q['status']}): max |logit diff| {q['max_abs_logit_diff']:.4g} "
+                f"vs the merged model, tokenizer {q['tokenizer']['identical_ids']}/{q['tokenizer']['texts']} texts identical",
+            )
+        )
+        a = q.get("adapter", {})
+        if "file" in a:
+            items.append(("GGUF adapter alone (llama.cpp --lora)", f"{report['output']}/{a['file']} ({a['status']})"))
+        elif "skipped" in a:
+            items.append(("GGUF adapter alone", f"not written ({a['skipped']})"))
+    if "wall_time_s" in report:
+        items.append(("report", f"{report['output']}/merge_report.json ({report['wall_time_s']:.0f} s)"))
+    return Report(f"kielo merge: {report['output']}", [KeyValues(items)], data=report)
