@@ -118,3 +118,42 @@ def test_files_are_written_and_figures_need_no_matplotlib(tmp_path):
         "name": "curve",
         "file": "plots/curve.png",
     }
+
+
+def test_no_import_cycle_among_the_report_modules():
+    import ast
+    from pathlib import Path
+
+    import kielo
+
+    root = Path(kielo.__file__).parent
+    packages = ("kielo.report", "kielo.evaluate", "kielo.analyze", "kielo.prompt", "kielo.merge")
+    graph = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(("kielo", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        if not name.startswith(packages):
+            continue
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+        graph[name] = imported
+    graph = {k: {m for m in v if m in graph and m != k} for k, v in graph.items()}
+
+    def cycle_from(start, node, seen):
+        for nxt in graph[node]:
+            if nxt == start:
+                return [*seen, nxt]
+            if nxt not in seen:
+                found = cycle_from(start, nxt, [*seen, nxt])
+                if found:
+                    return found
+        return None
+
+    assert "kielo.evaluate.document" in graph and "kielo.report.html" in graph["kielo.report.files"]
+    cycles = [c for c in (cycle_from(m, m, [m]) for m in graph) if c and not any(p.endswith("__init__") for p in c)]
+    # A package's __init__ re-exporting its modules is not a cycle of the modules themselves.
+    cycles = [c for c in cycles if not any(x in packages for x in c)]
+    assert not cycles, cycles[0]
