@@ -2,7 +2,8 @@
 
 analyze-data → train → compare (base vs tuned on held-out data) → prompt suite → merge, into one output
 folder with a report (Markdown + JSON) that gives each stage's time and the evidence that fine-tuning
-worked. The defaults come from ``configs/demo.yaml``; any config key can be overridden as usual.
+worked. The defaults come from ``configs/demo.yaml``, shipped in the package (:mod:`kielo.resources`) with
+the data and the prompt suite, so the demo runs from any folder; any config key can be overridden as usual.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from pathlib import Path
 
 from kielo.config.load import read_yaml, save_config
 from kielo.config.schema import Config
-from kielo.errors import KieloError
 from kielo.report import Bullets, Check, Checks, Paragraph, Report, Section, Table
 from kielo.report.data import render as render_json
 from kielo.report.data import write_json
 from kielo.report.markdown import render as render_markdown
+from kielo.resources import RESOURCES
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = "configs/demo.yaml"
 HELD_OUT = "data/fi_instruct/test.jsonl"
 GENERATE_DEFAULT = 48  # task-stratified held-out examples generated on (all of them with --full)
@@ -37,11 +37,8 @@ BARS = {
 
 
 def demo_base() -> tuple[dict, Path]:
-    """The demo config as a dict and the folder its relative paths are relative to."""
-    for root in (Path.cwd(), REPO):
-        if (root / DEMO_CONFIG).is_file():
-            return read_yaml(root / DEMO_CONFIG), root
-    raise KieloError(f"{DEMO_CONFIG} not found", "run kielo demo from the kielo repository folder")
+    """The demo config as a dict and the folder its relative paths are relative to (the package's resources)."""
+    return read_yaml(RESOURCES / DEMO_CONFIG), RESOURCES
 
 
 def resolve_paths(config: Config, root: Path) -> Config:

@@ -14,6 +14,7 @@ import yaml
 
 from kielo.config.schema import SECTIONS, Config
 from kielo.errors import KieloError
+from kielo.resources import locate
 
 CONFIG_FILE = "kielo_config.yaml"
 
@@ -102,7 +103,7 @@ def to_dict(config: Config) -> dict:
 
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, with errors that name the file."""
-    p = Path(path)
+    p = locate(path)
     if not p.is_file():
         raise KieloError(f"config file {p} does not exist", "check the path, e.g. configs/demo.yaml")
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kielo.errors import KieloError
+from kielo.resources import locate
 
 ROLES = ("system", "user", "assistant")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -134,7 +135,7 @@ def load_examples(
     ``prepare`` may complete a row before it is validated (evaluation accepts prompts without answers);
     ``given_with`` names where the path came from, for the fix in the error messages.
     """
-    p = Path(path)
+    p = locate(path)
     if not p.exists():
         raise KieloError(f"data file {p} does not exist", f"check the path given with {given_with}")
     if p.is_dir():

@@ -18,10 +18,11 @@ from kielo.config.schema import Config, GenerationConfig
 from kielo.errors import KieloError
 from kielo.prompt.sources import Prompt
 from kielo.prompt.suite import Check, Expectations, Suite, check
+from kielo.resources import RESOURCES
 
 log = logging.getLogger(__name__)
 
-SHIPPED_SUITE = Path(__file__).resolve().parents[2] / "prompts" / "fi_suite.yaml"
+SHIPPED_SUITE = RESOURCES / "prompts" / "fi_suite.yaml"
 
 
 @dataclass

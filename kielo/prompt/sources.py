@@ -25,6 +25,7 @@ import yaml
 
 from kielo.data.records import ROLES
 from kielo.errors import KieloError
+from kielo.resources import locate
 
 PROMPT_KEYS = ("id", "prompt", "input", "system", "messages")
 FILE_TYPES = (".txt", ".yaml", ".yml", ".json", ".jsonl")
@@ -213,7 +214,7 @@ def _from_jsonl(path: Path) -> list[Prompt]:
 
 def read_prompt_file(path: str | Path) -> list[Prompt]:
     """Read the prompts of a ``.txt``, ``.yaml``/``.yml``/``.json`` or ``.jsonl`` file (see the module doc)."""
-    p = Path(path)
+    p = locate(path)
     if not p.is_file():
         raise KieloError(f"prompt file {p} does not exist", "check the path given to --file")
     suffix = p.suffix.lower()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from kielo.errors import KieloError
 from kielo.lang import LANGUAGES, detect_language, in_language
 from kielo.prompt.sources import Prompt, check_unique_ids, prompt_entries, prompt_from_entry, read_yaml_file, suggest
+from kielo.resources import locate
 
 if TYPE_CHECKING:  # only the type: checking answers needs no torch
     from kielo.infer.generate import Generation
@@ -167,7 +168,7 @@ def parse_suite(data: Any, path: str | Path) -> Suite:
 
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file."""
-    p = Path(path)
+    p = locate(path)
     if not p.is_file():
         raise KieloError(f"suite file {p} does not exist", "check the path given to --suite, e.g. prompts/fi_suite.yaml")
     return parse_suite(read_yaml_file(p), p)
