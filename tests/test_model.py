@@ -78,6 +78,41 @@ def test_cpu_inference_dequantizes_once_to_the_same_function(tiny_llama, data_fi
     assert (plain(input_ids=ids).logits - b).abs().max() > 100 * (a - b).abs().max()
 
 
+def test_a_validation_pass_leaves_the_4bit_training_function_unchanged(tiny_llama, data_file, tmp_path):
+    """An eval-mode forward without gradients (validation) must not change what the 4-bit layers compute
+    or differentiate afterwards: bitsandbytes >= 0.49 repacks them for a bf16 CPU kernel without a backward
+    unless kielo keeps their layout."""
+    from kielo.model.adapter import add_lora
+    from kielo.model.load import dequantize_4bit_weight
+
+    cfg = tiny_config(tiny_llama, data_file, tmp_path / "o", lora={"dropout": 0.0}, training={"gradient_checkpointing": False})
+    model = add_lora(load_bundle(cfg, for_training=True).model, cfg.lora)
+    for n, p in model.named_parameters():  # LoRA B starts at 0, which would zero A's gradients
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    ids = torch.tensor([[1, 5, 6, 7, 9, 11, 3]])
+    layer = model.get_submodule("base_model.model.model.layers.0.self_attn.q_proj.base_layer")
+    weight = dequantize_4bit_weight(layer)
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+    loss, grads = loss_and_grads()
+    assert grads.abs().max() > 0
+    model.eval()
+    with torch.no_grad():
+        eval_loss = model(input_ids=ids, labels=ids).loss
+    model.train()
+    torch.testing.assert_close(eval_loss, loss, atol=1e-6, rtol=1e-6)
+    after_loss, after_grads = loss_and_grads()
+    torch.testing.assert_close(after_loss, loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(after_grads, grads, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dequantize_4bit_weight(layer), weight, atol=0, rtol=0)
+
+
 def test_gpu_only_options_on_cpu_are_clear(tiny_llama, data_file, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CPU-only behaviour")

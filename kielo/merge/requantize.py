@@ -41,7 +41,7 @@ def load_nf4(folder: Path, dtype: torch.dtype, compute: torch.dtype, device: tor
     """
     from transformers import AutoModelForCausalLM
 
-    from kielo.model.load import bnb_config
+    from kielo.model.load import bnb_config, keep_4bit_layout
 
     model = AutoModelForCausalLM.from_pretrained(
         folder,
@@ -49,6 +49,7 @@ def load_nf4(folder: Path, dtype: torch.dtype, compute: torch.dtype, device: tor
         quantization_config=bnb_config(NF4, compute),
         device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
     )
+    keep_4bit_layout(model)  # the held-out loss is the NF4 layers' ``compute`` function, not a bf16 CPU kernel's
     return model.eval()
 
 

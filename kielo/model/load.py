@@ -148,6 +148,8 @@ def load_base_model(
         "device_map": {"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
     }
     model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    if config.quantization.bits == 4:
+        keep_4bit_layout(model)
     model.config.use_cache = not for_training
     for p in model.parameters():
         p.requires_grad_(False)
@@ -180,6 +182,26 @@ def set_gradient_checkpointing(model, on: bool) -> None:
         model.enable_input_require_grads()
     else:
         model.gradient_checkpointing_disable()
+
+
+def keep_4bit_layout(model) -> int:
+    """Stop bitsandbytes from repacking the 4-bit weights for its bf16 CPU kernel; returns how many layers.
+
+    From bitsandbytes 0.49 on, a ``Linear4bit`` on a CPU with AVX512-BF16 rewrites its weight in place into
+    another layout at its first eval-mode forward without gradients, and from then on multiplies in bf16
+    (inputs and scales rounded to bf16: a tiny Llama's logits moved by 2.6e-3) through an op without a
+    backward, even back in train mode: after a validation pass the frozen layers pass no gradient to the
+    layers below them, a bias added in place raises under autograd, and ``dequantize_4bit`` of the repacked
+    weight returns wrong values; saving a state dict converts it back, so a run's numbers also depend on
+    when it checkpointed. Keeping the layout makes every forward the ``quantization.compute_dtype`` matmul
+    that training differentiates. Older releases lack the switch (and the repacking).
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def dequantize_4bit_weight(layer) -> torch.Tensor:
