@@ -13,7 +13,7 @@ from kielo.data.batches import BatchLayout, collate_padded
 from kielo.data.prepare import prepare_data
 from kielo.errors import KieloError
 from kielo.model.bundle import load_bundle
-from kielo.model.load import load_tokenizer
+from kielo.model.load import keep_4bit_layout, load_tokenizer
 from kielo.train import checkpoint as ckpt
 from kielo.train.loss import chunked_loss_sum
 from kielo.train.step import accumulate_gradients
@@ -35,6 +35,10 @@ def base_logits(model_dir, ids, bits=4):
         else None
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=q, device_map={"": "cpu"}).eval()
+    if bits:
+        # The 4-bit layers' own function: bitsandbytes >= 0.49 would otherwise switch them, on an AVX512-BF16
+        # CPU, to a bf16 kernel for inference that differs from it by ~1e-3 (see keep_4bit_layout).
+        keep_4bit_layout(model)
     return model
 
 
