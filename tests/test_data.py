@@ -49,6 +49,67 @@ def test_bad_rows_name_file_line_and_problem(tmp_path, text, fragment):
     assert fragment in e.value.message and e.value.fix
 
 
+CHAT_EMPTY = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}
+
+
+@pytest.mark.parametrize(
+    "row, fragment",
+    [
+        ({"instruction": "a", "output": None}, "d.jsonl:1: `output` is null"),
+        ({"instruction": "a", "output": ""}, "d.jsonl:1: `output` is empty"),
+        ({"instruction": "a", "output": " \n\t"}, "d.jsonl:1: `output` is empty"),
+        ({"messages": [*CHAT_EMPTY["messages"], {"role": "assistant", "content": " "}]}, "message 3 (assistant) is empty"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}, "message 1 (assistant) is empty"),
+    ],
+)
+def test_rows_without_an_answer_are_refused_for_training(tmp_path, row, fragment):
+    path = write(tmp_path, json.dumps({"instruction": "ok", "output": "ok"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(KieloError) as e:
+        load_examples(path)
+    assert fragment.replace(":1:", ":2:") in e.value.message and "write the answer" in e.value.fix
+    # Evaluation prompts and the data analysis take the same row as an empty answer.
+    assert load_examples(path, require_answer=False)[1].reference.strip() == ""
+
+
+def test_csv_with_a_quote_left_open_names_the_row(tmp_path):
+    path = write(tmp_path, 'instruction,output\na,b\n"c,d\ne,f\n', "d.csv")
+    with pytest.raises(KieloError) as e:
+        load_examples(path)
+    assert "d.csv:3: the row ends before field(s) output" in e.value.message and "close the quote" in e.value.fix
+    with pytest.raises(KieloError, match="d.csv:2: 3 fields, the header has 2"):
+        load_examples(write(tmp_path, "instruction,output\na,b,c\n", "d.csv"))
+    # A quoted field over several lines: the next record's line number is still its own.
+    with pytest.raises(KieloError, match="d.csv:4: "):
+        load_examples(write(tmp_path, 'instruction,output\n"a\nb",c\nd,""\n', "d.csv"))
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.json", "d.csv"])
+def test_byte_order_mark_is_read_and_bad_utf8_names_the_line(tmp_path, name):
+    rows = [{"instruction": "ä", "output": "ö"}, {"instruction": "å", "output": "é"}]
+    text = {
+        "d.jsonl": "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
+        "d.json": json.dumps(rows, ensure_ascii=False, indent=0),
+        "d.csv": "instruction,output\nä,ö\nå,é\n",
+    }[name]
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert [e.reference for e in load_examples(path)] == ["ö", "é"]
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(KieloError) as e:
+        load_examples(path)
+    line = text[: text.index("ä")].count("\n") + 1
+    assert f"{name}:{line}: not valid UTF-8" in e.value.message and "UTF-8" in e.value.fix
+
+
+def test_template_that_drops_the_answer_is_an_error(tiny_gemma):
+    tok = load_tokenizer(str(tiny_gemma))
+    template = resolve_template(tok, "builtin")
+    template.chat_template = template.chat_template.replace("{{ message['content'] }}{{ eos_token }}", "{{ eos_token }}")
+    example = Example([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], source="d.jsonl:7")
+    with pytest.raises(KieloError, match="d.jsonl:7: the prompt template renders answer 1 as empty"):
+        Encoder(tok, template, max_length=64).encode(example)
+
+
 def test_missing_file_and_bad_suffix(tmp_path):
     with pytest.raises(KieloError, match="does not exist"):
         load_examples(tmp_path / "nope.jsonl")

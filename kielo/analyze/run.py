@@ -112,7 +112,8 @@ def _analyze(files, config, tokenizers, output_dir, examples, sample, workers) -
         if name != config.model.name:
             extras[name] = load_extra_tokenizer(name, config.model.trust_remote_code)
     named = split_paths(files, config)
-    data = [load_examples(path, config.data.system_prompt) for _, path in named]
+    # Empty answers are reported (empty_fields), not refused: finding them is what the analysis is for.
+    data = [load_examples(path, config.data.system_prompt, require_answer=False) for _, path in named]
     names = [n for n, _ in named]
     lap("load tokenizers and data")
     seed = config.training.seed

@@ -96,8 +96,15 @@ class Encoder:
                     "turn is added), so prompt and answer tokens can't be separated",
                     "use --data.template builtin",
                 )
+            answer = through[len(before) :]
+            if m["content"].strip() and not answer.replace(self.template.end_token, "").strip():
+                # A template that drops or trims the answer would train the end token alone.
+                raise KieloError(
+                    f"{example.source}: the prompt template renders answer {i} as empty, so nothing of it would be trained",
+                    "use --data.template builtin, or a chat template that writes the assistant's content",
+                )
             segments.append((before[len(done) :], False))
-            segments.append((through[len(before) :], True))
+            segments.append((answer, True))
             done = through
         return segments
 

@@ -4,11 +4,13 @@ Two row styles are detected per row:
 - alpaca: ``instruction`` (required), ``input`` (optional), ``output`` (required), optional ``system``;
 - chat: ``messages``: a list of ``{"role": "system"|"user"|"assistant", "content": str}``.
 Extra keys (task type, expected language, references) are kept as ``meta`` for evaluation.
-Every problem is reported with the file, the line (or row) and what is wrong.
+Every problem is reported with the file, the line (or row) and what is wrong. Text files are read as UTF-8,
+with or without a byte-order mark (editors on Windows write one).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +46,23 @@ def _fail(where: str, what: str, fix: str) -> KieloError:
     return KieloError(f"{where}: {what}", fix)
 
 
-def row_to_example(row: Any, where: str, system_prompt: str | None = None) -> Example:
-    """Normalize one parsed row (alpaca or chat style) to an :class:`Example`."""
+def _check_answers(messages: list[dict[str, str]], where: str, chat: bool) -> None:
+    """Refuse assistant turns that are empty: training on them teaches the model to stop at once."""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and not m["content"].strip():
+            if chat:
+                raise _fail(
+                    where, f"message {i} (assistant) is empty: there is no answer to train on", "write the answer, or drop that row"
+                )
+            raise _fail(where, "`output` is empty: there is no answer to train on", "write the answer, or drop that row")
+
+
+def row_to_example(row: Any, where: str, system_prompt: str | None = None, require_answer: bool = True) -> Example:
+    """Normalize one parsed row (alpaca or chat style) to an :class:`Example`.
+
+    With ``require_answer`` (training) an empty or missing answer is an error; without it (evaluation prompts,
+    data analysis, which reports empty fields) ``"output": null`` reads as an empty answer.
+    """
     if not isinstance(row, dict):
         raise _fail(where, f"expected a JSON object, got {type(row).__name__}", "write one object per line")
     if "messages" in row:
@@ -65,6 +82,8 @@ def row_to_example(row: Any, where: str, system_prompt: str | None = None) -> Ex
             raise _fail(where, "the last message is not from the assistant", "end each conversation with the answer")
         if not any(m["role"] == "user" for m in clean):
             raise _fail(where, "the conversation has no user message", "add the user's request")
+        if require_answer:
+            _check_answers(clean, where, chat=True)
         meta = {k: v for k, v in row.items() if k != "messages"}
     else:
         missing = [k for k in ("instruction", "output") if k not in row]
@@ -78,6 +97,12 @@ def row_to_example(row: Any, where: str, system_prompt: str | None = None) -> Ex
         for k in ("instruction", "input", "output", "system"):
             if k in row and row[k] is not None and not isinstance(row[k], str):
                 raise _fail(where, f"field `{k}` is not a string", f"give `{k}` as text")
+        if row["instruction"] is None:
+            raise _fail(where, "`instruction` is null", "write the instruction as text")
+        if row["output"] is None:
+            if require_answer:
+                raise _fail(where, "`output` is null: there is no answer to train on", "write the answer, or drop that row")
+            row = {**row, "output": ""}
         user = row["instruction"]
         if row.get("input"):
             user = f"{user}\n\n{row['input']}"
@@ -85,27 +110,71 @@ def row_to_example(row: Any, where: str, system_prompt: str | None = None) -> Ex
         if row.get("system"):
             clean.insert(0, {"role": "system", "content": row["system"]})
         meta = {k: v for k, v in row.items() if k not in ("instruction", "output", "system")}
+        if require_answer:
+            _check_answers(clean, where, chat=False)
     if system_prompt and clean[0]["role"] != "system":
         clean.insert(0, {"role": "system", "content": system_prompt})
     return Example(messages=clean, meta=meta, source=where)
+
+
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8, a leading byte-order mark dropped; bytes that are not UTF-8 are an error
+    naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise _fail(
+            f"{path}:{line}",
+            f"not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
+            "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or fix that line",
+        ) from None
+
+
+def _read_csv(path: Path, text: str) -> list[tuple[str, Any]]:
+    import csv
+
+    rows = []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    start = reader.line_num + 1  # a quoted field may span lines: name the line where the record starts
+    for record in reader:
+        where = f"{path}:{start}"
+        if None in record:  # more fields than the header
+            raise _fail(
+                where,
+                f"{len(header) + len(record[None])} fields, the header has {len(header)}",
+                'quote fields that hold commas ("a, b")',
+            )
+        short = [k for k, v in record.items() if v is None]
+        if short:
+            raise _fail(
+                where,
+                f"the row ends before field(s) {', '.join(short)}: a quote left open swallows the lines after it",
+                'close the quote; a quote inside a quoted field is written twice ("")',
+            )
+        rows.append((where, record))
+        start = reader.line_num + 1
+    return rows
 
 
 def _read_rows(path: Path) -> list[tuple[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((f"{path}:{n}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise _fail(f"{path}:{n}", f"malformed JSON ({e.msg} at column {e.colno})", "fix or remove that line") from None
+        # split("\n"), not splitlines(): JSON strings may hold U+2028 and other line breaks of Unicode.
+        for n, line in enumerate(_read_text(path).split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"{path}:{n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise _fail(f"{path}:{n}", f"malformed JSON ({e.msg} at column {e.colno})", "fix or remove that line") from None
         return rows
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_read_text(path))
         except json.JSONDecodeError as e:
             raise _fail(f"{path}:{e.lineno}", f"malformed JSON ({e.msg})", "fix the JSON syntax there") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -114,33 +183,41 @@ def _read_rows(path: Path) -> list[tuple[str, Any]]:
             raise _fail(str(path), "expected a list of examples", "write a JSON array, or use JSONL")
         return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
     if suffix == ".csv":
-        import csv
-
-        with path.open(encoding="utf-8", newline="") as fh:
-            return [(f"{path}:{i + 2}", dict(r)) for i, r in enumerate(csv.DictReader(fh))]
+        return _read_csv(path, _read_text(path))
     if suffix == ".parquet":
         try:
+            import pyarrow
             import pyarrow.parquet as pq
         except ImportError:
             raise KieloError(f"{path}: reading Parquet needs pyarrow", "pip install pyarrow, or convert to JSONL") from None
-        return [(f"{path}[row {i}]", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+        try:
+            table = pq.read_table(path)
+        except pyarrow.ArrowException as e:
+            raise _fail(str(path), f"not a readable Parquet file ({str(e)[:200]})", "write it again, or convert it to JSONL") from None
+        return [(f"{path}[row {i}]", r) for i, r in enumerate(table.to_pylist())]
     raise _fail(str(path), f"unsupported file type {suffix or '(none)'}", f"use one of {', '.join(SUFFIXES)}")
 
 
 def load_examples(
-    path: str | Path, system_prompt: str | None = None, *, prepare=None, given_with: str = "data.train / data.validation / DATA_FILE"
+    path: str | Path,
+    system_prompt: str | None = None,
+    *,
+    prepare=None,
+    require_answer: bool = True,
+    given_with: str = "data.train / data.validation / DATA_FILE",
 ) -> list[Example]:
     """Read and validate every row of a data file.
 
-    ``prepare`` may complete a row before it is validated (evaluation accepts prompts without answers);
-    ``given_with`` names where the path came from, for the fix in the error messages.
+    ``prepare`` may complete a row before it is validated; ``require_answer=False`` accepts rows whose answer
+    is empty (evaluation prompts, data analysis); ``given_with`` names where the path came from, for the fix
+    in the error messages.
     """
     p = locate(path)
     if not p.exists():
         raise KieloError(f"data file {p} does not exist", f"check the path given with {given_with}")
     if p.is_dir():
         raise KieloError(f"{p} is a folder, not a data file", f"point {given_with} to a file ending in {', '.join(SUFFIXES)}")
-    examples = [row_to_example(prepare(row) if prepare else row, where, system_prompt) for where, row in _read_rows(p)]
+    examples = [row_to_example(prepare(row) if prepare else row, where, system_prompt, require_answer) for where, row in _read_rows(p)]
     if not examples:
         raise KieloError(f"{p} holds no examples", "add at least one example row")
     return examples

@@ -33,7 +33,7 @@ def _with_empty_answer(row):
 def load_eval_examples(path: str | Path, system_prompt: str | None = None) -> list[Example]:
     """Read an evaluation file: any training-format row, or a prompt without an answer (the data package's
     one reader and row parser, so every other row problem gets the same message as in training)."""
-    return load_examples(path, system_prompt, prepare=_with_empty_answer, given_with="--data")
+    return load_examples(path, system_prompt, prepare=_with_empty_answer, require_answer=False, given_with="--data")
 
 
 def has_reference(example: Example) -> bool:
