@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -136,6 +137,20 @@ def test_prompt_from_the_command_line(tiny_llama, tmp_path, capsys):
     assert out.out.strip() == rows[0]["answer"].strip()  # a lone answer is printed as plain text
     saved = yaml.safe_load((tmp_path / "kielo_config.yaml").read_text())
     assert saved["generation"]["max_new_tokens"] == 6
+
+
+def test_adapter_alone_uses_its_runs_base_and_calls_never_overwrite(tiny_llama, adapter, tmp_path, capsys, caplog):
+    """Without --model, a run folder's saved config names the base; a second call writes prompts-2.*."""
+    argv = ["prompt", "--adapter", str(adapter), "Mikä on Suomen pääkaupunki?", *FAST, "--output_dir", str(tmp_path)]
+    with caplog.at_level(logging.INFO, logger="kielo"):
+        assert main(argv) == 0, capsys.readouterr().err
+    assert f"base model from the training run {adapter}: {tiny_llama}" in caplog.text
+    first = (tmp_path / "prompts.jsonl").read_bytes()
+    assert [r["model"] for r in map(json.loads, first.decode().splitlines())] == ["base", "run"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"written: {tmp_path / 'prompts-2.jsonl'}, {tmp_path / 'prompts-2.md'}" in capsys.readouterr().err
+    assert (tmp_path / "prompts.jsonl").read_bytes() == first and (tmp_path / "prompts-2.md").is_file()
 
 
 def test_no_prompt_or_two_sources_is_a_clear_error(tiny_llama, adapter, capsys):

@@ -5,7 +5,8 @@
 With ``--adapter`` the base and each adapter answer side by side; without, the one model answers. Answers
 are printed (a lone answer as plain text, several as columns) and, except in the chat, written to
 ``<output_dir>/<name>.jsonl`` and ``.md`` (``output_dir`` defaults to ``runs/prompt``; ``<name>`` is the
-suite's or file's name, or ``prompts``) with the resolved config. A suite exits with status 1
+suite's or file's name, or ``prompts``, numbered ``<name>-2``... when an earlier call's files are there) with
+the resolved config. A suite exits with status 1
 when the last-named model fails any check, so it can gate a CI job.
 """
 
@@ -77,6 +78,30 @@ def _print_results(run, lone: bool) -> None:
         print(summary_table(run))
 
 
+def _base_from_runs(config, adapters: list[str]):
+    """Check every ``--adapter`` before a model loads; without ``--model``, use the base their runs trained on.
+
+    ``model.name`` still at its default means no base was named (a named default and the runs' own base
+    agree or the adapters can't load anyway); the runs' saved configs then name the base, so the default
+    model is not loaded only to be refused as the wrong base.
+    """
+    from kielo.config.schema import ModelConfig
+    from kielo.model.source import resolve_adapter
+
+    runs = [(path, run) for path, run in (resolve_adapter(a) for a in adapters) if run]
+    bases = {(run.get("model") or {}).get("name") for _, run in runs} - {None}
+    if config.model.name != ModelConfig().name or not bases or bases == {config.model.name}:
+        return config
+    if len(bases) > 1:
+        raise KieloError(
+            f"the adapters were trained on different base models ({', '.join(sorted(bases))})",
+            "pass the base with --model, and adapters trained on it",
+        )
+    config = replace(config, model=replace(config.model, name=bases.pop()))
+    log.info("base model from the training run %s: %s", Path(runs[0][0]), config.model.name)
+    return config
+
+
 def run_command(args: argparse.Namespace, config) -> int:
     """Run `kielo prompt`; returns the exit status."""
     from kielo.config.load import save_config
@@ -105,6 +130,7 @@ def run_command(args: argparse.Namespace, config) -> int:
         prompts = read_prompt_file(args.file) if args.file else from_arguments(args.prompt)
     if args.system is not None:
         config = replace(config, data=replace(config.data, system_prompt=args.system or None))
+    config = _base_from_runs(config, args.adapter)
     gen = resolve_generation(config.generation, [config.model.name, *args.adapter], _flags(args))
     config = replace(config, generation=gen)
     bundle, models = load_models(config, args.adapter)

@@ -114,10 +114,17 @@ def jsonl_rows(run: PromptRun) -> list[dict]:
 
 
 def write_outputs(run: PromptRun, folder: str | Path, stem: str, title: str) -> tuple[Path, Path]:
-    """Write ``<stem>.jsonl`` and ``<stem>.md`` into ``folder``; returns their paths."""
+    """Write ``<stem>.jsonl`` and ``<stem>.md`` into ``folder``; returns their paths.
+
+    An earlier call's files are never replaced: the next free ``<stem>-2``, ``<stem>-3``... is used instead.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    jsonl, md = folder / f"{stem}.jsonl", folder / f"{stem}.md"
+    name, n = stem, 1
+    while (folder / f"{name}.jsonl").exists() or (folder / f"{name}.md").exists():
+        n += 1
+        name = f"{stem}-{n}"
+    jsonl, md = folder / f"{name}.jsonl", folder / f"{name}.md"
     jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in jsonl_rows(run)), encoding="utf-8")
     md.write_text(to_markdown(run, title), encoding="utf-8")
     return jsonl, md
