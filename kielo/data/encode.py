@@ -96,6 +96,13 @@ class Encoder:
                     "turn is added), so prompt and answer tokens can't be separated",
                     "use --data.template builtin",
                 )
+            if self.template.end_token in m["content"]:
+                # The tokenizer reads the text as the end token itself: the answer would end there.
+                raise KieloError(
+                    f"{example.source}: answer {i} contains the end token {self.template.end_token!r} as text, so "
+                    "training would stop the answer there",
+                    "remove that text from the answer",
+                )
             answer = through[len(before) :]
             if m["content"].strip() and not answer.replace(self.template.end_token, "").strip():
                 # A template that drops or trims the answer would train the end token alone.
