@@ -9,6 +9,7 @@ are declared per command below. User mistakes print one message and a fix, witho
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -19,6 +20,8 @@ from kielo.errors import KieloError
 
 log = logging.getLogger("kielo")
 
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
 
 @dataclass
 class Command:
@@ -27,6 +30,7 @@ class Command:
     setup: Callable[[argparse.ArgumentParser], None] = lambda p: None
     positional_config: bool = False  # `kielo train CONFIG.yaml` takes the config as a positional argument
     base: Callable[[], dict] | None = None  # the command's own default config (below --config and flags)
+    writes_output: bool = True  # output_dir is checked for writing before the command starts
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, str]:
@@ -163,12 +167,14 @@ COMMANDS: dict[str, Command] = {
         _lazy("kielo.plan.command", "run_command"),
         "estimate a training run's peak GPU memory and the micro-batch / checkpointing kielo train would pick",
         _lazy("kielo.plan.command", "setup_parser"),
+        writes_output=False,
     ),
     "bench": Command(
         _lazy("kielo.bench.command", "run_command"),
         "time QLoRA training of the stock stack and kielo's path on one GPU in one invocation (tokens/s, peak "
         "memory, loss and gradient parity, the memory plan's estimate)",
         _lazy("kielo.bench.command", "setup_parser"),
+        writes_output=False,  # writes to --out, not output_dir
     ),
     "merge": Command(
         _lazy("kielo.merge.command", "run_command"),
@@ -179,10 +185,20 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with kielo's error shape: usage, then one ``error:`` line and a ``fix:`` line, status 2."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        print(f"  fix: see `{self.prog} --help`", file=sys.stderr)
+        self.exit(2)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kielo", description="QLoRA instruction fine-tuning, Finnish first.", allow_abbrev=False)
+    parser = Parser(prog="kielo", description="QLoRA instruction fine-tuning, Finnish first.", allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(
             name,
@@ -232,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             hf_logging.set_verbosity_error()
             hf_logging.disable_progress_bar()
         config = build_config(args, parse_overrides(rest), command)
+        if command.writes_output and config.output_dir:
+            from kielo.output import check_output_dir
+
+            check_output_dir(config.output_dir)
         return command.run(args, config)
     except KieloError as e:
         if debug:
@@ -239,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kielo {args.command}: error: {e.message}", file=sys.stderr)
         if e.fix:
             print(f"  fix: {e.fix}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A write that fails mid-run (folder made read-only, quota): the path and the reason, not a traceback.
+        if debug or e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"kielo {args.command}: error: can't write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        print("  fix: free space or make that folder writable, or pass another --output_dir", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"kielo {args.command}: interrupted", file=sys.stderr)

@@ -110,6 +110,8 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise KieloError(f"{p} is not valid YAML: {e}", "fix the YAML syntax at the line shown") from None
+    except UnicodeDecodeError as e:
+        raise KieloError(f"{p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})", "save it as UTF-8") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -81,6 +81,9 @@ def _adapter_base(adapter: str, run_cfg: dict | None, model: str | None) -> str:
 
 
 def _check_output(out: Path, adapter: str) -> None:
+    from kielo.output import check_output_dir
+
+    check_output_dir(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise KieloError(f"{out} already exists and is not empty", "choose another --output_dir or remove that one")
     if out.resolve() == Path(adapter).resolve() or Path(adapter).resolve() in out.resolve().parents:

@@ -8,6 +8,7 @@ adapter from the folder), or a hub id.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +33,36 @@ class ModelSource:
     @property
     def is_local(self) -> bool:
         return Path(self.path).is_dir()
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter_files(folder: Path) -> None:
+    """Fail with the file's name when an adapter's config or weights are missing or damaged.
+
+    Reading the safetensors header is cheap (no tensors are loaded) and catches truncated and garbage files
+    before a base model is loaded for minutes only to fail on them.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    fix = "re-train, or point to another checkpoint (checkpoints/step-N) of the run"
+    cfg_file = folder / "adapter_config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise KieloError(f"{cfg_file} is damaged (not JSON: {str(e)[:120]})", fix) from None
+    if not isinstance(cfg, dict):
+        raise KieloError(f"{cfg_file} is damaged (not a JSON object)", fix)
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise KieloError(f"{folder} has adapter_config.json but no {ADAPTER_WEIGHTS}", fix)
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            if not list(fh.keys()):
+                raise KieloError(f"{weights} holds no tensors", fix)
+    except SafetensorError as e:
+        raise KieloError(f"{weights} is damaged, truncated or not a safetensors file ({e})", fix) from None
 
 
 def _gguf_to_folder(path: Path) -> str:
@@ -73,6 +104,7 @@ def resolve_model(name: str) -> ModelSource:
                     f"{p} holds a LoRA adapter but no {CONFIG_FILE} saying which base it belongs to",
                     "pass the base with --model and the folder with --adapter",
                 )
+            check_adapter_files(p)
             base = resolve_model(run_cfg.get("model", {}).get("name", default.ALIAS))
             return ModelSource(base.path, adapter=str(p), run_config=run_cfg)
         if (p / "config.json").is_file():
@@ -102,4 +134,5 @@ def resolve_adapter(path: str) -> tuple[str, dict | None]:
         raise KieloError(f"adapter {p} does not exist", "check the path to the adapter or run folder")
     if not has_adapter(p):
         raise KieloError(f"{p} holds no LoRA adapter (adapter_config.json)", "point to a kielo run folder or PEFT adapter")
+    check_adapter_files(p)
     return str(p), read_run_config(p)

@@ -9,6 +9,7 @@ import yaml
 
 from kielo.config.load import CONFIG_FILE, from_dict
 from kielo.config.schema import Config
+from kielo.errors import KieloError
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
@@ -25,17 +26,30 @@ def find_run_config(folder: str | Path) -> Path | None:
     return None
 
 
+def _load_config_file(path: Path) -> dict:
+    """A saved ``kielo_config.yaml`` as plain data; a damaged one is an error naming it, not a YAML traceback."""
+    fix = "re-train, or restore that file from the run"
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise KieloError(f"{path} is damaged ({str(e).splitlines()[0][:200]})", fix) from None
+    # Callers read cfg["model"]["name"] etc.; a list or a scalar there would fail far from the file.
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model") or {}, dict):
+        raise KieloError(f"{path} is not a kielo config (no `model:` section)", fix)
+    return cfg
+
+
 def read_run_config(folder: str | Path) -> dict | None:
     """The saved config of a run folder (or checkpoint) as plain data, unvalidated (runs saved by other kielo
     versions may hold keys this one lacks); None when there is none."""
     path = find_run_config(folder)
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path else None
+    return _load_config_file(path) if path else None
 
 
 def saved_config(folder: str | Path) -> Config | None:
     """The saved config of the run in ``folder`` itself, validated; None when it has none."""
     path = Path(folder) / CONFIG_FILE
-    return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else None
+    return from_dict(_load_config_file(path)) if path.is_file() else None
 
 
 def has_adapter(folder: str | Path) -> bool:
