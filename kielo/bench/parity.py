@@ -21,7 +21,7 @@ def grad_cosines(r: dict, other: dict, grads_dir: Path) -> list[float]:
     for i in range(2):
         mine, theirs = grads_file(grads_dir, r["variant"], r["case"], i), grads_file(grads_dir, other["variant"], other["case"], i)
         if mine.exists() and theirs.exists():
-            out.append(round(cosine(torch.load(mine), torch.load(theirs)), 6))
+            out.append(round(cosine(torch.load(mine, weights_only=True), torch.load(theirs, weights_only=True)), 6))
     return out
 
 

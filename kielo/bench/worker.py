@@ -148,7 +148,7 @@ def lora_start(loaded: Loaded, variant: Variant, grads_dir: Path) -> dict:
 
         if not stock_init.is_file():
             raise KieloError("the unsloth variant starts from stock's LoRA weights", "put stock first in the plan")
-        init = init_from(init, torch.load(stock_init))
+        init = init_from(init, torch.load(stock_init, weights_only=True))
     return init
 
 
