@@ -278,6 +278,18 @@ CASES = [
         "kielo_config.yaml is damaged",
         damage_run(lambda run: write(run / "kielo_config.yaml", "model: [\n")),
     ),
+    Case(
+        "compare-run-config-not-kielo",
+        ["compare", "--model", "{model}", "--adapter", "{d}/run", "--data", "{data}"],
+        "kielo_config.yaml is not a kielo config",
+        damage_run(lambda run: write(run / "kielo_config.yaml", "- model\n- name\n")),
+    ),
+    Case(
+        "evaluate-run-as-model-config-scalar-model",
+        ["evaluate", "--model", "{d}/run", "--data", "{data}"],
+        "kielo_config.yaml is not a kielo config",
+        damage_run(lambda run: write(run / "kielo_config.yaml", "model: gemma\n")),
+    ),
     # --- prompt ---
     Case("prompt-no-source", ["prompt", "--model", "{model}"], "give exactly one of"),
     Case("prompt-file-missing", ["prompt", "--model", "{model}", "--file", "{d}/nope.txt"], "nope.txt"),

@@ -38,6 +38,7 @@ from kielo.errors import KieloError
 from kielo.merge import options as o
 from kielo.merge.summary import merge_summary
 from kielo.model.source import ModelSource, resolve_adapter, resolve_model
+from kielo.output import check_output_dir
 from kielo.report.data import render as render_json
 from kielo.report.data import write_json
 
@@ -81,8 +82,6 @@ def _adapter_base(adapter: str, run_cfg: dict | None, model: str | None) -> str:
 
 
 def _check_output(out: Path, adapter: str) -> None:
-    from kielo.output import check_output_dir
-
     check_output_dir(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise KieloError(f"{out} already exists and is not empty", "choose another --output_dir or remove that one")
