@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kielo.config.load import load_config, read_yaml
+from kielo.config.load import from_dict, load_config, read_yaml
 from kielo.config.reference import END, START, replace_in
 from kielo.config.schema import Config
 from kielo.errors import KieloError
@@ -104,3 +104,22 @@ def test_readme_config_reference_is_generated_from_the_schema():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert START in text and END in text
     assert replace_in(text) == text, "README config reference is stale: run `python -m kielo.config.reference`"
+
+
+@pytest.mark.parametrize("key", ["generation.stop", "lora.target_modules"])
+def test_list_keys_parse_brackets_and_commas_alike(key):
+    """`[]`, `[a, b]` and `a,b` mean the same list for every list-valued key, on the command line and in YAML."""
+    section, name = key.split(".")
+    for text in ("[q_proj, v_proj]", "q_proj,v_proj", "q_proj, v_proj", "[q_proj,v_proj]"):
+        assert getattr(getattr(load_config(None, {key: text}), section), name) == ["q_proj", "v_proj"], text
+        assert getattr(getattr(from_dict({section: {name: text}}), section), name) == ["q_proj", "v_proj"], text
+    assert getattr(getattr(load_config(None, {key: "q_proj"}), section), name) == ["q_proj"]
+    with pytest.raises(KieloError):
+        load_config(None, {key: "[q_proj, [v_proj]]"})
+
+
+def test_stop_list_clears_with_empty_brackets():
+    assert load_config(None, {"generation.stop": "[]"}).generation.stop == []
+    assert load_config(None, {"generation.stop": "['###', \"\\n\\n\"]"}).generation.stop == ["###", "\n\n"]
+    with pytest.raises(KieloError):
+        load_config(None, {"lora.target_modules": "[]"})  # an adapter needs modules: empty is an error, not a silent no-op

@@ -33,6 +33,27 @@ def _check_choices(section: Any, prefix: str) -> None:
             )
 
 
+def as_list(value: Any) -> Any:
+    """One rule for list-valued keys, from YAML or the command line: ``[]`` and ``[a, b]`` are YAML lists, ``a,b``
+    is split at the commas; any other value (a lone string, an existing list) is returned as it is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            parsed = None
+        if not isinstance(parsed, list) or any(isinstance(v, (list, dict)) or v is None for v in parsed):
+            raise KieloError(f"`{value}` is not a list", "write [a, b], a,b or [] (an empty list)")
+        return [str(v) for v in parsed]
+    if "," in text:
+        return [t.strip() for t in text.split(",") if t.strip()]
+    return value
+
+
 def _positive(value: float, key: str, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise KieloError(f"{key} = {value} must be {'>= 0' if allow_zero else '> 0'}", f"set {key} to a positive value")
@@ -86,12 +107,11 @@ class LoraConfig:
         _positive(self.alpha, "lora.alpha")
         if not 0 <= self.dropout < 1:
             raise KieloError(f"lora.dropout = {self.dropout} is out of range", "use a value in [0, 1)")
-        tm = self.target_modules
-        if isinstance(tm, str):
-            if tm != "all-linear":
-                # A comma list from the CLI (--lora.target_modules q_proj,v_proj) is accepted.
-                object.__setattr__(self, "target_modules", [t.strip() for t in tm.split(",") if t.strip()])
-        elif not (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)):
+        tm = as_list(self.target_modules)
+        if isinstance(tm, str) and tm != "all-linear":
+            tm = [tm]
+        object.__setattr__(self, "target_modules", tm)
+        if tm != "all-linear" and not (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)):
             raise KieloError(f"lora.target_modules = {tm!r} is not valid", "give a non-empty list of module names or `all-linear`")
 
 
@@ -191,13 +211,14 @@ class GenerationConfig:
     batch_size: int = opt(8, "Prompts generated together (left-padded).")
     stop: Any = opt(
         None,
-        "Stop strings: an answer ends where one appears, the string itself cut off (a list; one string is one stop).",
+        "Stop strings: an answer ends where one appears, the string itself cut off (a list: [a, b], a,b or [] for none; "
+        "one string is one stop; quote one that starts with [ inside a list: ['[/INST]']).",
         factory=list,
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", [self.stop])
+        stop = as_list(self.stop)
+        object.__setattr__(self, "stop", [stop] if isinstance(stop, str) else stop)
         if not (isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop)):
             raise KieloError(f"generation.stop = {self.stop!r} is not valid", "give a list of non-empty strings")
         _positive(self.max_new_tokens, "generation.max_new_tokens")
