@@ -31,6 +31,9 @@ class Command:
     positional_config: bool = False  # `kielo train CONFIG.yaml` takes the config as a positional argument
     base: Callable[[], dict] | None = None  # the command's own default config (below --config and flags)
     writes_output: bool = True  # output_dir is checked for writing before the command starts
+    # The config keys (``output_dir``, ``training.seed``) and whole sections (``data``) the command reads: its
+    # --help lists them, so every flag it accepts is documented where it is used.
+    config_flags: tuple[str, ...] = ()
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, str]:
@@ -47,8 +50,6 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
                 raise KieloError(f"option `--{key}` needs a value", f"write --{key} VALUE")
             value = tokens[i + 1]
             i += 1
-        if "-" in key and "." in key:
-            raise KieloError(f"option `--{key}` uses dashes", f"flags use underscores: --{key.replace('-', '_')}")
         out[key] = value
         i += 1
     return out
@@ -136,38 +137,57 @@ def _lazy(module: str, name: str) -> Callable:
     return call
 
 
+_MODEL_RUN = ("model", "output_dir", "quantization", "data", "generation")
+
 COMMANDS: dict[str, Command] = {
-    "train": Command(_train, "train a LoRA adapter on a (4-bit) base model", _setup_train, positional_config=True),
-    "demo": Command(_demo, "the whole workflow on the embedded default model, offline", _setup_demo, base=_demo_base),
+    "train": Command(
+        _train,
+        "train a LoRA adapter on a (4-bit) base model",
+        _setup_train,
+        positional_config=True,
+        config_flags=("model", "output_dir", "quantization", "lora", "data", "training"),
+    ),
+    "demo": Command(
+        _demo,
+        "the whole workflow on the embedded default model, offline",
+        _setup_demo,
+        base=_demo_base,
+        config_flags=("model", "output_dir", "quantization", "lora", "data", "training", "generation"),
+    ),
     "prompt": Command(
         _lazy("kielo.prompt.command", "run_command"),
         "answer prompts, compare models side by side, run prompt suites, or chat",
         _lazy("kielo.prompt.command", "setup_parser"),
         base=lambda: {"output_dir": "runs/prompt"},
+        config_flags=_MODEL_RUN,
     ),
     "evaluate": Command(
         _lazy("kielo.evaluate.command", "run_evaluate"),
         "loss, generations and metrics of one model (base or base + adapter) on a data set",
         _lazy("kielo.evaluate.command", "setup_evaluate"),
         base=lambda: {"output_dir": "runs/evaluate"},
+        config_flags=_MODEL_RUN,
     ),
     "compare": Command(
         _lazy("kielo.evaluate.command", "run_compare"),
         "the base vs each adapter on the same data: deltas with intervals, adapter analysis, HTML report",
         _lazy("kielo.evaluate.command", "setup_compare"),
         base=lambda: {"output_dir": "runs/compare"},
+        config_flags=_MODEL_RUN,
     ),
     "analyze-data": Command(
         _lazy("kielo.analyze.command", "run_command"),
         "how the data meets the model's tokenizer: lengths, truncation, masking, padding, duplicates, languages, tokenizer efficiency",
         _lazy("kielo.analyze.command", "setup_parser"),
         base=lambda: {"output_dir": "runs/analyze"},
+        config_flags=("model", "output_dir", "data", "training"),
     ),
     "plan": Command(
         _lazy("kielo.plan.command", "run_command"),
         "estimate a training run's peak GPU memory and the micro-batch / checkpointing kielo train would pick",
         _lazy("kielo.plan.command", "setup_parser"),
         writes_output=False,
+        config_flags=("model", "quantization", "lora", "data", "training"),
     ),
     "bench": Command(
         _lazy("kielo.bench.command", "run_command"),
@@ -181,6 +201,7 @@ COMMANDS: dict[str, Command] = {
         "merge an adapter into its unquantized base, verify it, optionally NF4 / GGUF",
         _lazy("kielo.merge.command", "setup_parser"),
         base=lambda: {"output_dir": ""},
+        config_flags=("model", "output_dir", "data", "training.device", "training.seed"),
     ),  # "": ADAPTER_OR_RUN_DIR-merged
 }
 
@@ -195,10 +216,39 @@ class Parser(argparse.ArgumentParser):
         self.exit(2)
 
 
+def _add_config_flags(p: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
+    """List the config keys a command reads in its --help (split_config_flags takes them before argparse)."""
+    from dataclasses import fields
+
+    from kielo.config.schema import SECTIONS, Config
+
+    if not flags:
+        return
+    group = p.add_argument_group("config keys this command uses (any key of the config reference is accepted)")
+    top = {f.name: f for f in fields(Config)}
+    for flag in flags:
+        section, _, key = flag.partition(".")
+        if key:
+            f = next(g for g in fields(SECTIONS[section]) if g.name == key)
+            group.add_argument(f"--{flag}", metavar="V", default=argparse.SUPPRESS, help=f.metadata["help"])
+        elif section in SECTIONS:
+            if section == "model":
+                name = next(g for g in fields(SECTIONS["model"]) if g.name == "name")
+                group.add_argument("--model", metavar="NAME", default=argparse.SUPPRESS, help="--model.name: " + name.metadata["help"])
+            keys = ", ".join(g.name for g in fields(SECTIONS[section]))
+            group.add_argument(
+                f"--{section}.KEY", metavar="V", default=argparse.SUPPRESS, help=f"{top[section].metadata['help']} Keys: {keys}."
+            )
+        else:
+            group.add_argument(f"--{flag}", metavar="V", default=argparse.SUPPRESS, help=top[flag].metadata["help"])
+
+
 def make_parser() -> argparse.ArgumentParser:
+    """The `kielo` parser; ``parser.commands`` maps each command's name to its own parser."""
     parser = Parser(prog="kielo", description="QLoRA instruction fine-tuning, Finnish first.", allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    parser.commands = {}  # type: ignore[attr-defined]
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(
             name,
@@ -206,14 +256,36 @@ def make_parser() -> argparse.ArgumentParser:
             description=cmd.help,
             allow_abbrev=False,
             epilog="Any config key is also an option: --lora.r 8 --training.max_steps 20 "
-            "(see the README's config reference); --model X is --model.name X.",
+            "(see the README's config reference); --model X is --model.name X. Options are written with "
+            "underscores; dashes work too (--gpu-memory is --gpu_memory).",
         )
+        parser.commands[name] = p  # type: ignore[attr-defined]
         if cmd.positional_config:
             p.add_argument("config_file", nargs="?", help="YAML config file")
         p.add_argument("--config", help="YAML config file")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         cmd.setup(p)
+        _add_config_flags(p, cmd.config_flags)
     return parser
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The command's arguments and the config flags and unknown options left over.
+
+    The command's own parser reads its arguments intermixed, so positional arguments may come before, between
+    or after options (``kielo plan --gpu_memory 24 cfg.yaml``); config flags are taken out first, as argparse
+    would otherwise take a config flag's value for a positional argument.
+    """
+    own, config_flags = split_config_flags(argv)
+    at = next((i for i, tok in enumerate(own) if not tok.startswith("-")), None)
+    if at is None or own[at] not in COMMANDS:
+        args, rest = parser.parse_known_args(own)  # no command: the top-level help, or argparse's error for a wrong one
+        return args, rest + config_flags
+    top = parser.parse_args(own[:at])
+    args, rest = parser.commands[own[at]].parse_known_intermixed_args(own[at + 1 :])  # type: ignore[attr-defined]
+    args.command = own[at]
+    args.debug = getattr(args, "debug", False) or top.debug
+    return args, rest + config_flags
 
 
 def setup_logging(debug: bool) -> None:
@@ -230,11 +302,11 @@ def setup_logging(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from kielo.flags import underscore_options
+
+    argv = underscore_options(list(sys.argv[1:] if argv is None else argv))
     parser = make_parser()
-    own, config_flags = split_config_flags(argv)
-    args, rest = parser.parse_known_args(own)
-    rest += config_flags
+    args, rest = parse_command_line(parser, argv)
     debug = getattr(args, "debug", False) or "--debug" in argv
     setup_logging(debug)
     if not args.command:

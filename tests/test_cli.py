@@ -26,8 +26,6 @@ def test_parse_overrides():
     }
     with pytest.raises(KieloError, match="needs a value"):
         parse_overrides(["--lora.r"])
-    with pytest.raises(KieloError, match="underscores"):
-        parse_overrides(["--training.max-steps", "3"])
 
 
 def test_bad_config_is_one_message_without_traceback(tmp_path):

@@ -202,15 +202,15 @@ def test_kielo_plan_command(tiny_llama, data_file, tmp_path, capsys):
     from kielo.cli import main
 
     args = ["plan", "--model", str(tiny_llama), "--data.train", str(data_file), "--data.max_length", "128"]
-    assert main([*args, "--gpu-memory", "24"]) == 0
+    assert main([*args, "--gpu_memory", "24"]) == 0
     out = capsys.readouterr().out
     assert "memory plan (fit)" in out and "estimated peak" in out and "24 training examples" in out
     big = tmp_path / "big"
     from transformers import LlamaConfig
 
     LlamaConfig(**LLAMA8B).save_pretrained(big)
-    assert main(["plan", "--model", str(big), "--gpu-memory", "6"]) == 1  # an 8B model can't train in 6 GiB
+    assert main(["plan", "--model", str(big), "--gpu_memory", "6"]) == 1  # an 8B model can't train in 6 GiB
     assert "nothing fits" in capsys.readouterr().out
     if not torch.cuda.is_available():
         assert main(["plan", "--model", str(tiny_llama)]) == 2
-        assert "--gpu-memory" in capsys.readouterr().err
+        assert "--gpu_memory" in capsys.readouterr().err

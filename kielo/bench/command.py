@@ -14,7 +14,7 @@ optimizer step for every path: stock pads micro-batches of 2 to their longest ex
 rows of max_length. tokens/s counts real (non-padding) tokens only. Case options: ``kielo.bench.cases``.
 
     kielo bench --shape llama8b --plan "stock:a,b kielo:a,b kielo+compute:a,b,a/nogc"
-    kielo bench --shape tiny --seq 256 --max-length 256 --plan "stock:a,b kielo:a,b"  # CPU smoke test
+    kielo bench --shape tiny --seq 256 --max_length 256 --plan "stock:a,b kielo:a,b"  # CPU smoke test
     bash bench/run_qlora_bench.sh ARGS  # on a GPU machine: installs the carried wheels, then kielo bench ARGS
     python bench/research_variants.py ARGS  # the same bench with the research variants and case options
 
@@ -47,22 +47,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch", type=int, default=2, help="data a: rows per optimizer step")
     p.add_argument("--seq", type=int, default=2048, help="data a: tokens per row")
-    p.add_argument("--max-length", type=int, default=2048, help="data b: longest example and packed row width")
-    p.add_argument("--examples-per-step", type=int, default=32, help="data b: examples per optimizer step")
-    p.add_argument("--warmup-a", type=int, default=3)
-    p.add_argument("--timed-a", type=int, default=6)
+    p.add_argument("--max_length", type=int, default=2048, help="data b: longest example and packed row width")
+    p.add_argument("--examples_per_step", type=int, default=32, help="data b: examples per optimizer step")
+    p.add_argument("--warmup_a", type=int, default=3)
+    p.add_argument("--timed_a", type=int, default=6)
     p.add_argument(
-        "--warmup-b",
+        "--warmup_b",
         type=int,
         default=8,
         help="data b: untimed steps; its first steps bring new shapes (kernel selection), see bench/NOTES.md",
     )
-    p.add_argument("--timed-b", type=int, default=4)
-    p.add_argument("--worker-timeout", type=int, default=420, help="seconds for one variant's process")
+    p.add_argument("--timed_b", type=int, default=4)
+    p.add_argument("--worker_timeout", type=int, default=420, help="seconds for one variant's process")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--cases", help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help=argparse.SUPPRESS)
-    p.add_argument("--grads-dir", help=argparse.SUPPRESS)
+    p.add_argument("--model_dir", help=argparse.SUPPRESS)
+    p.add_argument("--grads_dir", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--make", action="store_true", help=argparse.SUPPRESS)
 
@@ -86,11 +86,12 @@ def main(argv: list[str] | None = None, registry=None) -> int:
     from kielo.bench.cases import PRODUCT
     from kielo.bench.runner import run
     from kielo.errors import KieloError
+    from kielo.flags import underscore_options
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     try:
-        return run(p.parse_args(argv), registry or PRODUCT)
+        return run(p.parse_args(underscore_options(sys.argv[1:] if argv is None else list(argv))), registry or PRODUCT)
     except KieloError as e:
         print(f"bench: error: {e.message}", file=sys.stderr)
         if e.fix:

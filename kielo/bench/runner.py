@@ -70,13 +70,13 @@ def run_worker(entry: PlanEntry, args, registry: Registry, model_dir: Path, grad
         entry.name,
         "--cases",
         entry.case_text,
-        "--model-dir",
+        "--model_dir",
         str(model_dir),
-        "--grads-dir",
+        "--grads_dir",
         str(grads_dir),
         "--result",
         str(result_file),
-        *(f"--{k.replace('_', '-')}={getattr(args, k)}" for k in DATA_ARGS),
+        *(f"--{k}={getattr(args, k)}" for k in DATA_ARGS),
     ]
     t = time.perf_counter()
     try:

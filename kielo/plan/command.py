@@ -1,10 +1,10 @@
 """`kielo plan`: estimate a training run's peak GPU memory and show the settings ``kielo train`` would pick.
 
-    kielo plan [CONFIG] [--gpu-memory GIB] [--mode fit|fastest]
+    kielo plan [CONFIG] [--gpu_memory GIB] [--mode fit|fastest]
 
 Needs no GPU and loads no weights: the model is built on the meta device from its config, and the data (when
 ``data.train`` is set) is tokenized for its row lengths; without data every row is taken as ``data.max_length``
-long. Without ``--gpu-memory`` the budget is what the first CUDA device has free.
+long. Without ``--gpu_memory`` the budget is what the first CUDA device has free.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ CONTEXT_BYTES = 2**29
 def setup_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("config_file", nargs="?", help="YAML config file (as for kielo train)")
     p.add_argument(
-        "--gpu-memory",
+        "--gpu_memory",
         type=float,
         metavar="GIB",
         help="the card's memory in GiB (e.g. 24, 80); default: what the first CUDA GPU has free",
@@ -34,10 +34,10 @@ def _budget(gpu_memory: float | None) -> int:
 
     if gpu_memory is not None:
         if gpu_memory <= 0.5:
-            raise KieloError(f"--gpu-memory {gpu_memory} is too small to train on", "give the card's size in GiB, e.g. 24")
+            raise KieloError(f"--gpu_memory {gpu_memory} is too small to train on", "give the card's size in GiB, e.g. 24")
         return int(gpu_memory * 2**30) - CONTEXT_BYTES
     if not torch.cuda.is_available():
-        raise KieloError("no CUDA GPU here to plan for", "give the target card's size: --gpu-memory 24")
+        raise KieloError("no CUDA GPU here to plan for", "give the target card's size: --gpu_memory 24")
     free, _ = torch.cuda.mem_get_info(0)
     return int(free)
 
