@@ -41,7 +41,17 @@ def test_bad_model_names(name, fragment):
         resolve_model(name)
 
 
-def test_hub_ids_pass_through():
+def test_cached_hub_ids_pass_through(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    # A hub id already in the local hub cache loads offline: it is taken as it is, without asking the hub.
+    snapshot = tmp_path / "models--LumiOpen--Viking-7B" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--LumiOpen--Viking-7B" / "refs").mkdir()
+    (tmp_path / "models--LumiOpen--Viking-7B" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert resolve_model("LumiOpen/Viking-7B").path == "LumiOpen/Viking-7B"
 
 

@@ -124,6 +124,34 @@ def resolve_model(name: str) -> ModelSource:
             f"model `{name}` is neither an existing path nor a hub id (org/name)",
             f"check the path, or use a hub id like LumiOpen/Llama-Poro-2-8B-base, or `{default.ALIAS}`",
         )
+    return _hub_source(name)
+
+
+def _hub_source(name: str) -> ModelSource:
+    """A hub id that is in the local cache or can be reached; asked once, so no download's retries run first."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return ModelSource(name)
+    fix = (
+        "without a network, pass a local model folder (--model path/to/folder, e.g. one saved with "
+        f"`hf download {name} --local-dir DIR` where there is a network) or the embedded default --model {default.ALIAS}"
+    )
+    if constants.HF_HUB_OFFLINE:
+        raise KieloError(f"model `{name}` is not in the local hub cache and the hub is off (HF_HUB_OFFLINE)", fix)
+    try:
+        model_info(name, timeout=2)
+    except GatedRepoError:
+        pass  # reachable but gated: loading says how to log in
+    except RepositoryNotFoundError:
+        raise KieloError(
+            f"model `{name}` is not on the hub (or is private)", "check the hub id, or pass a local model folder"
+        ) from None
+    except HfHubHTTPError:
+        pass  # the hub answered; loading reports what it refuses
+    except Exception as e:  # noqa: BLE001 - connection errors come from several libraries (httpx, requests, ssl)
+        raise KieloError(f"model `{name}` is not in the local hub cache and the hub can't be reached ({e})", fix) from None
     return ModelSource(name)
 
 
