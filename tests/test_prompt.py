@@ -455,3 +455,28 @@ def test_terminal_and_markdown_tables():
     assert len(lines) >= 4 and "rivi 2" in table and "─┼─" in lines[1]
     md = markdown.table(Table(["prompt", "base"], [["a | b", "rivi 1\nrivi 2"]]))
     assert md.splitlines() == ["| prompt | base |", "|---|---|", "| a \\| b | rivi 1<br>rivi 2 |"]
+
+
+def test_stop_strings_work_when_transformers_criteria_cannot_be_built(llama, monkeypatch):
+    """A tokenizer whose vocabulary StopStringCriteria can't index still stops at stop strings (decoded check)."""
+    bundle, models = llama
+    prompts = from_arguments(["Mikä on Suomen pääkaupunki?"])
+    plain = run_prompts(bundle, models, prompts, _gen(max_new_tokens=24)).answers["base"][0]
+    found = re.search(r"[A-Za-z]{3}", plain.text[1:])
+    assert found, plain.text
+    stop = found.group()
+    expected = run_prompts(bundle, models, prompts, _gen(max_new_tokens=24, stop=[stop])).answers["base"][0]
+
+    def broken_vocab():
+        raise IndexError("vocabulary with holes")
+
+    monkeypatch.setattr(bundle.tokenizer, "get_vocab", broken_vocab)
+    with pytest.raises(IndexError):
+        from transformers import StopStringCriteria
+
+        StopStringCriteria(bundle.tokenizer, [stop])  # the case: transformers' criteria fails for this tokenizer
+    cut = run_prompts(bundle, models, prompts, _gen(max_new_tokens=24, stop=[stop])).answers["base"][0]
+    assert (cut.text, cut.stop, cut.tokens) == (expected.text, expected.stop, expected.tokens)
+    assert cut.tokens < plain.tokens and not cut.ended
+    streamed = stream_answer(bundle, prompts[0].conversation(), _gen(max_new_tokens=24, stop=[stop]), lambda piece: None)
+    assert streamed.text == cut.text

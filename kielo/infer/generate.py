@@ -7,6 +7,7 @@ too; the answer is cut where the first one begins.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import torch
 
 from kielo.config.schema import GenerationConfig
 from kielo.model.bundle import Bundle
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +44,32 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
     return text[:at], stop
 
 
+class DecodedStop:
+    """Stops a row once its decoded answer contains a stop string: the fallback for tokenizers whose vocabulary
+    transformers' ``StopStringCriteria`` can't index. Slower (it decodes every row each step), never wrong."""
+
+    def __init__(self, tokenizer, stops: list[str]):
+        self.tokenizer, self.stops, self.start = tokenizer, stops, None
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        if self.start is None:
+            self.start = input_ids.shape[1] - 1  # the first call sees the prompt and one generated token
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+def _stop_criteria(tokenizer, stops: list[str]):
+    """transformers' ``StopStringCriteria`` when it can be built for this tokenizer, else :class:`DecodedStop`."""
+    from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
+
+    try:
+        criteria = StopStringCriteria(tokenizer, stops)
+    except Exception as e:  # noqa: BLE001 - it fails in several ways (index, value, key errors) on unusual vocabularies
+        log.debug("StopStringCriteria can't be built for this tokenizer (%s); stop strings are checked on decoded text", e)
+        criteria = type("DecodedStopCriteria", (DecodedStop, StoppingCriteria), {})(tokenizer, stops)
+    return StoppingCriteriaList([criteria])
+
+
 def _sampling_kwargs(g: GenerationConfig) -> dict:
     if g.temperature <= 0:
         return {"do_sample": False}
@@ -60,8 +89,8 @@ def generation_kwargs(bundle: Bundle, g: GenerationConfig) -> dict:
         **_sampling_kwargs(g),
     )
     if g.stop:
-        # transformers stops a row once its decoded text contains a stop string; the cut happens in to_generation.
-        kw.update(stop_strings=list(g.stop), tokenizer=bundle.tokenizer)
+        # A row stops once its decoded text contains a stop string; the cut happens in to_generation.
+        kw.update(stopping_criteria=_stop_criteria(bundle.tokenizer, list(g.stop)))
     return kw
 
 
