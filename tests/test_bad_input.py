@@ -82,7 +82,9 @@ CASES = [
     ),
     Case("train-config-unknown-key", ["train", "{d}/c.yaml"], "lora.rank", bad_data("c.yaml", "lora:\n  rank: 8\n")),
     Case("train-unknown-flag", ["train", "--lora.rr", "8"], "unknown option `--lora.rr`"),
-    Case("train-flag-dashes", ["train", "--training.max-steps", "3"], "uses dashes"),
+    Case(
+        "train-flag-dashes", ["train", "--training.max-stepz", "3"], "unknown option `--training.max_stepz`"
+    ),  # dashes are underscores
     Case("train-flag-no-value", ["train", "--data.train", "{data}", "--lora.r"], "needs a value"),
     Case("train-stray-argument", ["train", "{d}/c.yaml", "extra"], "unexpected argument `extra`", bad_data("c.yaml", "{}\n")),
     Case("train-bad-type", ["train", "--lora.r", "abc"], "lora.r"),
