@@ -15,7 +15,7 @@ SYSTEM_EXIT_ALLOWED = {"kielo.cli", "kielo.__main__"}
 # also once a listed one complies, so that its entry is removed here.
 PENDING = {
     "cycles": set(),
-    "lines": {"kielo/merge/run.py"},
+    "lines": set(),
     "module_attributes": set(),
     "system_exit": set(),
 }

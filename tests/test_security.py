@@ -101,9 +101,9 @@ def test_names_from_data_and_folders_stay_inside_the_output_folder(tmp_path, nam
 def test_merge_refuses_to_write_into_the_adapter(tmp_path):
     """The merged model never overwrites the adapter it came from (an output_dir inside it is refused)."""
     from kielo.errors import KieloError
-    from kielo.merge.run import _check_output
+    from kielo.merge.job import check_output
 
     adapter = tmp_path / "run"
     adapter.mkdir()
     with pytest.raises(KieloError, match="inside the adapter folder"):
-        _check_output(adapter / "merged", str(adapter))
+        check_output(adapter / "merged", str(adapter))

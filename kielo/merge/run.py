@@ -4,7 +4,7 @@ only when every check passed, so a failed or interrupted merge leaves nothing be
 
 Order of work (one model in memory at a time):
 
-1. plan: resolve adapter and base, check they belong together, check memory and disk, all before any
+1. job: resolve adapter and base, check they belong together, check memory and disk, all before any
    weights are read;
 2. reference: the unquantized base + adapter (unmerged) answers the sample prompts greedily; its logits
    are kept;
@@ -27,18 +27,15 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from kielo.config.load import from_dict
 from kielo.config.schema import Config, GenerationConfig
 from kielo.errors import KieloError
 from kielo.merge import options as o
+from kielo.merge.job import MAX_PROMPT_TOKENS, MergeJob, prepare_merge
 from kielo.merge.summary import merge_summary
-from kielo.model.source import ModelSource, resolve_adapter, resolve_model
-from kielo.output import check_output_dir
 from kielo.report.data import render as render_json
 from kielo.report.data import write_json
 
@@ -46,144 +43,7 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "merge_report.json"
 NF4_FOLDER = "nf4"
-MAX_PROMPT_TOKENS = 192  # longer sample prompts keep their last tokens (the part that leads into the answer)
 LOSS_EXAMPLES = 64  # held-out examples for the re-quantization loss
-
-
-@dataclass
-class MergePlan:
-    """Everything resolved and checked before any weights are read."""
-
-    config: Config  # the run's config, with the base, device and output of this merge
-    source: ModelSource  # the base
-    adapter: str
-    output: Path
-    dtype_name: str
-    dtype: torch.dtype  # of the saved weights
-    compute: torch.dtype  # of the models while checking (see dequantize.compute_dtype_for)
-    device: torch.device
-    tolerance: float
-    gguf_type: str | None  # None: no GGUF export
-    requantize: bool
-    samples: int
-    max_new_tokens: int
-    run_quantization: dict | None  # how training stored the base (for the informational comparison)
-
-
-def _adapter_base(adapter: str, run_cfg: dict | None, model: str | None) -> str:
-    if model:
-        return model
-    if run_cfg and run_cfg.get("model", {}).get("name"):
-        return run_cfg["model"]["name"]
-    recorded = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if recorded:
-        return recorded
-    raise KieloError(f"{adapter} does not say which base model it belongs to", "pass the base with --model")
-
-
-def _check_output(out: Path, adapter: str) -> None:
-    check_output_dir(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise KieloError(f"{out} already exists and is not empty", "choose another --output_dir or remove that one")
-    if out.resolve() == Path(adapter).resolve() or Path(adapter).resolve() in out.resolve().parents:
-        raise KieloError(f"--output_dir {out} is inside the adapter folder", "write the merged model somewhere else")
-
-
-def plan_merge(
-    config: Config,
-    adapter_dir: str,
-    output_dir: str | Path,
-    dtype: str = o.DEFAULT_DTYPE,
-    model: str | None = None,
-    tolerance: float | None = None,
-    requantize: bool = False,
-    gguf: bool = False,
-    gguf_type: str = o.DEFAULT_GGUF_TYPE,
-    samples: int = o.DEFAULT_SAMPLES,
-    max_new_tokens: int = o.DEFAULT_MAX_NEW_TOKENS,
-) -> MergePlan:
-    """Resolve and check a merge without loading weights: clear errors come first and cost nothing."""
-    from transformers import AutoConfig
-
-    from kielo.evaluate.loading import check_adapter_base
-    from kielo.merge.dequantize import check_unquantized, compute_dtype_for, resolve_dtype
-    from kielo.merge.gguf_export import bytes_per_weight, check_exportable, resolve_gguf_type
-    from kielo.merge.resources import check_disk, check_memory, logits_bytes, output_bytes
-    from kielo.merge.verify import tolerance_for
-    from kielo.model.device import pick_device
-
-    torch_dtype = resolve_dtype(dtype)
-    if samples < 1 or max_new_tokens < 1:
-        raise KieloError("--samples and --max_new_tokens must be at least 1", "e.g. --samples 4 --max_new_tokens 32")
-    adapter, run_cfg = resolve_adapter(adapter_dir)
-    out = Path(output_dir)
-    _check_output(out, adapter)
-    base_name = _adapter_base(adapter, run_cfg, model)
-    cfg = from_dict(run_cfg) if run_cfg else config
-    run_quant = dataclasses.asdict(cfg.quantization) if run_cfg else None
-    cfg = dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(
-            cfg.model, name=base_name, trust_remote_code=config.model.trust_remote_code or cfg.model.trust_remote_code
-        ),
-        training=dataclasses.replace(cfg.training, device=config.training.device),
-        output_dir=str(out),
-    )
-    source = resolve_model(base_name)
-    try:
-        check_adapter_base(adapter, source)
-    except KieloError as e:
-        raise KieloError(
-            e.message, "leave out --model to merge into the base the run was trained on, or pass that base with --model"
-        ) from None
-    check_unquantized(source)
-    try:
-        model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise KieloError(
-            f"cannot read the model config of {source.path}: {str(e).splitlines()[0]}", "check --model (or the run's model.name)"
-        ) from None
-    resolved_gguf = None
-    if gguf:
-        resolved_gguf = resolve_gguf_type(gguf_type, torch_dtype)
-        check_exportable(model_config)
-    device = pick_device(cfg.training.device)
-    compute = compute_dtype_for(torch_dtype, device)
-    # Reference logits, plus the merged model's when they are kept for the GGUF comparison.
-    working = logits_bytes(
-        samples * (2 if gguf else 1), MAX_PROMPT_TOKENS + max_new_tokens, model_config.get_text_config().vocab_size, torch.float32
-    )
-    try:
-        check_memory(model_config, compute, device, source.path, working)
-    except KieloError:
-        if compute == torch_dtype:
-            raise
-        log.info("an fp32 copy of the model doesn't fit in memory: checking in %s instead (slower on most CPUs)", dtype)
-        compute = torch_dtype
-        check_memory(model_config, compute, device, source.path, working)
-    tokenizer_bytes = sum(p.stat().st_size for p in Path(source.path).glob("tokenizer*")) if source.is_local else 0
-    check_disk(
-        out.parent,
-        output_bytes(
-            model_config, torch_dtype, bytes_per_weight(resolved_gguf) if resolved_gguf else None, requantize, tokenizer_bytes
-        ),
-    )
-    return MergePlan(
-        cfg,
-        source,
-        adapter,
-        out,
-        dtype,
-        torch_dtype,
-        compute,
-        device,
-        tolerance_for(torch_dtype) if tolerance is None else tolerance,
-        resolved_gguf,
-        requantize,
-        samples,
-        max_new_tokens,
-        run_quant,
-    )
 
 
 class _Clock:
@@ -222,32 +82,32 @@ def _device_map(device: torch.device) -> dict:
     return {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
 
 
-def _trained_setup(plan: MergePlan, bundle, reference, examples) -> dict:
+def _trained_setup(job: MergeJob, bundle, reference, examples) -> dict:
     """Informational: the quantized base + adapter that training used, compared with the reference."""
     from kielo.merge.requantize import held_out_loss
     from kielo.merge.verify import compare
     from kielo.model.adapter import load_adapter
     from kielo.model.load import load_base_model
 
-    if plan.run_quantization is None:
+    if job.run_quantization is None:
         return {"skipped": "how the adapter was trained is unknown (no kielo_config.yaml beside it)"}
     try:
-        model = load_adapter(load_base_model(plan.source, plan.config, plan.device, for_training=False), plan.adapter)
+        model = load_adapter(load_base_model(job.source, job.config, job.device, for_training=False), job.adapter)
     except (KieloError, ImportError, RuntimeError) as e:
         return {"skipped": str(e).splitlines()[0]}
     # Teacher-forced only: free generation through bitsandbytes' 4-bit CPU kernels is slow, and argmax
     # agreement on the reference answers already says how often the two would choose differently.
-    result, _ = compare(model, reference, plan.tolerance, plan.device, generate=False)
+    result, _ = compare(model, reference, job.tolerance, job.device, generate=False)
     result.pop("passed")  # not a pass/fail check: this difference is the base's quantization error
-    result["quantization"] = plan.run_quantization
-    if plan.requantize:
+    result["quantization"] = job.run_quantization
+    if job.requantize:
         result["held_out_loss"] = held_out_loss(dataclasses.replace(bundle, model=model), examples)["loss"]
     del model
     _collect()
     return result
 
 
-def _execute(plan: MergePlan, work: Path) -> dict:
+def _execute(job: MergeJob, work: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
     from kielo.data.template import render
@@ -259,66 +119,66 @@ def _execute(plan: MergePlan, work: Path) -> dict:
     from kielo.model.adapter import load_adapter
     from kielo.model.bundle import Bundle, load_tokenizer_and_template, make_encoder
 
-    cfg, device = plan.config, plan.device
+    cfg, device = job.config, job.device
     clock = _Clock()
     report: dict = {
-        "adapter": adapter_summary(plan.adapter),
-        "base": plan.source.path,
-        "dtype": plan.dtype_name,
-        "compute_dtype": str(plan.compute).removeprefix("torch."),
+        "adapter": adapter_summary(job.adapter),
+        "base": job.source.path,
+        "dtype": job.dtype_name,
+        "compute_dtype": str(job.compute).removeprefix("torch."),
         "device": str(device),
     }
-    if not adapter_moved(plan.adapter):
+    if not adapter_moved(job.adapter):
         log.warning("the adapter's LoRA B matrices are all zero (untrained): the merged model equals the base")
         report["adapter"]["untrained"] = True
-    tokenizer, template = load_tokenizer_and_template(cfg, plan.source)
+    tokenizer, template = load_tokenizer_and_template(cfg, job.source)
     encoder = make_encoder(tokenizer, template, cfg)
-    examples, held_out = held_out_examples(cfg, max(plan.samples, LOSS_EXAMPLES if plan.requantize else 0))
-    prompts = [encoder.prompt_ids(ex.prompt_messages)[-MAX_PROMPT_TOKENS:] for ex in examples[: plan.samples]]
+    examples, held_out = held_out_examples(cfg, max(job.samples, LOSS_EXAMPLES if job.requantize else 0))
+    prompts = [encoder.prompt_ids(ex.prompt_messages)[-MAX_PROMPT_TOKENS:] for ex in examples[: job.samples]]
 
-    log.info("reference: %s (%s, unquantized) + adapter %s", plan.source.path, plan.dtype_name, plan.adapter)
-    base = load_base_16bit(plan.source, plan.dtype, device, cfg.model.trust_remote_code, compute=plan.compute)
-    peft_model = load_adapter(base, plan.adapter)
-    bundle = Bundle(peft_model, tokenizer, template, encoder, device, plan.source, cfg, plan.adapter)
-    gen = generation_kwargs(bundle, GenerationConfig(max_new_tokens=plan.max_new_tokens, temperature=0.0))
+    log.info("reference: %s (%s, unquantized) + adapter %s", job.source.path, job.dtype_name, job.adapter)
+    base = load_base_16bit(job.source, job.dtype, device, cfg.model.trust_remote_code, compute=job.compute)
+    peft_model = load_adapter(base, job.adapter)
+    bundle = Bundle(peft_model, tokenizer, template, encoder, device, job.source, cfg, job.adapter)
+    gen = generation_kwargs(bundle, GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=0.0))
     reference = capture_reference(peft_model, prompts, gen, device)
     with peft_model.disable_adapter():
-        effect, _ = compare(peft_model, reference, plan.tolerance, device, generate=False)
+        effect, _ = compare(peft_model, reference, job.tolerance, device, generate=False)
     report["samples"] = {
         "source": held_out,
         "sequences": len(prompts),
-        "max_new_tokens": plan.max_new_tokens,
+        "max_new_tokens": job.max_new_tokens,
         "tokens": effect["tokens"],
     }
     report["adapter_effect"] = {k: effect[k] for k in ("max_abs_logit_diff", "mean_abs_logit_diff", "max_kl", "mean_kl")}
     clock.lap("reference")
 
-    log.info("merging into the %s weights and saving", plan.dtype_name)
-    merged, report["weights"] = merge_adapter(peft_model, plan.adapter, plan.dtype)
+    log.info("merging into the %s weights and saving", job.dtype_name)
+    merged, report["weights"] = merge_adapter(peft_model, job.adapter, job.dtype)
     if report["weights"]["update_rounding_error"] > 0.25:
         log.warning(
             "storing the merged weights in %s changes the adapter's update by %.0f%% (it is small against "
             "the weights' rounding step); --dtype fp32 keeps it whole",
-            plan.dtype_name,
+            job.dtype_name,
             100 * report["weights"]["update_rounding_error"],
         )
-    save_merged(merged, bundle, work, plan.dtype)
+    save_merged(merged, bundle, work, job.dtype)
     bundle.model = None
     del merged, peft_model, base
     _collect()
     clock.lap("merge_and_save")
 
     log.info("comparing with the quantized base + adapter that training used (informational)")
-    report["vs_trained"] = _trained_setup(plan, bundle, reference, examples)
+    report["vs_trained"] = _trained_setup(job, bundle, reference, examples)
     clock.lap("vs_trained")
 
     log.info("reloading %s with plain from_pretrained and comparing with base + adapter", work.name)
-    merged = AutoModelForCausalLM.from_pretrained(work, dtype=plan.compute, device_map=_device_map(device)).eval()
-    result, merged_logits = compare(merged, reference, plan.tolerance, device, keep_logits=plan.gguf_type is not None)
+    merged = AutoModelForCausalLM.from_pretrained(work, dtype=job.compute, device_map=_device_map(device)).eval()
+    result, merged_logits = compare(merged, reference, job.tolerance, device, keep_logits=job.gguf_type is not None)
     report["verification"] = result
     check(
         result,
-        f"the merge check ({plan.dtype_name})",
+        f"the merge check ({job.dtype_name})",
         "this is a bug or a broken adapter, not something to tune away: re-run with --debug and report it; "
         "--tolerance only if you know why the numbers differ",
     )
@@ -328,25 +188,25 @@ def _execute(plan: MergePlan, work: Path) -> dict:
     reference = Reference(reference.sequences, reference.prompt_lengths, merged_logits or [], reference.generate_kwargs)
     del merged_logits
 
-    if plan.requantize:
+    if job.requantize:
         from kielo.merge.requantize import requantize
 
         log.info("re-quantizing the merged model to NF4")
-        report["requantized"] = requantize(bundle, work, work / NF4_FOLDER, examples, held_out, plan.dtype)
+        report["requantized"] = requantize(bundle, work, work / NF4_FOLDER, examples, held_out, job.dtype)
         clock.lap("requantize")
 
-    if plan.gguf_type is not None:
+    if job.gguf_type is not None:
         from kielo.merge.gguf_export import LOSSLESS_FOR, write_gguf
         from kielo.merge.gguf_verify import llama_cpp_available, verify_gguf
 
-        path = work / f"{plan.output.name}-{plan.gguf_type}.gguf"
+        path = work / f"{job.output.name}-{job.gguf_type}.gguf"
         log.info("writing %s", path.name)
-        info = write_gguf(merged, tokenizer, path, plan.gguf_type, plan.output.name, template.end_token_id, template.chat_template)
+        info = write_gguf(merged, tokenizer, path, job.gguf_type, job.output.name, template.end_token_id, template.chat_template)
         config = merged.config
         bundle.model = None
         del merged
         _collect()
-        texts = [render(tokenizer, template, ex.messages) for ex in examples[: plan.samples]]
+        texts = [render(tokenizer, template, ex.messages) for ex in examples[: job.samples]]
         log.info("reading %s back with transformers' GGUF loader%s", path.name, " and llama.cpp" if llama_cpp_available() else "")
         info.update(
             verify_gguf(
@@ -355,35 +215,35 @@ def _execute(plan: MergePlan, work: Path) -> dict:
                 reference,
                 tokenizer,
                 texts,
-                plan.gguf_type,
-                plan.gguf_type in ("f32", LOSSLESS_FOR[plan.dtype]),
-                plan.compute,
+                job.gguf_type,
+                job.gguf_type in ("f32", LOSSLESS_FOR[job.dtype]),
+                job.compute,
                 device,
             )
         )
         report["gguf"] = info
         check(
             info,
-            f"the GGUF check ({plan.gguf_type})",
+            f"the GGUF check ({job.gguf_type})",
             "re-run with --debug and report it; the HF folder is fine: convert it with llama.cpp's convert_hf_to_gguf.py meanwhile",
         )
-        report["gguf"]["adapter"] = _adapter_gguf(plan, work, config, path)
+        report["gguf"]["adapter"] = _adapter_gguf(job, work, config, path)
         clock.lap("gguf")
     report["timings_s"] = clock.laps
     return report
 
 
-def _adapter_gguf(plan: MergePlan, work: Path, config, model_gguf: Path) -> dict:
+def _adapter_gguf(job: MergeJob, work: Path, config, model_gguf: Path) -> dict:
     """The adapter alone for llama.cpp's --lora, checked by rebuilding its updates from the file."""
     from kielo.merge.gguf_adapter import verify_gguf_adapter, write_gguf_adapter
 
-    kind = "f32" if plan.gguf_type == "f32" else "f16"  # llama.cpp's LoRA loader takes float types
-    path = work / f"{plan.output.name}-adapter-{kind}.gguf"
-    info = write_gguf_adapter(plan.adapter, config, path, kind)
+    kind = "f32" if job.gguf_type == "f32" else "f16"  # llama.cpp's LoRA loader takes float types
+    path = work / f"{job.output.name}-adapter-{kind}.gguf"
+    info = write_gguf_adapter(job.adapter, config, path, kind)
     if "skipped" in info:
         log.warning("no GGUF of the adapter alone: %s", info["skipped"])
         return info
-    info.update(verify_gguf_adapter(path, plan.adapter, config, model_gguf))
+    info.update(verify_gguf_adapter(path, job.adapter, config, model_gguf))
     if not info["passed"]:
         raise KieloError(f"the adapter GGUF check failed: {json.dumps(info)}", "re-run with --debug and report it")
     return info
@@ -412,8 +272,8 @@ def merge(
     import kielo
 
     started = time.time()
-    plan = plan_merge(config, adapter_dir, output_dir, dtype, model, tolerance, requantize, gguf, gguf_type, samples, max_new_tokens)
-    out = plan.output
+    job = prepare_merge(config, adapter_dir, output_dir, dtype, model, tolerance, requantize, gguf, gguf_type, samples, max_new_tokens)
+    out = job.output
     out.parent.mkdir(parents=True, exist_ok=True)
     # Beside the target, so the final rename stays on one filesystem and is atomic.
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -421,13 +281,13 @@ def merge(
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
-        report = {"kielo_version": kielo.__version__, "output": str(out), **_execute(plan, work)}
+        report = {"kielo_version": kielo.__version__, "output": str(out), **_execute(job, work)}
         report["files"] = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()) + [REPORT_FILE]
         report["wall_time_s"] = round(time.time() - started, 2)
         write_json(render_json(merge_summary(report)), work / REPORT_FILE, indent=2)
         _open_up(work)
         if out.is_dir():
-            out.rmdir()  # empty (checked in the plan); rename needs the name free
+            out.rmdir()  # empty (checked in the job); rename needs the name free
         os.rename(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

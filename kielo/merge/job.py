@@ -1,0 +1,159 @@
+"""A merge job: the adapter, its base, the output and every setting, resolved and checked before any weights
+are read (step 1 of ``kielo.merge.run``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kielo.config.load import from_dict
+from kielo.config.schema import Config
+from kielo.errors import KieloError
+from kielo.merge import options as o
+from kielo.model.source import ModelSource, resolve_adapter, resolve_model
+from kielo.output import check_output_dir
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_TOKENS = 192  # longer sample prompts keep their last tokens (the part that leads into the answer)
+
+
+@dataclass
+class MergeJob:
+    """Everything resolved and checked before any weights are read."""
+
+    config: Config  # the run's config, with the base, device and output of this merge
+    source: ModelSource  # the base
+    adapter: str
+    output: Path
+    dtype_name: str
+    dtype: torch.dtype  # of the saved weights
+    compute: torch.dtype  # of the models while checking (see dequantize.compute_dtype_for)
+    device: torch.device
+    tolerance: float
+    gguf_type: str | None  # None: no GGUF export
+    requantize: bool
+    samples: int
+    max_new_tokens: int
+    run_quantization: dict | None  # how training stored the base (for the informational comparison)
+
+
+def adapter_base(adapter: str, run_cfg: dict | None, model: str | None) -> str:
+    if model:
+        return model
+    if run_cfg and run_cfg.get("model", {}).get("name"):
+        return run_cfg["model"]["name"]
+    recorded = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if recorded:
+        return recorded
+    raise KieloError(f"{adapter} does not say which base model it belongs to", "pass the base with --model")
+
+
+def check_output(out: Path, adapter: str) -> None:
+    check_output_dir(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise KieloError(f"{out} already exists and is not empty", "choose another --output_dir or remove that one")
+    if out.resolve() == Path(adapter).resolve() or Path(adapter).resolve() in out.resolve().parents:
+        raise KieloError(f"--output_dir {out} is inside the adapter folder", "write the merged model somewhere else")
+
+
+def prepare_merge(
+    config: Config,
+    adapter_dir: str,
+    output_dir: str | Path,
+    dtype: str = o.DEFAULT_DTYPE,
+    model: str | None = None,
+    tolerance: float | None = None,
+    requantize: bool = False,
+    gguf: bool = False,
+    gguf_type: str = o.DEFAULT_GGUF_TYPE,
+    samples: int = o.DEFAULT_SAMPLES,
+    max_new_tokens: int = o.DEFAULT_MAX_NEW_TOKENS,
+) -> MergeJob:
+    """Resolve and check a merge without loading weights: clear errors come first and cost nothing."""
+    from transformers import AutoConfig
+
+    from kielo.evaluate.loading import check_adapter_base
+    from kielo.merge.dequantize import check_unquantized, compute_dtype_for, resolve_dtype
+    from kielo.merge.gguf_export import bytes_per_weight, check_exportable, resolve_gguf_type
+    from kielo.merge.resources import check_disk, check_memory, logits_bytes, output_bytes
+    from kielo.merge.verify import tolerance_for
+    from kielo.model.device import pick_device
+
+    torch_dtype = resolve_dtype(dtype)
+    if samples < 1 or max_new_tokens < 1:
+        raise KieloError("--samples and --max_new_tokens must be at least 1", "e.g. --samples 4 --max_new_tokens 32")
+    adapter, run_cfg = resolve_adapter(adapter_dir)
+    out = Path(output_dir)
+    check_output(out, adapter)
+    base_name = adapter_base(adapter, run_cfg, model)
+    cfg = from_dict(run_cfg) if run_cfg else config
+    run_quant = dataclasses.asdict(cfg.quantization) if run_cfg else None
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(
+            cfg.model, name=base_name, trust_remote_code=config.model.trust_remote_code or cfg.model.trust_remote_code
+        ),
+        training=dataclasses.replace(cfg.training, device=config.training.device),
+        output_dir=str(out),
+    )
+    source = resolve_model(base_name)
+    try:
+        check_adapter_base(adapter, source)
+    except KieloError as e:
+        raise KieloError(
+            e.message, "leave out --model to merge into the base the run was trained on, or pass that base with --model"
+        ) from None
+    check_unquantized(source)
+    try:
+        model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise KieloError(
+            f"cannot read the model config of {source.path}: {str(e).splitlines()[0]}", "check --model (or the run's model.name)"
+        ) from None
+    resolved_gguf = None
+    if gguf:
+        resolved_gguf = resolve_gguf_type(gguf_type, torch_dtype)
+        check_exportable(model_config)
+    device = pick_device(cfg.training.device)
+    compute = compute_dtype_for(torch_dtype, device)
+    # Reference logits, plus the merged model's when they are kept for the GGUF comparison.
+    working = logits_bytes(
+        samples * (2 if gguf else 1), MAX_PROMPT_TOKENS + max_new_tokens, model_config.get_text_config().vocab_size, torch.float32
+    )
+    try:
+        check_memory(model_config, compute, device, source.path, working)
+    except KieloError:
+        if compute == torch_dtype:
+            raise
+        log.info("an fp32 copy of the model doesn't fit in memory: checking in %s instead (slower on most CPUs)", dtype)
+        compute = torch_dtype
+        check_memory(model_config, compute, device, source.path, working)
+    tokenizer_bytes = sum(p.stat().st_size for p in Path(source.path).glob("tokenizer*")) if source.is_local else 0
+    check_disk(
+        out.parent,
+        output_bytes(
+            model_config, torch_dtype, bytes_per_weight(resolved_gguf) if resolved_gguf else None, requantize, tokenizer_bytes
+        ),
+    )
+    return MergeJob(
+        cfg,
+        source,
+        adapter,
+        out,
+        dtype,
+        torch_dtype,
+        compute,
+        device,
+        tolerance_for(torch_dtype) if tolerance is None else tolerance,
+        resolved_gguf,
+        requantize,
+        samples,
+        max_new_tokens,
+        run_quant,
+    )
