@@ -14,8 +14,8 @@ Case options: ``head=chunked|ckpt|liger`` (kielo's chunked head, each chunk reco
 fused linear cross-entropy), ``headmm=bf16`` (the chunked head's matmul on bf16 operands), ``attn=bf16`` (SDPA on
 bf16 copies of q, k, v), ``autocast`` (bf16 autocast).
 
-    python bench/research_variants.py --shape tiny --seq 128 --max-length 256 --plan "stock:a kielo+lean:a/head=ckpt"
-    bash bench/run_qlora_bench.sh --research --shape llama8b --plan "stock:a,b kielo+bf16:a,b,a/nogc"  # GPU machine
+    python bench/research_variants.py --shape tiny --seq 128 --max-length 256 --cases "stock:a kielo+lean:a/head=ckpt"
+    bash bench/run_qlora_bench.sh --research --shape llama8b --cases "stock:a,b kielo+bf16:a,b,a/nogc"  # GPU machine
 """
 
 from __future__ import annotations

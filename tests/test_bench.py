@@ -32,7 +32,7 @@ def test_kielo_bench_runs_stock_and_kielo_in_one_invocation(tmp_path, capsys):
             str(tmp_path / "work"),
             "--out",
             str(tmp_path / "out"),
-            "--plan",
+            "--cases",
             "stock:a,b kielo:a,b",
         ]
     )
@@ -112,7 +112,7 @@ def test_research_variant_runs_through_the_same_driver(tmp_path):
     research = _research_script()
     out = tmp_path / "out"
     small = ["--shape", "tiny", "--seq", "128", "--warmup-a", "1", "--timed-a", "1", "--workdir", str(tmp_path / "work")]
-    rc = research.bench_main([*small, "--out", str(out), "--plan", "stock:a kielo+lean:a,a/attn=bf16"], registry=research.registry())
+    rc = research.bench_main([*small, "--out", str(out), "--cases", "stock:a kielo+lean:a,a/attn=bf16"], registry=research.registry())
     assert rc == 0
     results = json.loads((out / "results.json").read_text())["results"]
     assert [(r["variant"], r["case"]) for r in results] == [("stock", "a"), ("kielo+lean", "a"), ("kielo+lean", "a/attn=bf16")]
@@ -130,24 +130,24 @@ def test_plan_mistakes_stop_before_anything_runs(tmp_path, capsys):
     is built; research options are known only to the registry that brings them."""
     import pytest
 
-    from kielo.bench.cases import PRODUCT, parse_plan
+    from kielo.bench.cases import PRODUCT, parse_cases
     from kielo.cli import main
     from kielo.errors import KieloError
 
     args = ["bench", "--shape", "tiny", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
-    assert main([*args, "--plan", "stock:a kielo+lean:a"]) == 2
+    assert main([*args, "--cases", "stock:a kielo+lean:a"]) == 2
     assert "unknown variant 'kielo+lean'" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
     with pytest.raises(KieloError, match="unknown option 'attn=bf16'"):
-        parse_plan("kielo:a/attn=bf16", PRODUCT)
+        parse_cases("kielo:a/attn=bf16", PRODUCT)
     with pytest.raises(KieloError, match="gc= needs a whole number"):
-        parse_plan("kielo:a/gc=x", PRODUCT)
+        parse_cases("kielo:a/gc=x", PRODUCT)
     with pytest.raises(KieloError, match="starts from stock's LoRA weights"):
-        parse_plan("unsloth:a", PRODUCT)
+        parse_cases("unsloth:a", PRODUCT)
     research = _research_script().registry()
-    (entry,) = parse_plan("kielo+bf16:b/attn=bf16/head=liger", research)
+    (entry,) = parse_cases("kielo+bf16:b/attn=bf16/head=liger", research)
     assert entry.cases[0].fields()["head"] == "liger" and entry.cases[0].fields()["attn_bf16"] is True
     with pytest.raises(KieloError, match="computes its model's own loss"):
-        parse_plan("stock:a/head=ckpt", research)
+        parse_cases("stock:a/head=ckpt", research)
     with pytest.raises(KieloError, match="more than one option chooses the loss head"):
-        parse_plan("kielo:a/head=ckpt/headmm=bf16", research)
+        parse_cases("kielo:a/head=ckpt/headmm=bf16", research)

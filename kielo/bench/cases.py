@@ -1,7 +1,7 @@
-"""What a bench plan names: variants (a stack and its settings), cases (data and step options) and the registry
+"""What a bench run names: variants (a stack and its settings), cases (data and step options) and the registry
 of both that one bench invocation knows.
 
-A plan is ``VARIANT:CASE,CASE ...``; a case is ``DATA[/opt...]`` with the options ``nogc`` (no gradient
+A run is ``VARIANT:CASE,CASE ...``; a case is ``DATA[/opt...]`` with the options ``nogc`` (no gradient
 checkpointing), ``gc=N`` (checkpoint the first N layers only), ``mbs=N`` (sequences per micro-batch for a, packed
 rows for b; default 2), ``profile`` (one extra untimed step under torch.profiler), ``compile`` (torch.compile each
 decoder layer) and ``memtrace`` (record CUDA allocations over the first step). Research scripts in the
@@ -122,7 +122,7 @@ class Registry:
 
 
 @dataclass(frozen=True)
-class PlanEntry:
+class CaseEntry:
     name: str
     variant: Variant
     cases: tuple[Case, ...]
@@ -133,10 +133,10 @@ class PlanEntry:
         return ",".join(c.name for c in self.cases)
 
 
-def parse_plan(plan: str, registry: Registry) -> list[PlanEntry]:
-    """The plan's entries, every name and case checked before anything runs."""
+def parse_cases(cases: str, registry: Registry) -> list[CaseEntry]:
+    """The entries of ``--cases``, every name and case checked before anything runs."""
     entries = []
-    for spec in plan.split():
+    for spec in cases.split():
         name, _, cases = spec.partition(":")
         reuse = name.startswith("=")
         name = name.lstrip("=")
@@ -155,8 +155,8 @@ def parse_plan(plan: str, registry: Registry) -> list[PlanEntry]:
                 )
         if variant.stack == "unsloth" and not any(e.variant.stack == "stock" for e in entries):
             # kielo's and stock's seeded peft adapters start equal; Unsloth seeds its own, so it takes stock's.
-            raise KieloError(f"{name} starts from stock's LoRA weights", f"put stock (or =stock) before {name} in the plan")
-        entries.append(PlanEntry(name, variant, parsed, reuse))
+            raise KieloError(f"{name} starts from stock's LoRA weights", f"put stock (or =stock) before {name} in --cases")
+        entries.append(CaseEntry(name, variant, parsed, reuse))
     return entries
 
 

@@ -3,7 +3,7 @@ invocation on one GPU.
 
 Builds a random-weight model in a real shape (``kielo.bench.shapes``) and times optimizer steps of NF4 +
 double-quant QLoRA (bf16 compute, LoRA r=16 alpha=32 on every linear projection, AdamW lr 1e-4) on the same
-data for each variant of the plan (``kielo.bench.cases.VARIANTS``): ``stock`` (transformers + peft +
+data for each variant in --cases (``kielo.bench.cases.VARIANTS``): ``stock`` (transformers + peft +
 bitsandbytes as the anchor scripts run it), ``kielo`` (``kielo train``'s defaults), ``kielo+fp32``,
 ``kielo+compute``, ``kielo+tf32``, ``+peftlora`` / ``+unfused`` (the LoRA forward), ``unsloth`` /
 ``unsloth+nogc`` (when installed), and ``ref`` (fp32 arithmetic: the yardstick of ``cos vs ref``).
@@ -13,8 +13,8 @@ instruction-like examples (mean ~300 tokens, tail to max_length, prompt masked),
 optimizer step for every path: stock pads micro-batches of 2 to their longest example, kielo packs them into
 rows of max_length. tokens/s counts real (non-padding) tokens only. Case options: ``kielo.bench.cases``.
 
-    kielo bench --shape llama8b --plan "stock:a,b kielo:a,b kielo+compute:a,b,a/nogc"
-    kielo bench --shape tiny --seq 256 --max_length 256 --plan "stock:a,b kielo:a,b"  # CPU smoke test
+    kielo bench --shape llama8b --cases "stock:a,b kielo:a,b kielo+compute:a,b,a/nogc"
+    kielo bench --shape tiny --seq 256 --max_length 256 --cases "stock:a,b kielo:a,b"  # CPU smoke test
     bash bench/run_qlora_bench.sh ARGS  # on a GPU machine: installs the carried wheels, then kielo bench ARGS
     python bench/research_variants.py ARGS  # the same bench with the research variants and case options
 
@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The bench's options (``kielo bench`` and the research scripts share them)."""
     p.add_argument("--shape", default="llama8b", choices=sorted(SHAPES))
     p.add_argument(
-        "--plan",
+        "--cases",
         default="stock:a,b kielo:a,b",
         help="space-separated VARIANT:CASE,CASE,...; =VARIANT reuses that variant's results from an earlier "
         "invocation in the same workdir (same machine) instead of running it",
@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timed_b", type=int, default=4)
     p.add_argument("--worker_timeout", type=int, default=420, help="seconds for one variant's process")
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--cases", help=argparse.SUPPRESS)
+    p.add_argument("--worker_cases", help=argparse.SUPPRESS)
     p.add_argument("--model_dir", help=argparse.SUPPRESS)
     p.add_argument("--grads_dir", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)

@@ -1,4 +1,4 @@
-"""The bench's driver: build the random model once, run every variant of the plan in its own process (the
+"""The bench's driver: build the random model once, run every variant in --cases in its own process (the
 registry's worker command), add the parity figures, write results.json and print the table."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from kielo.bench.cases import PRODUCT, PlanEntry, Registry, parse_plan
+from kielo.bench.cases import PRODUCT, CaseEntry, Registry, parse_cases
 
 # The arguments that size the data: passed on to every worker and recorded in results.json's meta.
 DATA_ARGS = ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")
@@ -17,7 +17,7 @@ DATA_ARGS = ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "tim
 
 def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
     """``kielo bench`` (and a research script's own variants, through ``registry``): a worker or model-building
-    subprocess when ``--worker`` or ``--make`` is given, else the whole plan."""
+    subprocess when ``--worker`` or ``--make`` is given, else every entry of --cases."""
     if args.worker:
         from kielo.bench.worker import worker
 
@@ -30,23 +30,23 @@ def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
 
         make_model(model_dir, args.shape)
         return 0
-    plan = parse_plan(args.plan, registry)  # every name and case checked before anything runs
+    entries = parse_cases(args.cases, registry)  # every name and case checked before anything runs
     grads_dir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if not (model_dir / "config.json").is_file():
         t = time.perf_counter()
         subprocess.run([*registry.worker, "--make", "--shape", args.shape, "--workdir", str(work)], check=True)
         print(f"model built in {time.perf_counter() - t:.0f}s", flush=True)
-    if any(e.variant.stack == "unsloth" for e in plan) and not (model_dir / "tokenizer.json").is_file():
+    if any(e.variant.stack == "unsloth" for e in entries) and not (model_dir / "tokenizer.json").is_file():
         from kielo.bench.unsloth import save_stand_in_tokenizer
 
         save_stand_in_tokenizer(model_dir)
     from kielo.bench.parity import add_parity
     from kielo.bench.report import table, versions
 
-    meta = {"shape": args.shape, "plan": args.plan, "versions": versions(), **{k: getattr(args, k) for k in DATA_ARGS}}
+    meta = {"shape": args.shape, "cases": args.cases, "versions": versions(), **{k: getattr(args, k) for k in DATA_ARGS}}
     results: list[dict] = []
-    for entry in plan:
+    for entry in entries:
         result_file = work / f"result-{args.shape}-{entry.name}.json"
         if entry.reuse:
             if result_file.is_file():
@@ -60,15 +60,15 @@ def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
     return 0
 
 
-def run_worker(entry: PlanEntry, args, registry: Registry, model_dir: Path, grads_dir: Path, result_file: Path) -> list[dict]:
+def run_worker(entry: CaseEntry, args, registry: Registry, model_dir: Path, grads_dir: Path, result_file: Path) -> list[dict]:
     """One variant's cases in a fresh process; the results it wrote, and an error row for each case it did not
-    finish (a crash, or running past --worker-timeout)."""
+    finish (a crash, or running past --worker_timeout)."""
     result_file.unlink(missing_ok=True)
     cmd = [
         *registry.worker,
         "--worker",
         entry.name,
-        "--cases",
+        "--worker_cases",
         entry.case_text,
         "--model_dir",
         str(model_dir),

@@ -55,7 +55,7 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
         for n, p in params:
             p.copy_(init[n])
             p.grad = None
-    if variant.stack != "unsloth":  # Unsloth's checkpointing is fixed at load (the plan checks no gc option)
+    if variant.stack != "unsloth":  # Unsloth's checkpointing is fixed at load (--cases allows no gc option there)
         set_checkpointing(model, case.gc)
     if case.compile:
         compile_layers(model)
@@ -147,7 +147,7 @@ def lora_start(loaded: Loaded, variant: Variant, grads_dir: Path) -> dict:
         from kielo.bench.unsloth import init_from
 
         if not stock_init.is_file():
-            raise KieloError("the unsloth variant starts from stock's LoRA weights", "put stock first in the plan")
+            raise KieloError("the unsloth variant starts from stock's LoRA weights", "put stock first in --cases")
         init = init_from(init, torch.load(stock_init, weights_only=True))
     return init
 
@@ -157,7 +157,7 @@ def worker(args, registry: Registry) -> None:
     a later crash keeps the earlier ones). A user mistake found here becomes each remaining case's error."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     variant = registry.variants[args.worker]
-    texts = args.cases.split(",")
+    texts = args.worker_cases.split(",")
     results: list[dict] = []
     result_file = Path(args.result)
 
