@@ -187,6 +187,14 @@ class TrainingConfig:
         "the compute dtype; none = off.",
         ("auto", "liger", "none"),
     )
+    on_divergence: str = opt(
+        "stop",
+        "What a diverging step does (a non-finite loss or gradient, a loss far above its running value, or a "
+        "collapse to the uniform-distribution loss ln(vocabulary) with no gradient): stop = end the run with an "
+        "error naming the step (exit 2); skip = leave the weights as they were and go on (at most 3 steps in a "
+        "row, then stop). Either way the last checkpoint written before the divergence is kept.",
+        ("stop", "skip"),
+    )
     log_every: int = opt(1, "Write train metrics every N steps.")
     device: str = opt("auto", "Where to train: auto (CUDA when present), cpu or cuda.", ("auto", "cpu", "cuda"))
 

@@ -1,68 +1,100 @@
 """Checkpoints: adapter, optimizer, scheduler, RNG and data position, written atomically.
 
 A checkpoint is first written to a hidden temporary folder and then renamed into place, so a crash never
-leaves a half-written ``step-N`` behind; old checkpoints are removed only after the new one exists.
+leaves a half-written ``step-N`` behind; old checkpoints are removed only after the new one exists, their
+state file first, so a checkpoint half removed no longer counts as one. What a kill leaves behind (temporary
+folders, half-removed checkpoints) is cleared by the next run in the folder
+(:meth:`kielo.runs.folder.RunFolder.clear_leftovers`).
 """
 
 from __future__ import annotations
 
+import io
 import os
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 # The layout comes from the run layer; list_checkpoints is re-exported for the loop and its tests.
-from kielo.runs.folder import STATE_FILE, checkpoints_dir, list_checkpoints
+from kielo.runs.folder import ADAPTER_FILE, STATE_FILE, TMP_PREFIX, checkpoints_dir, list_checkpoints
+from kielo.runs.writes import writing
+from kielo.train.faults import fault_point
+from kielo.train.resume_state import rng_state
 
-__all__ = ["list_checkpoints", "load_adapter_weights", "load_state", "prune_checkpoints", "save_checkpoint", "set_rng_state"]
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+__all__ = ["list_checkpoints", "load_adapter_weights", "load_state", "prune_checkpoints", "save_checkpoint"]
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _state_bytes(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def _write_state(path: Path, data: bytes) -> None:
+    """Written by Python (a full disk is an OSError naming ENOSPC, not torch's 'unexpected pos') and synced
+    before the rename that publishes the checkpoint. The fault point sits halfway through the bytes."""
+    with open(path, "wb") as f:
+        half = len(data) // 2
+        f.write(data[:half])
+        f.flush()
+        fault_point("checkpoint-state", path)
+        f.write(data[half:])
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict, write_side_files) -> Path:
-    """Write ``checkpoints/step-{step}`` atomically; ``write_side_files(folder)`` adds config and tokenizer."""
+    """Write ``checkpoints/step-{step}`` atomically; ``write_side_files(folder)`` adds config and tokenizer.
+
+    ``extra`` holds plain types only: the state file loads with ``torch.load(..., weights_only=True)``.
+    A failed write (disk full, read-only folder) is a KieloError; the earlier checkpoints stay as they were.
+    """
     root = checkpoints_dir(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    write_side_files(tmp)
-    torch.save(
-        {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra},
-        tmp / STATE_FILE,
-    )
-    if final.exists():  # a stale checkpoint of the same step from an earlier attempt
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    tmp = root / f"{TMP_PREFIX}{step}-{os.getpid()}"
+    earlier = list_checkpoints(output_dir)
+    keep = f"the previous checkpoint ({earlier[-1].name})" if earlier else ""
+    try:
+        with writing(root, f"checkpoint step-{step}", keep):
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            fault_point("checkpoint-adapter", tmp / ADAPTER_FILE)
+            write_side_files(tmp)
+            fault_point("checkpoint-side-files", tmp)
+            state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                **extra,
+            }
+            _write_state(tmp / STATE_FILE, _state_bytes(state))
+            fault_point("checkpoint-rename", final)
+            if final.exists():  # a stale checkpoint of the same step from an earlier attempt
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fault_point("checkpoint-renamed", final)
     return final
 
 
-def prune_checkpoints(output_dir: str | Path, keep_last: int) -> None:
-    """Remove all but the newest ``keep_last`` checkpoints."""
+def prune_checkpoints(output_dir: str | Path, keep_last: int, protect: Path | None = None) -> None:
+    """Remove all but the newest ``keep_last`` checkpoints, and never ``protect`` (the last good one)."""
     for old in list_checkpoints(output_dir)[:-keep_last]:
+        if protect is not None and old.resolve() == Path(protect).resolve():
+            continue
+        (old / STATE_FILE).unlink()  # first: from here on it is no checkpoint, whatever happens next
+        fault_point("prune", old)
         shutil.rmtree(old, ignore_errors=True)
 
 
 def load_state(checkpoint: Path) -> dict:
-    # Our own file: it holds optimizer tensors and RNG states (numpy arrays), hence weights_only=False.
-    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    """The trainer state of a checkpoint: tensors and plain types only, so no pickle runs on loading it."""
+    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def load_adapter_weights(model, checkpoint: Path) -> None:
@@ -70,7 +102,7 @@ def load_adapter_weights(model, checkpoint: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(checkpoint / "adapter_model.safetensors"))
+    weights = load_file(str(checkpoint / ADAPTER_FILE))
     result = set_peft_model_state_dict(model, weights)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:

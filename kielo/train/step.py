@@ -14,6 +14,7 @@ import torch
 
 from kielo.data.batches import BatchLayout
 from kielo.model.precision import Precision
+from kielo.train.faults import fault_point
 from kielo.train.loss import LossFn, loss_head
 
 # How each LoRA layer computes (kielo.model.lora_forward): "fused" = kielo's branch in the input's dtype with
@@ -63,6 +64,8 @@ def evaluate_loss(model, layout: BatchLayout, device: torch.device, loss: LossFn
         s, n = loss(model, layout.batch(i).to(device))
         total += float(s.detach())
         count += n
+        if i == 0:
+            fault_point("evaluate")
     if was_training:
         model.train()
     mean = total / max(count, 1)

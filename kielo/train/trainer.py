@@ -14,6 +14,7 @@ import random
 import resource
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,11 +25,16 @@ from kielo.data.prepare import prepare_data, read_data
 from kielo.model.bundle import load_bundle
 from kielo.model.precision import resolved_precision
 from kielo.runs.folder import RunFolder, write_side_files
+from kielo.runs.lock import run_lock
 from kielo.runs.metrics import MetricsLog
 from kielo.train import checkpoint as ckpt
+from kielo.train.faults import fault_point
+from kielo.train.guard import DivergenceGuard
+from kielo.train.interrupt import stop_at_step_boundary, stop_requested
 from kielo.train.optim import build_optimizer, build_scheduler
 from kielo.train.packing import require_packing_support
 from kielo.train.resolve import resolve_training
+from kielo.train.resume_state import set_rng_state
 from kielo.train.step import accumulate_gradients, evaluate_loss, training_path
 
 log = logging.getLogger(__name__)
@@ -56,20 +62,29 @@ def total_steps(config: Config, per_epoch: int) -> int:
 def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     """Train a LoRA adapter as ``config`` says and write it, with everything around it, to ``output_dir``.
 
-    Returns the summary (also written to ``summary.json``).
+    One run at a time holds the folder (a second one is refused). SIGTERM or Ctrl-C stops at the next step
+    boundary with a checkpoint. Returns the summary (also written to ``summary.json``), or for a run stopped
+    that way ``{"stopped": SIGNAL, "step": ..., "checkpoint": ...}``.
     """
+    run = RunFolder(config.output_dir)
+    run.check(resume)  # before anything is written: a mistake leaves the folder as it was
+    with run_lock(run.path), stop_at_step_boundary():
+        latest = run.check(resume)  # again, now that no other run can change the folder
+        run.clear_leftovers()
+        return _train(config, run, latest, progress)
+
+
+def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
-    from kielo.model.adapter import add_lora
+    from kielo.model.adapter import add_lora, causal_lm
     from kielo.model.load import describe_parameters
 
-    run = RunFolder(config.output_dir)
     out = run.path
-    run.guard(resume)
-    latest = run.resume_point() if resume else None
     started = time.time()
     seed_everything(config.training.seed)
     examples = read_data(config)
+    fault_point("data")
     bundle = load_bundle(config, for_training=True)
     if config.data.packing:
         require_packing_support(bundle.model)
@@ -95,15 +110,24 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     scheduler = build_scheduler(optimizer, t, steps)
     run.write_config(config)
     step, tokens_seen, history = 0, 0, {}
+    guard = DivergenceGuard(causal_lm(model).config.vocab_size, t.on_divergence)
     if latest is not None:
         state = ckpt.load_state(latest)
         ckpt.load_adapter_weights(model, latest)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         step, tokens_seen, history = state["step"], state["tokens_seen"], state["history"]
+        guard.running, guard.skipped, guard.pending = state["guard"]["running"], list(state["guard"]["skipped"]), latest
         log.info("resumed from %s (step %d of %d)", latest, step, steps)
-    metrics = MetricsLog(out, resume=latest is not None)
+    metrics = MetricsLog(out, resume_step=step if latest is not None else None)
+
+    def save(at: int) -> Path:
+        extra = {"tokens_seen": tokens_seen, "history": history, "guard": {"running": guard.running, "skipped": guard.skipped}}
+        written = ckpt.save_checkpoint(out, at, model, optimizer, scheduler, extra, lambda f: write_side_files(bundle, f))
+        guard.written(written)
+        ckpt.prune_checkpoints(out, t.keep_last, protect=guard.protected())
+        return written
 
     def validate(at: int) -> None:
         if val_layout is None:
@@ -119,10 +143,28 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     bar = tqdm(total=steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     loop_start, loop_tokens = time.time(), 0
     while step < steps:
+        if step:
+            fault_point("between-steps")
+        if stop_requested():
+            bar.close()
+            return _stopped(
+                out, step, steps, stop_requested(), latest if latest is not None and latest.name == f"step-{step}" else None, save
+            )
         micro = [layout.batch(step * t.gradient_accumulation + k) for k in range(t.gradient_accumulation)]
         loss = accumulate_gradients(model, micro, bundle.device, path.loss)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
-        optimizer.step()
+        injected = fault_point("step")
+        if injected == "nan":  # a bad batch: its gradients are not finite
+            loss, grad_norm = float("nan"), float("nan")
+            for p in params:
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
+        healthy = guard.check(step + 1, loss, grad_norm, t.learning_rate)
+        if healthy:
+            optimizer.step()
+            if injected == "poison":  # a bad update, as a huge learning rate makes one: the next loss shows it
+                with torch.no_grad():
+                    params[0].fill_(float("nan"))
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -142,6 +184,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
                     "grad_norm": grad_norm,
                     "tokens": tokens_seen,
                     "tokens_per_s": tps,
+                    **({} if healthy else {"skipped": True}),
                 }
             )
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:.0f}")
@@ -149,19 +192,10 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
         if t.eval_every and step % t.eval_every == 0 and step < steps:
             validate(step)
         if t.save_every and step % t.save_every == 0 and step < steps:
-            ckpt.save_checkpoint(
-                out,
-                step,
-                model,
-                optimizer,
-                scheduler,
-                {"tokens_seen": tokens_seen, "history": history},
-                lambda f: write_side_files(bundle, f),
-            )
-            ckpt.prune_checkpoints(out, t.keep_last)
+            latest = save(step)
     bar.close()
     validate(steps)
-    run.write_final(bundle, model)
+    run.write_final(bundle, model, midway=lambda f: fault_point("final-save", f))
     summary = {
         "steps": steps,
         "epochs": steps * t.gradient_accumulation / layout.per_epoch,
@@ -182,8 +216,28 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
         "template": bundle.template.name,
         "end_token": bundle.template.end_token,
         "data": data_report,
+        "skipped_steps": guard.skipped,
     }
+    fault_point("summary")
     run.write_summary(summary)
     metrics.close()
     log.info("adapter written to %s", out)
     return summary
+
+
+def _stopped(out: Path, step: int, steps: int, signal_name: str, checkpoint: Path | None, save) -> dict:
+    """End a run asked to stop (SIGTERM, Ctrl-C) at a step boundary: checkpoint it, say how to go on."""
+    if step and checkpoint is None:
+        checkpoint = save(step)
+    if checkpoint is None:
+        log.warning("%s before the first step: nothing trained yet; start the run again (without --resume)", signal_name)
+    else:
+        log.warning(
+            "%s: stopped at step %d of %d with checkpoint %s; continue with: kielo train ... --output_dir %s --resume",
+            signal_name,
+            step,
+            steps,
+            checkpoint,
+            out,
+        )
+    return {"stopped": signal_name, "step": step, "steps": steps, "checkpoint": str(checkpoint) if checkpoint else None}
