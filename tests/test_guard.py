@@ -95,9 +95,12 @@ def test_a_held_lock_refuses_a_second_run_and_a_dead_holders_lock_does_not(tiny_
     with run_lock(out):  # another run holds the folder
         with pytest.raises(KieloError, match=rf"in use by another `kielo train` \(pid \d+ on {socket.gethostname()}"):
             train(cfg, progress=False)
+    assert not out.exists()  # released: the lock file went, and the folder the lock made with it
     dead = subprocess.Popen(["true"])
     dead.wait()
+    out.mkdir()
     (out / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}))
     with caplog.at_level("INFO", logger="kielo"):
         assert train(cfg, progress=False)["steps"] == 1
     assert f"the lock of pid {dead.pid}" in caplog.text and "taking it over" in caplog.text
+    assert not (out / LOCK_FILE).exists()
