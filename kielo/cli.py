@@ -89,15 +89,14 @@ def build_config(args: argparse.Namespace, overrides: dict, command: Command):
 def _train(args, config) -> int:
     import json
 
+    from kielo.train.summary import summary_table
     from kielo.train.trainer import train
 
     summary = train(config, resume=args.resume)
     if "stopped" in summary:  # SIGTERM / Ctrl-C: checkpointed at a step boundary, the log says how to go on
         print(json.dumps(summary, indent=2))
         return 0
-    keys = ("steps", "wall_time_s", "train_loss_first", "train_loss_last", "validation_loss_start", "validation_loss_end")
-    print(json.dumps({k: summary[k] for k in keys}, indent=2))
-    print(f"adapter: {config.output_dir}")
+    print(summary_table(summary, str(config.output_dir)))  # the full record is summary.json
     return 0
 
 

@@ -66,9 +66,13 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     boundary with a checkpoint. Returns the summary (also written to ``summary.json``), or for a run stopped
     that way ``{"stopped": SIGNAL, "step": ..., "checkpoint": ...}``.
     """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     run = RunFolder(config.output_dir)
     run.check(resume)  # before anything is written: a mistake leaves the folder as it was
-    with run_lock(run.path), stop_at_step_boundary():
+    # Log lines (validation results, warnings) go through tqdm.write: each on its own line above the progress
+    # bar, instead of being appended to the bar's line.
+    with run_lock(run.path), stop_at_step_boundary(), logging_redirect_tqdm():
         latest = run.check(resume)  # again, now that no other run can change the folder
         run.clear_leftovers()
         return _train(config, run, latest, progress)
@@ -187,7 +191,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
                     **({} if healthy else {"skipped": True}),
                 }
             )
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:.0f}")
+        bar.set_postfix(lr=f"{scheduler.get_last_lr()[0]:.2e}", loss=f"{loss:.4f}", tok_s=f"{tps:.0f}")
         bar.update(1)
         if t.eval_every and step % t.eval_every == 0 and step < steps:
             validate(step)

@@ -1,0 +1,40 @@
+"""The short table a finished training run ends with: what a person checks first (the full record is summary.json)."""
+
+from __future__ import annotations
+
+from kielo.report.blocks import Table
+from kielo.report.text import table
+
+
+def _loss_change(first: float | None, last: float | None) -> str:
+    if first is None or last is None:
+        return "—"
+    return f"{first:.4f} → {last:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h {m:02d}m {s:02d}s" if hours else f"{m}m {s:02d}s" if m else f"{seconds:.1f} s"
+
+
+def summary_table(summary: dict, adapter: str) -> str:
+    """``summary`` (what :func:`kielo.train.trainer.train` returns) as an aligned two-column table."""
+    peak = summary.get("peak_memory_bytes")
+    rows = [
+        ["steps", f"{summary['steps']} ({summary.get('epochs', 0):.2f} epochs)"],
+        ["time", _duration(summary["wall_time_s"])],
+        ["train loss", _loss_change(summary.get("train_loss_first"), summary.get("train_loss_last"))],
+        [
+            "validation loss",
+            _loss_change(summary.get("validation_loss_start"), summary.get("validation_loss_end"))
+            if summary.get("validation_loss_start") is not None
+            else "— (no validation data)",
+        ],
+        ["tokens trained", f"{summary.get('tokens_seen', 0):,}"],
+        ["peak memory", f"{peak / 2**30:.2f} GiB ({summary.get('device', '?')})" if peak else "—"],
+        ["adapter", adapter],
+    ]
+    if summary.get("skipped_steps"):
+        rows.insert(3, ["skipped steps", ", ".join(str(s) for s in summary["skipped_steps"])])
+    return table(Table(columns=["training run", ""], rows=rows))
