@@ -28,6 +28,7 @@ from kielo.runs.folder import RunFolder, write_side_files
 from kielo.runs.lock import run_lock
 from kielo.runs.metrics import MetricsLog
 from kielo.train import checkpoint as ckpt
+from kielo.train.dead_settings import warn_dead_settings
 from kielo.train.faults import fault_point
 from kielo.train.guard import DivergenceGuard
 from kielo.train.interrupt import stop_at_step_boundary, stop_requested
@@ -104,6 +105,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
     val_sorted = sorted(val_items, key=lambda it: len(it.input_ids))
     val_layout = BatchLayout(val_sorted, eval_batch, pad_id, t.seed, False, shuffle=False) if val_items else None
     steps = total_steps(config, layout.per_epoch)
+    warn_dead_settings(config, steps, bool(val_items))
     path = training_path(resolved_precision(config))
     model = add_lora(bundle.model, config.lora, path.lora_forward)
     bundle = replace(bundle, model=model)
