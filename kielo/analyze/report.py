@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,10 @@ import numpy as np
 from kielo.analyze import plots
 from kielo.analyze.render import LEGEND, to_html
 from kielo.analyze.tables import all_tables, duplicate_examples, fragmented_tables, recommendation
+from kielo.extras import install_hint, installed
 from kielo.report import Bullets, Callout, Figure, KeyValues, Paragraph, RawHtml, Report, Section, files, text
+
+log = logging.getLogger(__name__)
 
 JSON_FILE = "analysis.json"
 HTML_FILE = "analysis.html"
@@ -81,7 +85,14 @@ def analysis_report(result: dict, figures: dict[str, Figure] | None = None) -> R
     outputs = result.get("outputs")
     if outputs:
         blocks.append(
-            KeyValues([("Report", outputs["html"]), ("JSON", outputs["json"]), ("Plots", ", ".join(outputs["plots"]))], only="text")
+            KeyValues(
+                [
+                    ("Report", outputs["html"]),
+                    ("JSON", outputs["json"]),
+                    ("Plots", ", ".join(outputs["plots"]) or f"none (matplotlib is not installed: {install_hint('matplotlib')})"),
+                ],
+                only="text",
+            )
         )
     return Report(f"kielo analyze-data: {', '.join(result['files'])}", blocks, data=result, css=CSS, nav=False)
 
@@ -94,8 +105,12 @@ def summary(result: dict) -> str:
 def write_report(result: dict, lengths: dict[str, dict[str, np.ndarray]], out: Path) -> dict:
     """Write the JSON, the PNG plots and the HTML report into ``out``; returns their paths."""
     max_length = next(iter(result["splits"].values()))["max_length"]
-    figures = [plots.length_histograms(name, feats, max_length) for name, feats in lengths.items()]
-    figures += [plots.token_budget(result["token_budget"]), plots.tokenizers(result["tokenizers"])]
+    figures = []
+    if installed("matplotlib"):
+        figures = [plots.length_histograms(name, feats, max_length) for name, feats in lengths.items()]
+        figures += [plots.token_budget(result["token_budget"]), plots.tokenizers(result["tokenizers"])]
+    else:  # every number is still in the tables and analysis.json; only the pictures need matplotlib
+        log.warning("plots skipped: matplotlib is not installed (%s)", install_hint("matplotlib"))
     report = analysis_report(result, {f.name: f for f in figures})
     written = files.write_figures(report, out / PLOTS_DIR)
     outputs = {"json": str(out / JSON_FILE), "html": str(out / HTML_FILE), "plots": list(written.values())}

@@ -189,7 +189,7 @@ def _read_rows(path: Path) -> list[tuple[str, Any]]:
             import pyarrow
             import pyarrow.parquet as pq
         except ImportError:
-            raise KieloError(f"{path}: reading Parquet needs pyarrow", "pip install pyarrow, or convert to JSONL") from None
+            raise KieloError(f"{path}: reading Parquet needs pyarrow", "pip install 'kielo[parquet]', or convert to JSONL") from None
         try:
             table = pq.read_table(path)
         except pyarrow.ArrowException as e:

@@ -71,6 +71,7 @@ def setup_compare(p: argparse.ArgumentParser) -> None:
 
 def _options(args, config) -> dict:
     from kielo.evaluate.harness import HarnessOptions
+    from kielo.extras import require
 
     if args.no_generate and args.generate is not None:
         raise KieloError("--generate and --no_generate contradict each other", "keep one of them")
@@ -83,6 +84,7 @@ def _options(args, config) -> dict:
         raise KieloError("no evaluation data", "pass --data FILE, e.g. --data data/fi_instruct/test.jsonl")
     harness = None
     if args.harness:
+        require("lm_eval", "--harness (lm-evaluation-harness)")  # before any model loads or loss pass
         harness = HarnessOptions([t.strip() for t in args.harness.split(",") if t.strip()], args.harness_limit, args.harness_include)
     return {"data": data, "generate": 0 if args.no_generate else args.generate, "bootstrap": args.bootstrap, "harness": harness}
 

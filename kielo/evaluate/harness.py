@@ -41,7 +41,7 @@ def _require():
     if not available():
         raise KieloError(
             "--harness needs lm-evaluation-harness, which is not installed",
-            f"pip install 'lm_eval[hf]' ({DATA_NOTE}), or drop --harness",
+            f"pip install 'kielo[harness]' ({DATA_NOTE}), or drop --harness",
         )
     import lm_eval
     from lm_eval.models.huggingface import HFLM

@@ -29,7 +29,7 @@ def _chrf_metric():
     try:
         from sacrebleu.metrics import CHRF
     except ImportError:
-        raise KieloError("chrF needs sacrebleu", "pip install sacrebleu (or pip install 'kielo[eval]')") from None
+        raise KieloError("chrF needs sacrebleu", "pip install 'kielo[eval]'") from None
     return CHRF()
 
 
