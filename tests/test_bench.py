@@ -40,6 +40,8 @@ def test_kielo_bench_runs_stock_and_kielo_in_one_invocation(tmp_path, capsys):
     results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     assert [(r["variant"], r["case"]) for r in results] == [("stock", "a"), ("stock", "b"), ("kielo", "a"), ("kielo", "b")]
     assert all("error" not in r and r["tok_s"] > 0 for r in results)
+    # The same model FLOPs for every stack on the same data; no GPU, so no measured peak and no MFU.
+    assert all(r["model_tflops"] > 0 and r["mfu"] is None for r in results)
     for r in results[2:]:
         # On CPU both paths compute in fp32: the same losses and gradients up to summation order.
         assert r["max_loss_delta"] < 1e-3 and min(r["grad_cosine"]) > 0.999

@@ -32,6 +32,8 @@ OPTIONAL = {
     "lm_eval": ("harness", "lm-eval"),
     "llama_cpp": ("llama-cpp", "llama-cpp-python"),
     "unsloth": ("unsloth", "unsloth"),
+    "trl": ("unsloth", "trl"),
+    "datasets": ("unsloth", "datasets"),
 }
 # Submodules that work only when another distribution is installed.
 IMPLIED = {"torch.utils.tensorboard": "tensorboard"}

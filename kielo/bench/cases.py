@@ -36,6 +36,9 @@ class Variant:
     compute_dtype: str = "bf16"  # quantization.compute_dtype (fp32: the reference arithmetic)
     tf32: bool | None = None  # fp32 matmuls on TF32 tensor cores (None: torch's default, off)
     unsloth_gc: bool = True  # unsloth: its offloaded gradient checkpointing (fixed at load)
+    # unsloth: how its trainer lays out batches (kielo.bench.data.LAYOUTS): padding_free is its SFT trainer's
+    # default, trl_packed its packing=True, padded the layout before padding-free became the default.
+    unsloth_layout: str = "padding_free"
     # Whether kielo's memory planner models this variant (its estimate is printed beside the measured peak).
     planned: bool = True
     # A research change to the loaded base model before LoRA is added: (model, TrainingPath) -> TrainingPath.
@@ -175,8 +178,12 @@ VARIANTS = {
     "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", lora_forward="peft", planned=False),
     "kielo+unfused": Variant("kielo", stream="auto", kernels="auto", lora_forward="unfused", planned=False),
     "kielo+compute+unfused": Variant("kielo", stream="compute", kernels="auto", lora_forward="unfused", planned=False),
+    # Unsloth as its SFT trainer feeds it by default (padding-free), with packing=True, and padded as stock.
     "unsloth": Variant("unsloth"),
+    "unsloth+packed": Variant("unsloth", unsloth_layout="trl_packed"),
+    "unsloth+padded": Variant("unsloth", unsloth_layout="padded"),
     "unsloth+nogc": Variant("unsloth", unsloth_gc=False),
+    "unsloth+packed+nogc": Variant("unsloth", unsloth_gc=False, unsloth_layout="trl_packed"),
 }
 
 PRODUCT = Registry(VARIANTS)

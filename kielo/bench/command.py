@@ -59,7 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--timed_b", type=int, default=4)
     p.add_argument("--worker_timeout", type=int, default=420, help="seconds for one variant's process")
+    p.add_argument(
+        "--peak_tflops", type=float, help="the card's bf16 rate for MFU (default: measured with one large GEMM in this run)"
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--measure_peak", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker_cases", help=argparse.SUPPRESS)
     p.add_argument("--model_dir", help=argparse.SUPPRESS)
     p.add_argument("--grads_dir", help=argparse.SUPPRESS)

@@ -8,8 +8,10 @@ import random
 
 import torch
 
-# How a stack lays out one optimizer step's examples: padded groups, or packed rows (kielo, where it packs).
-LAYOUTS = ("padded", "packed")
+# How a stack lays out one optimizer step's examples: padded groups; packed rows (kielo, where it packs); and
+# TRL's two padding-free layouts as Unsloth's trainer uses them (``kielo.bench.trl_layout``): each micro-batch
+# concatenated into one row, of ``mbs`` examples or of ``mbs`` rows packed best-fit decreasing.
+LAYOUTS = ("padded", "packed", "padding_free", "trl_packed")
 
 
 def full_examples(steps: int, batch: int, seq: int, vocab: int, seed: int) -> list[list]:
@@ -44,12 +46,18 @@ def instruction_examples(steps: int, per_step: int, max_len: int, vocab: int, se
 
 
 def micro_batches(examples: list, layout: str, mbs: int, max_len: int, pad_id: int) -> list:
-    """One optimizer step's examples as kielo Batches: ``padded`` groups of ``mbs`` examples, or ``packed``
-    first-fit into rows of ``max_len``, ``mbs`` rows per micro-batch."""
+    """One optimizer step's examples as kielo Batches: ``padded`` groups of ``mbs`` examples, ``packed``
+    first-fit into rows of ``max_len``, ``mbs`` rows per micro-batch, or TRL's ``padding_free`` / ``trl_packed``."""
     from kielo.data.batches import collate_packed, collate_padded, pack_rows
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    if layout in ("padding_free", "trl_packed"):
+        from kielo.bench import trl_layout
+
+        if layout == "padding_free":
+            return trl_layout.padding_free(examples, mbs, pad_id)
+        return trl_layout.packed(examples, mbs, max_len, pad_id)
     if layout == "packed":
         rows = pack_rows(examples, max_len)
         return [collate_packed(rows[i : i + mbs], pad_id) for i in range(0, len(rows), mbs)]

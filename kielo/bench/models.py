@@ -127,7 +127,7 @@ def load(variant: Variant, folder: Path, device: torch.device, max_len: int = 20
     if variant.stack == "unsloth":
         from kielo.bench.unsloth import load_unsloth
 
-        return Loaded(load_unsloth(folder, max_len, variant.unsloth_gc), "padded")
+        return Loaded(load_unsloth(folder, max_len, variant.unsloth_gc), variant.unsloth_layout)
     if variant.stack == "stock":
         return Loaded(load_stock(folder, device), "padded")
     return load_kielo(variant, folder, device)

@@ -26,6 +26,7 @@ COLUMNS = [
     Column("case", 16, lambda r, s: r["case"], left=True),
     Column("tok/s", 7, lambda r, s: str(r["tok_s"])),
     Column("vs stock", 8, lambda r, s: f"{r['tok_s'] / s[r['data']]:.2f}x" if r["data"] in s else "-"),
+    Column("MFU", 5, lambda r, s: f"{100 * r['mfu']:.0f}%" if r.get("mfu") else "-"),
     Column("peak GiB", 8, lambda r, s: f"{r['peak_gib'] or 0:.2f}"),
     Column("planned", 7, lambda r, s: f"{r['planned_gib']:.2f}" if r.get("planned_gib") is not None else "-"),
     Column("first s", 7, lambda r, s: f"{r['first_step_s']:.2f}"),

@@ -12,7 +12,7 @@ from pathlib import Path
 from kielo.bench.cases import PRODUCT, CaseEntry, Registry, parse_cases
 
 # The arguments that size the data: passed on to every worker and recorded in results.json's meta.
-DATA_ARGS = ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b")
+DATA_ARGS = ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b", "peak_tflops")
 
 
 def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
@@ -30,6 +30,13 @@ def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
 
         make_model(model_dir, args.shape)
         return 0
+    if args.measure_peak:
+        import torch
+
+        from kielo.bench.flops import measure_bf16_peak
+
+        print(measure_bf16_peak(torch.device("cuda")) if torch.cuda.is_available() else 0.0)
+        return 0
     entries = parse_cases(args.cases, registry)  # every name and case checked before anything runs
     grads_dir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,6 +48,11 @@ def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
         from kielo.bench.unsloth import save_stand_in_tokenizer
 
         save_stand_in_tokenizer(model_dir)
+    if args.peak_tflops is None:
+        # Measured in a subprocess (the parent holds no GPU memory), once for every variant of the run.
+        peak = subprocess.run([*registry.worker, "--measure_peak"], check=True, capture_output=True, text=True)
+        args.peak_tflops = float(peak.stdout.split()[-1]) or 0.0
+        print(f"bf16 GEMM rate: {args.peak_tflops} TFLOP/s" if args.peak_tflops else "no GPU: MFU not reported", flush=True)
     from kielo.bench.parity import add_parity
     from kielo.bench.report import table, versions
 

@@ -30,6 +30,25 @@ def stock_step(model, micro: list, device: torch.device) -> float:
     return total
 
 
+def padding_free_step(model, micro: list, device: torch.device) -> float:
+    """Unsloth's step on TRL's padding-free rows: what its SFT trainer passes the model (input ids, restarting
+    position ids, labels, no attention mask, ``num_items_in_batch``) plus the ``packed_seq_lengths`` its collator
+    wrapper adds, from which its attention builds the per-example masks."""
+    from kielo.bench.trl_layout import packed_seq_lengths
+
+    n = sum(b.trained_tokens for b in micro)
+    total = 0.0
+    for b in micro:
+        lengths = packed_seq_lengths(b.position_ids)
+        b = b.to(device)
+        out = model(
+            input_ids=b.input_ids, position_ids=b.position_ids, labels=b.labels, packed_seq_lengths=lengths, num_items_in_batch=n
+        )
+        out.loss.backward()
+        total += float(out.loss.detach())
+    return total
+
+
 def case_loss(loaded: Loaded, case: Case):
     """The loss head a kielo case computes: a case option's, else its training path's."""
     chosen = [o.loss for o in case.extra if o.loss is not None]
@@ -50,7 +69,7 @@ def head_name(loaded: Loaded, case: Case) -> str:
 def step_function(loaded: Loaded, case: Case):
     """``(model, micro, device) -> mean token loss``: one step's forward and backward for this stack and case."""
     if loaded.path is None:
-        return stock_step
+        return padding_free_step if loaded.layout in ("padding_free", "trl_packed") else stock_step
     from kielo.train.step import accumulate_gradients
 
     return functools.partial(accumulate_gradients, loss=case_loss(loaded, case))

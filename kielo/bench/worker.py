@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from kielo.bench.cases import Case, Registry, Variant, parse_case
 from kielo.bench.data import case_steps, micro_batches
 from kielo.bench.estimate import planned
+from kielo.bench.flops import geometry, step_flops
 from kielo.bench.models import Loaded, load, set_checkpointing, trainable
 from kielo.bench.steps import head_name, optimizer, step_context, step_function
 from kielo.errors import KieloError
@@ -91,9 +93,14 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
     timed = times[warm:]
     if case.profile and device.type == "cuda":
         profile_step(model, micro[-1], step_fn, case, device)
-    real = [sum(b.real_tokens for b in mb) for mb in micro]
+    # Real tokens counted from the examples, not the batches: a layout that drops or pads tokens shows it.
+    real = [sum(len(e.input_ids) for e in ex) for ex in steps]
     slots = [sum(b.input_ids.numel() for b in mb) for mb in micro]
+    if loaded.layout in ("padding_free", "trl_packed") and slots != real:
+        raise RuntimeError(f"{name}: the {loaded.layout} layout is not padding-free ({sum(slots)} slots for {sum(real)} tokens)")
     del opt
+    flops = [step_flops(geometry(AutoConfig.from_pretrained(args.model_dir)), [len(e.input_ids) for e in ex]) for ex in steps]
+    model_tflops = sum(flops[warm:]) / sum(timed) / 1e12
     return {
         "variant": name,
         "case": case.name,
@@ -108,6 +115,8 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
         "real_tokens_per_step": round(sum(real) / len(real)),
         "padding_pct": round(100 * (1 - sum(real) / sum(slots)), 1),
         "trained_tokens_per_step": round(sum(sum(b.trained_tokens for b in m) for m in micro) / len(micro)),
+        "model_tflops": round(model_tflops, 1),
+        "mfu": round(model_tflops / args.peak_tflops, 4) if args.peak_tflops else None,
         "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         **planned(loaded, variant, case, micro),
         "losses": [round(x, 5) for x in losses],
