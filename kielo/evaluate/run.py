@@ -24,6 +24,7 @@ from kielo.errors import KieloError
 from kielo.evaluate import metrics as m
 from kielo.evaluate import paired, stats
 from kielo.evaluate.adapter_analysis import analyze_adapter
+from kielo.evaluate.card_numbers import record_held_out
 from kielo.evaluate.dataset import has_reference, load_eval_examples, stratified_subset, task_of
 from kielo.evaluate.harness import HarnessOptions, run_harness
 from kielo.evaluate.learning_curve import has_checkpoints, run_points, validation_history
@@ -348,6 +349,7 @@ def compare(
     out["notes"] = notes
     out["wall_time_s"] = round(time.time() - started, 2)
     report.write_comparison(out, Path(output_dir or config.output_dir), config)
+    record_held_out(out)  # each compared kielo run's model card (README.md) now carries these numbers
     return out
 
 

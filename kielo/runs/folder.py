@@ -4,6 +4,7 @@ output_dir/
   adapter_config.json, adapter_model.safetensors   the final adapter (PEFT's format)
   tokenizer files, generation_config.json           side files: the tokenizer with the training template
   kielo_config.yaml                                 the resolved config the run trained with
+  README.md                                         the model card (kielo.runs.card), in checkpoints too
   metrics.jsonl, tensorboard/                       the training curve (kielo.runs.metrics)
   summary.json                                      written last: the run finished
   checkpoints/step-N/                               adapter, side files and trainer_state.pt
@@ -142,16 +143,21 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             save_config(config, self.path)
 
-    def write_final(self, bundle, model, midway: Callable[[Path], object] | None = None) -> None:
+    def write_final(
+        self, bundle, model, midway: Callable[[Path], object] | None = None, card: Callable[[Path], object] | None = None
+    ) -> None:
         """Write adapter + side files through a temporary folder, then move them in (no half-written adapter).
 
         A run killed while moving them in has no summary.json yet, so it counts as unfinished and ``--resume``
-        writes them again. ``midway(file)`` runs once some files have moved and others not (a fault point)."""
+        writes them again. ``midway(file)`` runs once some files have moved and others not (a fault point);
+        ``card(folder)`` writes the model card into the temporary folder, over PEFT's template."""
         tmp = self.path / FINAL_TMP
         shutil.rmtree(tmp, ignore_errors=True)
         with writing(self.path, "the final adapter", "the last checkpoint"):
             model.save_pretrained(tmp)
             write_side_files(bundle, tmp)
+            if card is not None:
+                card(tmp)
             for i, f in enumerate(sorted(tmp.iterdir())):
                 if i == 1 and midway is not None:
                     midway(f)

@@ -55,3 +55,19 @@ def _write_error(folder: Path, what: str, keep: str, e: BaseException) -> KieloE
         problem, fix = f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}", "check the disk and the folder"
     kept = f"; {keep} is intact" if keep else ""
     return KieloError(f"could not write {what} to {folder}: {problem} ({free_space(folder)}){kept}", fix)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename: a reader (or a crash) sees the old file or the new one,
+    never half of either. The temporary file sits beside it, on the same filesystem."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

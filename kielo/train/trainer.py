@@ -24,7 +24,8 @@ from kielo.data.batches import BatchLayout, eval_batch_size
 from kielo.data.prepare import prepare_data, read_data
 from kielo.model.bundle import load_bundle
 from kielo.model.precision import resolved_precision
-from kielo.runs.folder import RunFolder, write_side_files
+from kielo.runs.card import write_card
+from kielo.runs.folder import RunFolder, checkpoints_dir, write_side_files
 from kielo.runs.lock import run_lock
 from kielo.runs.metrics import MetricsLog
 from kielo.train import checkpoint as ckpt
@@ -128,9 +129,17 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
         log.info("resumed from %s (step %d of %d)", latest, step, steps)
     metrics = MetricsLog(out, resume_step=step if latest is not None else None)
 
+    # What only this run knows for the model cards (README.md) of its checkpoints and final adapter.
+    card_facts = {"template": bundle.template.name, "end_token": bundle.template.end_token, "data": data_report, "steps": steps}
+
     def save(at: int) -> Path:
         extra = {"tokens_seen": tokens_seen, "history": history, "guard": {"running": guard.running, "skipped": guard.skipped}}
-        written = ckpt.save_checkpoint(out, at, model, optimizer, scheduler, extra, lambda f: write_side_files(bundle, f))
+
+        def side_files(folder: Path) -> None:
+            write_side_files(bundle, folder)
+            write_card(folder, out, card_facts, location=checkpoints_dir(out) / f"step-{at}", step=at)
+
+        written = ckpt.save_checkpoint(out, at, model, optimizer, scheduler, extra, side_files)
         guard.written(written)
         ckpt.prune_checkpoints(out, t.keep_last, protect=guard.protected())
         return written
@@ -201,7 +210,9 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
             latest = save(step)
     bar.close()
     validate(steps)
-    run.write_final(bundle, model, midway=lambda f: fault_point("final-save", f))
+    run.write_final(
+        bundle, model, midway=lambda f: fault_point("final-save", f), card=lambda f: write_card(f, out, card_facts, location=out)
+    )
     summary = {
         "steps": steps,
         "epochs": steps * t.gradient_accumulation / layout.per_epoch,
