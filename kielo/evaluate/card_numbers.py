@@ -35,9 +35,7 @@ def _shown(value, scale: int, spec: str) -> str:
 
 
 def _delta(d: dict | None, scale: int, spec: str, unit: str | None) -> str:
-    if unit is None:
-        return ""
-    if not d:
+    if unit is None or not d:  # perplexity follows from the loss: its difference is the loss's
         return "—"
     f = "+" + spec
     return f"{format(d['delta'] * scale, f)}{unit} [{format(d['low'] * scale, f)}, {format(d['high'] * scale, f)}]"
@@ -49,10 +47,11 @@ def held_out_blocks(comparison: dict, variant: str) -> list[Block]:
     base, mine = summary["models"][summary["base"]], summary["models"][variant]
     deltas = summary["deltas"].get(variant) or {}
     file = locate(data["path"])
+    bits = f"{model['quantization_bits']}-bit" if model["quantization_bits"] else "unquantized"
     items = [
         ("data", f"`{data['path']}`" + (f" (sha256 {sha256_of(file)})" if file.is_file() else "")),
         ("examples", f"{mine['loss_examples']} with a loss, {mine['generated_examples']} generated"),
-        ("compared with", f"the base `{model['name']}` without the adapter, {model['quantization_bits'] or 'no'}-bit, same settings"),
+        ("compared with", f"the base `{model['name']}` ({bits}) without the adapter, same data and settings"),
         (
             "decoding",
             f"{comparison['settings']['decoding']}, up to {comparison['settings']['generation']['max_new_tokens']} new tokens",

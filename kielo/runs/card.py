@@ -9,6 +9,7 @@ comments, so a later comparison replaces exactly that section and nothing else.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -35,7 +36,14 @@ HYPERPARAMETER_SECTIONS = ("quantization", "lora", "data", "training", "generati
 
 
 def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file's bytes, read in chunks."""
+    """The SHA-256 of a file's bytes; a file unchanged since the last call (same size and mtime) is not read
+    again, so a run's checkpoints do not each re-read a large data set."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
