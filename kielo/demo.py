@@ -198,8 +198,8 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
         return suite_pass_rates(eval_config(), [str(run_dir)])
 
     def merge_stage() -> dict:
-        r = merge(config, str(run_dir), out / "merged", dtype="bf16", samples=2, max_new_tokens=16)
-        return {k: r[k] for k in ("output", "verification") if k in r}
+        r = merge(config, str(run_dir), out / "merged", samples=2, max_new_tokens=16)
+        return {k: r[k] for k in ("output", "dtype", "passed", "storage", "verification") if k in r}
 
     report.stage(
         "analyze-data",

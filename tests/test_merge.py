@@ -241,15 +241,15 @@ def test_a_merge_into_4bit_weights_fails_the_check(llama_run, tiny_llama):
         AutoModelForCausalLM.from_pretrained(tiny_llama, quantization_config=q, device_map={"": "cpu"}), str(llama_run)
     )
     with pytest.raises(KieloError, match="refusing to merge into quantized"):
-        merge_adapter(four_bit, str(llama_run), torch.float32)
+        merge_adapter(four_bit, str(llama_run))
     wrong = four_bit.merge_and_unload()  # what the issue warns about: merged into NF4, then dequantized
     wrong.dequantize()
     result, _ = compare(wrong.float().eval(), reference, FP32, device)
     assert not result["passed"] and result["max_abs_logit_diff"] > 5 * FP32
     with pytest.raises(KieloError, match="failed"):
         check(result, "the merge check", "fix")
-    merged, weights = merge_adapter(reference_model, str(llama_run), torch.float32)
-    assert weights["passed"] and weights["adapted_weights"] == 14 and weights["update_rounding_error"] == 0
+    merged, weights = merge_adapter(reference_model, str(llama_run))
+    assert weights["passed"] and weights["adapted_weights"] == 14 and weights["update_error"]["fp32"] == 0
     right, _ = compare(merged, reference, FP32, device)
     assert right["passed"]
 

@@ -1,6 +1,6 @@
 """`kielo merge`: the command-line face of :func:`kielo.merge.run.merge` (options, printing, exit codes).
 
-    kielo merge ADAPTER_OR_RUN_DIR --output_dir DIR [--dtype bf16|fp16|fp32] [--requantize] [--gguf]
+    kielo merge ADAPTER_OR_RUN_DIR --output_dir DIR [--dtype auto|fp16|fp32|bf16] [--requantize] [--gguf]
 
 The base comes from the run's saved config unless ``--model`` names another; ``--output_dir`` defaults to
 ``ADAPTER_OR_RUN_DIR-merged``.
@@ -17,10 +17,15 @@ from kielo.config.schema import Config, ModelConfig
 
 log = logging.getLogger(__name__)
 
+# A merge written but failing its verdict (storing it lost too much of the update): a failed check, like a
+# failed prompt suite; 2 stays for mistakes and merges that could not be done.
+MERGE_FAILED = 1
+
 
 def setup_parser(p: argparse.ArgumentParser) -> None:
     """The command's own options (config keys such as --model and --output_dir come from the schema)."""
     from kielo.merge import options as o
+    from kielo.merge.options import MAX_UPDATE_ERROR
 
     p.add_argument(
         "adapter",
@@ -28,7 +33,12 @@ def setup_parser(p: argparse.ArgumentParser) -> None:
         help="a kielo run folder, one of its checkpoints, or a PEFT adapter folder (then name the base with --model)",
     )
     p.add_argument(
-        "--dtype", default=o.DEFAULT_DTYPE, choices=o.DTYPE_NAMES, help=f"dtype of the merged weights (default {o.DEFAULT_DTYPE})"
+        "--dtype",
+        default=o.DEFAULT_DTYPE,
+        choices=o.DTYPE_CHOICES,
+        help=f"dtype of the merged weights (default {o.DEFAULT_DTYPE}: fp16 when every weight and sample activation is "
+        "below half of fp16's range and fp16 keeps the adapter's update, else fp32). Any dtype that changes the "
+        f"update by more than {100 * MAX_UPDATE_ERROR:g}%% of its norm fails the merge's verdict (exit {MERGE_FAILED})",
     )
     p.add_argument(
         "--tolerance",
@@ -65,7 +75,7 @@ def _print_summary(report: dict) -> None:
 
 
 def run_command(args: argparse.Namespace, config: Config) -> int:
-    """Run `kielo merge`; returns the exit status (failures raise KieloError, printed by the CLI)."""
+    """Run `kielo merge`; returns the exit status: 0, or MERGE_FAILED when the verdict failed (errors raise KieloError)."""
     from kielo.merge.run import merge
 
     logging.getLogger("gguf").setLevel(logging.WARNING)  # gguf-py announces every file it writes at INFO
@@ -88,4 +98,4 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
         max_new_tokens=args.max_new_tokens,
     )
     _print_summary(report)
-    return 0
+    return 0 if report["passed"] else MERGE_FAILED

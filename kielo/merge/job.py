@@ -31,16 +31,37 @@ class MergeJob:
     source: ModelSource  # the base
     adapter: str
     output: Path
-    dtype_name: str
-    dtype: torch.dtype  # of the saved weights
+    dtype_name: str  # as asked: "auto" until stored_as() decides
+    dtype: torch.dtype  # of the saved weights (with "auto": fp32, the base's full precision, until decided)
     compute: torch.dtype  # of the models while checking (see dequantize.compute_dtype_for)
     device: torch.device
-    tolerance: float
-    gguf_type: str | None  # None: no GGUF export
+    tolerance: float  # with "auto", fp16's until decided
+    gguf_type: str | None  # None: no GGUF export; "auto" until the stored dtype is decided
     requantize: bool
     samples: int
     max_new_tokens: int
     run_quantization: dict | None  # how training stored the base (for the informational comparison)
+    tolerance_given: bool = False
+
+    @property
+    def auto(self) -> bool:
+        """Whether the stored dtype is still to be chosen (see :mod:`kielo.merge.storage`)."""
+        return self.dtype_name == o.AUTO_DTYPE
+
+    def stored_as(self, name: str) -> MergeJob:
+        """This job with the stored dtype decided; the compute dtype stays (fp32 holds every stored value exactly)."""
+        from kielo.merge.dequantize import DTYPES
+        from kielo.merge.gguf_export import resolve_gguf_type
+        from kielo.merge.verify import tolerance_for
+
+        dtype = DTYPES[name]
+        return dataclasses.replace(
+            self,
+            dtype_name=name,
+            dtype=dtype,
+            tolerance=self.tolerance if self.tolerance_given else tolerance_for(dtype),
+            gguf_type=None if self.gguf_type is None else resolve_gguf_type(self.gguf_type, dtype),
+        )
 
 
 def adapter_base(adapter: str, run_cfg: dict | None, model: str | None) -> str:
@@ -85,7 +106,12 @@ def prepare_merge(
     from kielo.merge.verify import tolerance_for
     from kielo.model.device import pick_device
 
-    torch_dtype = resolve_dtype(dtype)
+    if dtype not in o.DTYPE_CHOICES:
+        raise KieloError(f"--dtype {dtype!r} is not supported", f"use one of: {', '.join(o.DTYPE_CHOICES)}")
+    auto = dtype == o.AUTO_DTYPE
+    # auto merges at the base's full precision (exact for any stored base) and picks the stored dtype after
+    # measuring; until then memory and disk are planned for fp32, the largest it can pick.
+    torch_dtype = torch.float32 if auto else resolve_dtype(dtype)
     if samples < 1 or max_new_tokens < 1:
         raise KieloError("--samples and --max_new_tokens must be at least 1", "e.g. --samples 4 --max_new_tokens 32")
     adapter, run_cfg = resolve_adapter(adapter_dir)
@@ -118,7 +144,7 @@ def prepare_merge(
         ) from None
     resolved_gguf = None
     if gguf:
-        resolved_gguf = resolve_gguf_type(gguf_type, torch_dtype)
+        resolved_gguf = gguf_type if auto and gguf_type == o.AUTO_DTYPE else resolve_gguf_type(gguf_type, torch_dtype)
         check_exportable(model_config)
     device = pick_device(cfg.training.device)
     compute = compute_dtype_for(torch_dtype, device)
@@ -128,7 +154,11 @@ def prepare_merge(
     )
     try:
         check_memory(model_config, compute, device, source.path, working)
-    except KieloError:
+    except KieloError as e:
+        if auto:
+            raise KieloError(
+                e.message, f"{e.fix}; or --dtype fp16 to merge in 16 bits (the report still measures the update kept)"
+            ) from None
         if compute == torch_dtype:
             raise
         log.info("an fp32 copy of the model doesn't fit in memory: checking in %s instead (slower on most CPUs)", dtype)
@@ -138,7 +168,11 @@ def prepare_merge(
     check_disk(
         out.parent,
         output_bytes(
-            model_config, torch_dtype, bytes_per_weight(resolved_gguf) if resolved_gguf else None, requantize, tokenizer_bytes
+            model_config,
+            torch_dtype,
+            None if resolved_gguf is None else bytes_per_weight("f32" if resolved_gguf == o.AUTO_DTYPE else resolved_gguf),
+            requantize,
+            tokenizer_bytes,
         ),
     )
     return MergeJob(
@@ -150,10 +184,11 @@ def prepare_merge(
         torch_dtype,
         compute,
         device,
-        tolerance_for(torch_dtype) if tolerance is None else tolerance,
+        tolerance_for(torch.float16 if auto else torch_dtype) if tolerance is None else tolerance,
         resolved_gguf,
         requantize,
         samples,
         max_new_tokens,
         run_quant,
+        tolerance is not None,
     )

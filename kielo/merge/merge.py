@@ -62,14 +62,18 @@ def _expected_update(layer, adapter: str, cfg: dict) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def merge_adapter(peft_model, adapter_dir: str, dtype: torch.dtype) -> tuple[torch.nn.Module, dict]:
+def merge_adapter(peft_model, adapter_dir: str) -> tuple[torch.nn.Module, dict]:
     """Merge layer by layer (W <- W + scaling * B @ A) and check every merged weight; returns the plain model.
 
     Each adapted weight must equal ``W + update`` with the update computed independently (within the
-    rounding of the dtype the merge computes in). The report also says how much of the update the saved
-    ``dtype`` keeps: an update smaller than the weight's rounding step vanishes when it is stored in 16 bits.
+    rounding of the dtype the merge computes in). The report's ``update_error`` says, per storable dtype, how
+    much storing the merged weights in it would change the update (norm of the rounding error over the norm
+    of the update, all adapted weights together): an update below the weight's rounding step vanishes in 16
+    bits. :mod:`kielo.merge.storage` chooses and judges the stored dtype from it.
     """
     from peft.tuners.lora import LoraLayer
+
+    from kielo.merge.dequantize import DTYPES
 
     if any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in peft_model.modules()):
         raise KieloError(
@@ -77,7 +81,8 @@ def merge_adapter(peft_model, adapter_dir: str, dtype: torch.dtype) -> tuple[tor
             "merge into the unquantized base (kielo merge loads it for you)",
         )
     cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
-    worst, bad, checked, unchecked, rounding_sq, update_sq = 0.0, None, 0, [], 0.0, 0.0
+    worst, bad, checked, unchecked, update_sq = 0.0, None, 0, [], 0.0
+    rounding_sq = dict.fromkeys(DTYPES, 0.0)
     for name, layer in peft_model.named_modules():
         if not isinstance(layer, LoraLayer) or layer.merged:
             continue
@@ -98,7 +103,8 @@ def merge_adapter(peft_model, adapter_dir: str, dtype: torch.dtype) -> tuple[tor
         err = float(((weight.float() - want).abs() / bound).max())
         if err > worst:
             worst, bad = err, name
-        rounding_sq += float((want.to(dtype).float() - want).pow(2).sum())
+        for key, dtype in DTYPES.items():
+            rounding_sq[key] += float((want.to(dtype).float() - want).pow(2).sum())
         update_sq += float(update.pow(2).sum())
         checked += 1
     model = peft_model.unload()  # the LoRA modules out, the merged base layers back in their place
@@ -106,7 +112,7 @@ def merge_adapter(peft_model, adapter_dir: str, dtype: torch.dtype) -> tuple[tor
         "adapted_weights": checked,
         "unchecked": unchecked,
         "max_error_in_rounding_steps": worst / 2,
-        "update_rounding_error": math.sqrt(rounding_sq / update_sq) if update_sq else 0.0,
+        "update_error": {k: math.sqrt(v / update_sq) if update_sq else 0.0 for k, v in rounding_sq.items()},
         "passed": worst <= 1.0,
     }
     if not report["passed"]:

@@ -115,6 +115,7 @@ def _execute(job: MergeJob, work: Path) -> dict:
     from kielo.merge.dequantize import load_base_16bit
     from kielo.merge.merge import adapter_moved, adapter_summary, merge_adapter, save_merged
     from kielo.merge.samples import held_out_examples
+    from kielo.merge.storage import activation_peak
     from kielo.merge.verify import Reference, capture_reference, check, compare
     from kielo.model.adapter import load_adapter
     from kielo.model.bundle import Bundle, load_tokenizer_and_template, make_encoder
@@ -136,12 +137,14 @@ def _execute(job: MergeJob, work: Path) -> dict:
     examples, held_out = held_out_examples(cfg, max(job.samples, LOSS_EXAMPLES if job.requantize else 0))
     prompts = [encoder.prompt_ids(ex.prompt_messages)[-MAX_PROMPT_TOKENS:] for ex in examples[: job.samples]]
 
-    log.info("reference: %s (%s, unquantized) + adapter %s", job.source.path, job.dtype_name, job.adapter)
+    log.info("reference: %s (%s, unquantized) + adapter %s", job.source.path, str(job.dtype).removeprefix("torch."), job.adapter)
     base = load_base_16bit(job.source, job.dtype, device, cfg.model.trust_remote_code, compute=job.compute)
     peft_model = load_adapter(base, job.adapter)
     bundle = Bundle(peft_model, tokenizer, template, encoder, device, job.source, cfg, job.adapter)
     gen = generation_kwargs(bundle, GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=0.0))
-    reference = capture_reference(peft_model, prompts, gen, device)
+    # How far the activations reach: whether fp16 can hold the model (kielo.merge.storage).
+    with activation_peak(peft_model) as activations:
+        reference = capture_reference(peft_model, prompts, gen, device)
     with peft_model.disable_adapter():
         effect, _ = compare(peft_model, reference, job.tolerance, device, generate=False)
     report["samples"] = {
@@ -153,15 +156,10 @@ def _execute(job: MergeJob, work: Path) -> dict:
     report["adapter_effect"] = {k: effect[k] for k in ("max_abs_logit_diff", "mean_abs_logit_diff", "max_kl", "mean_kl")}
     clock.lap("reference")
 
-    log.info("merging into the %s weights and saving", job.dtype_name)
-    merged, report["weights"] = merge_adapter(peft_model, job.adapter, job.dtype)
-    if report["weights"]["update_rounding_error"] > 0.25:
-        log.warning(
-            "storing the merged weights in %s changes the adapter's update by %.0f%% (it is small against "
-            "the weights' rounding step); --dtype fp32 keeps it whole",
-            job.dtype_name,
-            100 * report["weights"]["update_rounding_error"],
-        )
+    log.info("merging into the %s weights and saving", str(job.dtype).removeprefix("torch."))
+    merged, report["weights"] = merge_adapter(peft_model, job.adapter)
+    job, report["storage"] = _decide_storage(job, merged, report["weights"].pop("update_error"), activations)
+    report["dtype"] = job.dtype_name
     save_merged(merged, bundle, work, job.dtype)
     bundle.model = None
     del merged, peft_model, base
@@ -230,7 +228,25 @@ def _execute(job: MergeJob, work: Path) -> dict:
         report["gguf"]["adapter"] = _adapter_gguf(job, work, config, path)
         clock.lap("gguf")
     report["timings_s"] = clock.laps
+    # The checks above raise when the merge is wrong; what is left to judge is what storing it cost the update.
+    report["passed"] = report["storage"]["passed"]
     return report
+
+
+def _decide_storage(job: MergeJob, merged, update_error: dict[str, float], activations) -> tuple[MergeJob, dict]:
+    """The stored dtype (chosen by the auto rule, or as asked) and the storage section of the report."""
+    from kielo.merge.storage import choose, storage_report, weight_peak
+
+    weights = weight_peak(merged)
+    name, why = choose(update_error, weights, activations) if job.auto else (job.dtype_name, None)
+    if job.auto:
+        log.info("storing the merged weights in %s: %s", name, why)
+    storage = storage_report(job.dtype_name, name, why, update_error, weights, activations)
+    if not storage["passed"]:
+        log.warning(
+            "storing the merged weights in %s %s; the merge fails its verdict (--dtype auto avoids it)", name, storage["failure"]
+        )
+    return job.stored_as(name), storage
 
 
 def _adapter_gguf(job: MergeJob, work: Path, config, model_gguf: Path) -> dict:
@@ -268,6 +284,10 @@ def merge(
     ``model.trust_remote_code``. Writes an HF model folder to ``output_dir`` (``nf4/`` and a ``.gguf`` in it
     when asked) and returns the report, also written there as ``merge_report.json``. Raises
     :class:`~kielo.errors.KieloError` when the merge can't be done or fails its check; then nothing is written.
+
+    ``dtype`` ``auto`` stores fp16 where that keeps the model's range and the adapter's update, else fp32
+    (:mod:`kielo.merge.storage`). Whichever dtype, the report's ``passed`` is False when storing changed the
+    update by more than ``storage.MAX_UPDATE_ERROR`` of its norm (the folder is written: it is what was asked).
     """
     import kielo
 

@@ -5,18 +5,40 @@ from __future__ import annotations
 from kielo.report import KeyValues, Report
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.2g}%" if x < 0.1 else f"{100 * x:.0f}%"
+
+
+def _verdict(s: dict) -> str:
+    if s["passed"]:
+        return "PASS"
+    return f"FAIL: storing the merged weights in {s['dtype']} {s['failure']}; --dtype auto avoids it"
+
+
+def _storage(s: dict) -> str:
+    """The stored dtype, why, and what each dtype does to the update."""
+    e = s["update_error"]
+    why = s.get("why", "as asked")
+    others = ", ".join(f"{k} {_pct(e[k])}" for k in e if k != s["dtype"])
+    return (
+        f"{s['dtype']} ({why}); it changes the update by {_pct(e[s['dtype']])} of its norm "
+        f"(at most {_pct(s['max_update_error'])} allowed; {others})"
+    )
+
+
 def merge_summary(report: dict) -> Report:
     """The merge report (as :func:`kielo.merge.run.merge` returns it) as facts, one per check or output."""
-    v, effect, w = report["verification"], report["adapter_effect"], report["weights"]
+    v, effect, w, s = report["verification"], report["adapter_effect"], report["weights"], report["storage"]
     g = v["greedy"]
     items = [
+        ("verdict", _verdict(s)),
         ("merged", f"{report['output']} ({report['dtype']}, from {report['base']})"),
         (
             "weights",
             f"{w['adapted_weights']} adapted weights equal W + scaling * B @ A (within "
-            f"{w['max_error_in_rounding_steps']:.2g} rounding steps); storing them in {report['dtype']} changes the "
-            f"update by {100 * w['update_rounding_error']:.0f}%",
+            f"{w['max_error_in_rounding_steps']:.2g} rounding steps)",
         ),
+        ("stored as", _storage(s)),
         (
             "check vs base + adapter",
             f"PASS, max |logit diff| {v['max_abs_logit_diff']:.4g} (tolerance {v['tolerance']:g}); "

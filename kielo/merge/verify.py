@@ -1,6 +1,7 @@
 """Prove a merge: the merged model's logits match base + adapter, and its greedy answers agree.
 
-The reference is the unquantized base with the PEFT adapter attached, unmerged, in the same dtype: the
+The reference is the unquantized base with the PEFT adapter attached, unmerged, in the same dtype (with
+``--dtype auto``, in fp32, the base's full precision, so the check covers the base's own rounding too): the
 function the merged weights ``W + scaling * B @ A`` must reproduce. On each sample prompt the reference
 answers greedily; the prompt plus that answer is then run through both models and every logit of every
 position is compared. A merge passes when the largest absolute logit difference is within the dtype's
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -105,7 +107,9 @@ def compare(
     for i, (seq, ref_logits) in enumerate(zip(reference.sequences, reference.logits, strict=True)):
         got = sequence_logits(model, seq, device)
         d = (got.float() - ref_logits.float()).abs()
-        max_diff = max(max_diff, float(d.max()))
+        # NaN or inf (a dtype's range overflowed) must fail, not vanish in max()'s comparisons.
+        peak = float(d.max())
+        max_diff = max(max_diff, peak if math.isfinite(peak) else math.inf)
         diff_sum += float(d.sum())
         n_logits += d.numel()
         del d
