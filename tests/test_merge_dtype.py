@@ -14,9 +14,7 @@ from safetensors.torch import load_file
 
 from kielo.config.load import load_config
 from kielo.errors import KieloError
-from kielo.merge.options import MAX_UPDATE_ERROR
 from kielo.merge.run import REPORT_FILE, merge
-from kielo.merge.storage import FP16_LIMIT, Peak, choose, failure
 
 FAST = ["--samples", "2", "--max_new_tokens", "8"]
 
@@ -52,6 +50,8 @@ def test_default_keeps_a_small_update_in_fp16(runs, tmp_path, capsys):
 
     out = tmp_path / "merged"
     assert main(["merge", str(runs["bloom"]), "--output_dir", str(out), *FAST]) == 0
+    from kielo.merge.options import MAX_UPDATE_ERROR  # after the run: on code without it, the run is what fails
+
     printed = capsys.readouterr().out
     report = json.loads((out / REPORT_FILE).read_text())
     s = report["storage"]
@@ -68,6 +68,8 @@ def test_forced_bf16_of_a_small_update_fails_the_verdict(runs, tmp_path, capsys)
 
     out = tmp_path / "merged"
     assert main(["merge", str(runs["bloom"]), "--output_dir", str(out), "--dtype", "bf16", *FAST]) == 1
+    from kielo.merge.options import MAX_UPDATE_ERROR  # after the run: on code without it, the run is what fails
+
     printed = capsys.readouterr().out
     report = json.loads((out / REPORT_FILE).read_text())  # written: bf16 was asked for, and the report says what it cost
     assert stored_dtypes(out) == {"BF16"}
@@ -100,6 +102,9 @@ def test_weights_beyond_fp16s_range_are_stored_in_fp32(runs, tiny_llama, tmp_pat
 
 
 def test_the_auto_rule_and_the_verdict():
+    from kielo.merge.options import MAX_UPDATE_ERROR
+    from kielo.merge.storage import FP16_LIMIT, Peak, choose, failure
+
     small, errors = Peak(1.0, "w"), {"fp16": 0.01, "bf16": 0.08, "fp32": 0.0}
     assert choose(errors, small, Peak(10.0, "a"))[0] == "fp16"
     name, why = choose(errors, small, Peak(FP16_LIMIT, "layers.1"))
@@ -111,3 +116,19 @@ def test_the_auto_rule_and_the_verdict():
     assert "changes the adapter's update by 8.0%" in failure("bf16", errors, small, Peak(10.0, "a"))
     assert "overflows: activation layers.14" in failure("fp16", errors, small, Peak(1e5, "layers.14"))
     assert failure("fp32", errors, small, Peak(1e5, "layers.14")) is None
+
+
+def test_a_nan_logit_fails_the_comparison(tiny_llama):
+    """An overflowed dtype shows as NaN or inf logits: they must fail the check, not vanish in max()."""
+    from transformers import AutoModelForCausalLM
+
+    from kielo.merge.verify import capture_reference, compare
+
+    device = torch.device("cpu")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    reference = capture_reference(model, [[2, 40, 41, 42, 43]], {"max_new_tokens": 4, "eos_token_id": [1], "pad_token_id": 0}, device)
+    assert compare(model, reference, 0.01, device)[0]["passed"]
+    with torch.no_grad():
+        model.lm_head.weight[5] = float("nan")
+    result, _ = compare(model, reference, 0.01, device, generate=False)
+    assert not result["passed"] and result["max_abs_logit_diff"] == float("inf")
