@@ -49,7 +49,7 @@ def test_default_keeps_a_small_update_in_fp16(runs, tmp_path, capsys):
     from kielo.cli import main
 
     out = tmp_path / "merged"
-    assert main(["merge", str(runs["bloom"]), "--output_dir", str(out), *FAST]) == 0
+    assert main(["merge", str(runs["bloom"]), "--output_dir", str(out), "--gguf", *FAST]) == 0
     from kielo.merge.options import MAX_UPDATE_ERROR  # after the run: on code without it, the run is what fails
 
     printed = capsys.readouterr().out
@@ -61,6 +61,8 @@ def test_default_keeps_a_small_update_in_fp16(runs, tmp_path, capsys):
     assert s["update_error"]["fp16"] <= MAX_UPDATE_ERROR < s["update_error"]["bf16"]
     assert s["passed"] and report["passed"] and report["verification"]["passed"]
     assert "verdict: PASS" in printed and "stored as: fp16" in printed
+    # --gguf_type auto follows the chosen dtype: the file holds exactly the stored weights.
+    assert report["gguf"]["type"] == "f16" and report["gguf"]["passed"] and (out / report["gguf"]["file"]).is_file()
 
 
 def test_forced_bf16_of_a_small_update_fails_the_verdict(runs, tmp_path, capsys):
