@@ -8,7 +8,8 @@ Order of work (one model in memory at a time):
    weights are read;
 2. reference: the unquantized base + adapter (unmerged) answers the sample prompts greedily; its logits
    are kept;
-3. merge and save the HF folder;
+3. merge, choose the stored dtype (``auto``) and judge what storing costs the update
+   (:mod:`kielo.merge.storage`), save the HF folder;
 4. informational: the 4-bit base + adapter that training used, compared with the reference (that
    difference is quantization error, not merge error);
 5. reload the saved folder with plain ``from_pretrained`` and compare it with the reference: must pass;
