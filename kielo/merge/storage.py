@@ -34,7 +34,9 @@ from kielo.merge.options import AUTO_DTYPE, MAX_UPDATE_ERROR
 FP16_MAX = float(torch.finfo(torch.float16).max)
 # Half of fp16's range, not all of it: the activations are measured on a few sample prompts only, and other
 # inputs (longer ones, other topics) reach further; a factor of 2 is the headroom for them, and keeps a weight
-# within one doubling (a norm's ``1 + w``, a product with an input above 1) finite.
+# within one doubling (a norm's ``1 + w``, a product with an input above 1) finite. Measured: Gemma 3 270M's
+# residual stream reaches 1.04e5 (layer 14) on the demo's prompts, beyond fp16 itself, so auto stores it in fp32;
+# its largest weight is 1656. The tiny test models peak at 4-52.
 FP16_LIMIT = FP16_MAX / 2
 
 
