@@ -1,9 +1,10 @@
 """`kielo demo`: every stage kielo has, offline, on the embedded default model.
 
 analyze-data → train → compare (base vs tuned on held-out data) → prompt suite → merge, into one output
-folder with a report (Markdown + JSON) that gives each stage's time and the evidence that fine-tuning
-worked. The defaults come from ``configs/demo.yaml``, shipped in the package (:mod:`kielo.resources`) with
-the data and the prompt suite, so the demo runs from any folder; any config key can be overridden as usual.
+folder with a report (Markdown + JSON) that gives each stage's time, links each stage's HTML report and
+shows the evidence that fine-tuning worked. The defaults come from ``configs/demo.yaml``, shipped in the
+package (:mod:`kielo.resources`) with the data and the prompt suite, so the demo runs from any folder; any
+config key can be overridden as usual.
 """
 
 from __future__ import annotations
@@ -111,6 +112,17 @@ def evidence(summary: dict, tuned: str) -> dict:
     return checks
 
 
+def stage_links(report: Stages) -> list[str]:
+    """A Markdown link to each stage's HTML report, relative to the demo's folder (where report.md is)."""
+    links = []
+    for s in report.stages:
+        page = (report.results.get(s["stage"]) or {}).get("html")
+        if page:
+            rel = Path(page).relative_to(report.out).as_posix()
+            links.append(f"{s['stage']}: [{rel}]({rel})")
+    return links
+
+
 def demo_report(report: Stages, checks: dict, summary: dict | None, suite: dict | None, full: bool = True) -> Report:
     """The demo's report: each stage's time, the held-out results, the evidence bars, the suite pass rates."""
     stages = Table(
@@ -120,6 +132,9 @@ def demo_report(report: Stages, checks: dict, summary: dict | None, suite: dict 
         footer=["total", report.results.get("total_seconds", 0)],
     )
     blocks: list = [stages]
+    links = stage_links(report)
+    if links:
+        blocks.append(Section("Reports", [Bullets(links)]))
     if summary:
         columns = ["model", "loss", "chrF", "task success", "ends with end token", "expected language"]
         keys = ["loss", "chrf", "task_success", "end_token", "expected_language"]
@@ -162,9 +177,12 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
     subset of ``generate_n`` (default 48). The loss is always computed on all held-out examples.
     """
     from kielo.analyze.run import analyze_data
+    from kielo.evaluate.report import write_training
     from kielo.evaluate.run import compare
+    from kielo.merge.run import HTML_FILE as MERGE_HTML
     from kielo.merge.run import merge
-    from kielo.prompt.run import suite_pass_rates
+    from kielo.prompt.report import write_outputs
+    from kielo.prompt.run import run_suite_file
     from kielo.train.trainer import train
 
     _, root = demo_base()
@@ -181,7 +199,8 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
     def train_stage() -> dict:
         # The compare stage measures base vs tuned on held-out data; validation during training would
         # only repeat that at a cost of minutes on a CPU.
-        return train(replace(config, output_dir=str(run_dir), data=replace(config.data, validation=None)))
+        summary = train(replace(config, output_dir=str(run_dir), data=replace(config.data, validation=None)))
+        return {**summary, "html": str(write_training(run_dir, out / "train"))}
 
     def eval_config() -> Config:
         # Base and tuned are both measured on the 4-bit base the adapter was trained on (on a CPU its
@@ -195,26 +214,24 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
         return {"summary": result["summary"], "html": str(out / "compare" / "report.html")}
 
     def suite_stage() -> dict:
-        return suite_pass_rates(eval_config(), [str(run_dir)])
+        run = run_suite_file(eval_config(), [str(run_dir)])
+        page = write_outputs(run, out / "prompt-suite", "suite", f"kielo demo: prompt suite {run.suite.name if run.suite else ''}")[2]
+        return {"pass_rates": run.pass_rates(), "html": str(page)}
 
     def merge_stage() -> dict:
         r = merge(config, str(run_dir), out / "merged", samples=2, max_new_tokens=16)
-        return {k: r[k] for k in ("output", "dtype", "passed", "storage", "verification") if k in r}
+        kept = {k: r[k] for k in ("output", "dtype", "passed", "storage", "verification") if k in r}
+        return {**kept, "html": str(out / "merged" / MERGE_HTML)}
 
-    report.stage(
-        "analyze-data",
-        lambda: {
-            "warnings": analyze_data(
-                [config.data.train, config.data.validation or held_out, held_out],
-                config,
-                output_dir=out / "analyze",
-                examples=2,
-            ).get("warnings", [])
-        },
-    )
+    def analyze_stage() -> dict:
+        files = [config.data.train, config.data.validation or held_out, held_out]
+        result = analyze_data(files, config, output_dir=out / "analyze", examples=2)
+        return {"warnings": result.get("warnings", []), "html": result["outputs"]["html"]}
+
+    report.stage("analyze-data", analyze_stage)
     report.stage("train", train_stage)
     summary = report.stage("compare", compare_stage)["summary"]
-    suite = report.stage("prompt-suite", suite_stage)
+    suite = report.stage("prompt-suite", suite_stage)["pass_rates"]
     report.stage("merge", merge_stage)
     report.results["total_seconds"] = round(time.time() - started, 1)
     tuned = run_dir.name

@@ -11,9 +11,11 @@ from kielo.evaluate.tables import (
     comparison_table,
     evaluation_table,
     harness_table,
+    hyperparameter_table,
     learning_curve_table,
     loss_difference_table,
     per_task_tables,
+    training_table,
 )
 from kielo.report import Block, Bullets, Example, Examples, Figure, KeyValues, Paragraph, Report, Section, Shown
 
@@ -66,13 +68,37 @@ def settings(report: dict) -> KeyValues:
     return KeyValues(items)
 
 
+def training_blocks(training: dict, figures: dict[str, Figure]) -> list[Block]:
+    """What training recorded for each run (see :mod:`kielo.evaluate.training`): a summary table, the
+    training curve (when drawn) and every hyperparameter."""
+    if not training:
+        return [Paragraph("No adapter comes from a kielo run folder, so there is no training curve to show.", style="note")]
+    curve = [figures["training_curve"]] if "training_curve" in figures else []
+    return [training_table(training), *curve, hyperparameter_table(training)]
+
+
+def _per_task(report: dict, figures: list[Block]) -> list[Block]:
+    """The per-task tables that hold a row, or a note why there are none."""
+    tables = [t for t in per_task_tables(report) if t.rows]
+    if tables:
+        return [*tables, *figures]
+    tasks = {t for r in report["results"].values() for t in r["per_task"]}
+    why = (
+        "Every example is of one task type (rows tagged with `task` get one table row each), so a per-task "
+        "breakdown would repeat the summary."
+        if len(tasks) < 2
+        else "No task type has a measured value."
+    )
+    return [Paragraph(why, style="note")]
+
+
 def _notes(report: dict) -> list[Block]:
     return [Section("Notes", [Bullets(list(report["notes"]))], anchor="notes")] if report.get("notes") else []
 
 
 def evaluation_report(report: dict) -> Report:
     """One model's evaluation."""
-    blocks: list[Block] = [settings(report), evaluation_table(report), *per_task_tables(report)]
+    blocks: list[Block] = [settings(report), evaluation_table(report), *[t for t in per_task_tables(report) if t.rows]]
     if report.get("adapter_analysis"):
         blocks += adapter_tables(report["name"], report["adapter_analysis"])
     if report.get("harness"):
@@ -161,11 +187,13 @@ def comparison_report(report: dict, figures: dict[str, Figure]) -> Report:
         adapter_parts += [*adapter_tables(name, analysis), *fig(f"{stem}_heatmap"), *fig(f"{stem}_spectrum")]
     blocks += [
         Section("Summary", [comparison_table(report), *fig("metric_deltas")], anchor="summary"),
-        Section("Per task type", [*per_task_tables(report), *fig("per_task")], anchor="tasks"),
+        Section("Per task type", _per_task(report, fig("per_task")), anchor="tasks"),
         Section("Per-example loss", [loss_difference_table(report), *fig("loss_differences")], anchor="loss"),
         Section("Biggest wins and losses", [_wins_losses(n, wl) for n, wl in report["wins_and_losses"].items()], anchor="examples"),
         Section("Adapter analysis", adapter_parts, anchor="adapter"),
     ]
+    if "training" in report:
+        blocks.append(Section("Training", training_blocks(report["training"], figures), anchor="training"))
     if report.get("learning_curve"):
         blocks.append(
             Section("Learning curve", [learning_curve_table(report["learning_curve"]), *fig("learning_curve")], anchor="curve")

@@ -3,7 +3,9 @@
 Each function draws one figure from the report dict and returns it as a report-kit
 :class:`~kielo.report.Figure` named after its file (``plots/<name>.png``), or ``None`` when there is
 nothing to draw. Metrics on 0-1 are
-drawn in points (x 100) beside chrF, so one axis holds them all; the loss has its own.
+drawn in points (x 100) beside chrF, so one axis holds them all; the loss has its own. Every bar is
+labelled with its value, and the value axes follow the one rule of :func:`kielo.report.figures.bar_limits`:
+deltas and bounded scores from 0, losses from just below their smallest bar.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from kielo.evaluate.format import safe_name
 from kielo.evaluate.scores import GENERATION_METRICS, METRICS_BY_KEY
 from kielo.report import Figure
-from kielo.report.figures import available, to_figure
+from kielo.report.figures import available, bar_limits, delta_limits, label_bars, to_figure
 from kielo.report.figures import pyplot as _pyplot
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ def metric_deltas(report: dict) -> Figure | None:
         1, 2, figsize=(10, 0.45 * len(DELTA_METRICS) * len(names) + 1.6), gridspec_kw={"width_ratios": [3, 1]}
     )
     height = 0.8 / len(names)
+    ends, loss_ends = [], []  # interval ends: each axis is centred on 0 with room for them and the labels
     for j, name in enumerate(names):
         d = report["deltas"][name]["overall"]
         ys, xs, lows, highs = [], [], [], []
@@ -56,12 +59,24 @@ def metric_deltas(report: dict) -> Figure | None:
                 xs.append(_points(metric.key, ci["delta"]))
                 lows.append(_points(metric.key, ci["delta"] - ci["low"]))
                 highs.append(_points(metric.key, ci["high"] - ci["delta"]))
-        ax.barh(ys, xs, height=height, xerr=[lows, highs], capsize=3, label=name, alpha=0.8)
+                ends += [_points(metric.key, ci["low"]), _points(metric.key, ci["high"])]
+        bars = ax.barh(ys, xs, height=height, xerr=[lows, highs], capsize=3, label=name, alpha=0.8)
+        label_bars(ax, bars, xs, "+.2f")
         if d.get("loss"):
             ci = d["loss"]
-            ax_loss.barh(
-                [j], [ci["delta"]], xerr=[[ci["delta"] - ci["low"]], [ci["high"] - ci["delta"]]], capsize=3, color=f"C{j}", alpha=0.8
+            bars = ax_loss.barh(
+                [j],
+                [ci["delta"]],
+                height=0.5,
+                xerr=[[ci["delta"] - ci["low"]], [ci["high"] - ci["delta"]]],
+                capsize=3,
+                color=f"C{j}",
+                alpha=0.8,
             )
+            label_bars(ax_loss, bars, [ci["delta"]], "+.3f")
+            loss_ends += [ci["low"], ci["high"]]
+    ax.set_xlim(*delta_limits(ends))
+    ax_loss.set_xlim(*delta_limits(loss_ends))
     ax.set_yticks(
         [i + height * (len(names) - 1) / 2 for i in range(len(DELTA_METRICS))],
         [x.label + ("" if x.higher_is_better else " (lower is better)") for x in DELTA_METRICS],
@@ -78,34 +93,47 @@ def metric_deltas(report: dict) -> Figure | None:
     return _save(fig, "metric_deltas")
 
 
-def per_task(report: dict) -> Figure | None:
-    """Loss, chrF and task success per task type for every model."""
+def per_task_figure(report: dict):
+    """The matplotlib figure of :func:`per_task` (open, for callers that look at its axes), or None with
+    fewer than two task types: one bar per model would repeat the summary."""
     plt = _pyplot()
     results = report["results"]
     tasks = sorted({t for res in results.values() for t in res["per_task"]})
-    panels = [("loss", "loss (lower is better)"), ("chrf", "chrF"), ("task_success", "task success (%)")]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.7 * len(tasks) + 3), 9), sharex=True)
+    if len(tasks) < 2:
+        return None
+    # (key, label, full scale): see kielo.report.figures for the axis rule.
+    panels = [("loss", "loss (lower is better)", None), ("chrf", "chrF", 100.0), ("task_success", "task success (%)", 100.0)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(min(18, max(8, 0.45 * len(tasks) * len(results) + 3)), 10), sharex=True)
     width = 0.8 / len(results)
-    for ax, (key, label) in zip(axes, panels, strict=True):
+    for ax, (key, label, full_scale) in zip(axes, panels, strict=True):
+        drawn = []
         for j, (name, res) in enumerate(results.items()):
-            vals = []
-            for t in tasks:
+            xs, vals = [], []
+            for i, t in enumerate(tasks):
                 s = res["per_task"].get(t)
                 if s is None:
-                    vals.append(0)
-                elif key == "loss":
-                    vals.append(s["loss"]["loss"] if s["loss"] else 0)
-                else:
-                    v = s["metrics"].get(key)
-                    vals.append(_points(key, v) if v is not None else 0)
-            ax.bar([i + j * width for i in range(len(tasks))], vals, width=width, label=name)
+                    continue
+                v = (s["loss"] or {}).get("loss") if key == "loss" else s["metrics"].get(key)
+                if v is not None:  # a missing value is no bar, not a bar of 0
+                    xs.append(i + j * width)
+                    vals.append(v if key == "loss" else _points(key, v))
+            bars = ax.bar(xs, vals, width=width, label=name, color=f"C{j}")
+            label_bars(ax, bars, vals, ".3f" if key == "loss" else ".0f")
+            drawn += vals
+        ax.set_ylim(*bar_limits(drawn, full_scale))
         ax.set_ylabel(label)
-        if key == "task_success":
-            ax.set_ylim(0, 105)
     axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axes[-1].set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(tasks))], tasks, rotation=35, ha="right")
-    fig.suptitle("Per task type (tasks without a check show no task-success bar)", fontsize=10)
-    return _save(fig, "per_task")
+    fig.suptitle(
+        "Per task type (tasks without a check show no task-success bar; the loss axis starts near its smallest bar)", fontsize=10
+    )
+    return fig
+
+
+def per_task(report: dict) -> Figure | None:
+    """Loss, chrF and task success per task type for every model, each bar labelled with its value."""
+    fig = per_task_figure(report)
+    return None if fig is None else _save(fig, "per_task")
 
 
 def loss_differences(report: dict) -> Figure | None:
@@ -203,6 +231,38 @@ def learning_curve(curve: dict) -> Figure | None:
     return _save(fig, "learning_curve")
 
 
+def training_curve(training: dict) -> Figure | None:
+    """Each run's training loss per logged step and its validation losses (left), its learning rate (right)."""
+    plt = _pyplot()
+    runs = {n: r for n, r in training.items() if r["train"] or r["validation"]}
+    if not runs:
+        return None
+    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for j, (name, run) in enumerate(runs.items()):
+        train = [r for r in run["train"] if r.get("loss") is not None]
+        marker = "." if len(train) < 50 else None  # a short run's few points are worth seeing one by one
+        ax.plot(
+            [r["step"] for r in train], [r["loss"] for r in train], lw=1.2, marker=marker, color=f"C{j}", label=f"{name}: training"
+        )
+        if run["validation"]:
+            val = run["validation"]
+            ax.plot(
+                [v["step"] for v in val], [v["loss"] for v in val], ls="--", marker="o", color=f"C{j}", label=f"{name}: validation"
+            )
+        lr = [r for r in run["train"] if "lr" in r]
+        ax_lr.plot([r["step"] for r in lr], [r["lr"] for r in lr], color=f"C{j}", label=name)
+    ax.set_xlabel("training step")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.set_ylabel("response loss")
+    ax.legend(fontsize=8)
+    ax.set_title("Training curve (metrics.jsonl)", fontsize=10)
+    ax_lr.set_xlabel("training step")
+    ax_lr.xaxis.set_major_locator(_integer_ticks())
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    return _save(fig, "training_curve")
+
+
 def draw_all(report: dict) -> dict[str, Figure]:
     """Every figure of a comparison by name (empty without matplotlib)."""
     if not available():
@@ -213,6 +273,7 @@ def draw_all(report: dict) -> dict[str, Figure]:
         per_task(report),
         loss_differences(report),
         learning_curve(report.get("learning_curve") or {}),
+        training_curve(report.get("training") or {}),
     ]
     for name, analysis in (report.get("adapter_analysis") or {}).items():
         stem = f"adapter_{safe_name(name)}"

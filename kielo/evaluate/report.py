@@ -10,9 +10,11 @@ from pathlib import Path
 from kielo.config.load import save_config
 from kielo.config.schema import Config
 from kielo.errors import KieloError
-from kielo.evaluate.document import comparison_report, evaluation_report
+from kielo.evaluate.document import comparison_report, evaluation_report, training_blocks
 from kielo.evaluate.format import safe_name
-from kielo.report import files
+from kielo.evaluate.training import training_runs
+from kielo.report import Report, files
+from kielo.report.figures import available
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,9 @@ def write_evaluation(report: dict, out: Path, config: Config) -> None:
 
 
 def write_comparison(report: dict, out: Path, config: Config) -> None:
-    """``report.json``, ``report.md``, ``report.html``, ``generations/*.jsonl``, ``plots/*.png`` and the config."""
+    """``report.json``, ``report.md``, ``report.html``, ``generations/*.jsonl``, ``plots/*.png`` and the config.
+
+    Adds ``training`` to ``report``: each adapter's training curve and hyperparameters from its run folder."""
     from kielo.evaluate import plots
 
     _guard(out)
@@ -60,6 +64,8 @@ def write_comparison(report: dict, out: Path, config: Config) -> None:
         path = out / "generations" / f"{safe_name(name)}.jsonl"
         _write_generations(path, res["examples"])
         gens[name] = str(path)
+    # What training recorded for each adapter's run: its curve and hyperparameters go into the report.
+    report["training"] = training_runs(report["variants"])
     figures = plots.draw_all(report)
     if not figures:
         report["notes"].append("Plots skipped: matplotlib is not installed (pip install 'kielo[eval]').")
@@ -75,3 +81,18 @@ def write_comparison(report: dict, out: Path, config: Config) -> None:
     files.write_figures(document, out / files.FIGURES_DIR)
     files.write(document, out, markdown_file=MARKDOWN_FILE, html_file=HTML_FILE, json_file=JSON_FILE)
     log.info("report written to %s", out / HTML_FILE)
+
+
+def write_training(run_dir: str | Path, out: Path) -> Path:
+    """``report.html`` and ``report.json`` in ``out`` with what the run in ``run_dir`` recorded while it trained:
+    its training curve (drawn when matplotlib is installed) and its hyperparameters. Returns the HTML's path."""
+    from kielo.evaluate import plots
+
+    run = Path(run_dir)
+    training = training_runs([{"name": run.name, "adapter": str(run)}])
+    if not training:
+        raise KieloError(f"{run} is not a kielo run folder", "give the output_dir of a `kielo train` run")
+    curve = plots.training_curve(training) if available() else None
+    document = Report(f"kielo train: {run.name}", training_blocks(training, {curve.name: curve} if curve else {}), data=training)
+    files.write(document, out, html_file=HTML_FILE, json_file=JSON_FILE)
+    return out / HTML_FILE

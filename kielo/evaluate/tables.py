@@ -84,9 +84,14 @@ def comparison_table(report: dict) -> Table:
 
 
 def per_task_tables(report: dict) -> list[Table]:
-    """One table per headline metric: rows are task types, columns the models and deltas."""
+    """One table per headline metric: rows are task types, columns the models and deltas.
+
+    With fewer than two task types the tables have no rows (one row would repeat the summary), and a row
+    shows only where the task has a value of that metric."""
     if report["kind"] == "evaluation":
         per = report["result"]["per_task"]
+        if len(per) < 2:
+            per = {}
         keys = ("loss", "chrf", "task_success", "end_token", "expected_language")
         t = Table(["task", "examples (generated)"] + [METRICS_BY_KEY[k].label for k in keys], title="Per task type")
         for task, s in per.items():
@@ -96,6 +101,8 @@ def per_task_tables(report: dict) -> list[Table]:
     results, deltas = report["results"], report["deltas"]
     names = list(results)
     tasks = sorted({t for r in results.values() for t in r["per_task"]})
+    if len(tasks) < 2:
+        tasks = []
     tables = []
     for key in PER_TASK_METRICS:
         headers = ["task", "generated", names[0]]
@@ -206,3 +213,47 @@ def harness_table(harness: dict) -> Table:
             ]
         )
     return t
+
+
+def training_table(training: dict) -> Table:
+    """Per run: its steps, the training loss at the first and last logged step, the best validation loss."""
+    t = Table(
+        ["run", "steps", "first train loss", "last train loss", "best validation loss (step)", "tokens trained on", "peak lr"],
+        title="Training summary",
+        caption="From each run's metrics.jsonl: the loss of the logged training steps and the validation passes.",
+    )
+    for name, run in training.items():
+        train, val = run["train"], run["validation"]
+        best = min(val, key=lambda v: v["loss"]) if val else None
+        lrs = [r["lr"] for r in train if "lr" in r]
+        t.add(
+            [
+                name,
+                str(train[-1]["step"]) if train else MISSING,
+                fmt("loss", train[0]["loss"]) if train else MISSING,
+                fmt("loss", train[-1]["loss"]) if train else MISSING,
+                f"{fmt('loss', best['loss'])} ({best['step']})" if best else MISSING,
+                f"{train[-1]['tokens']:,}" if train and "tokens" in train[-1] else MISSING,
+                f"{max(lrs):.3g}" if lrs else MISSING,
+            ]
+        )
+    return t
+
+
+def hyperparameter_table(training: dict) -> Table:
+    """Every saved setting of each run's config (see :mod:`kielo.evaluate.training`), one column per run;
+    settings that differ between runs are marked."""
+    names = list(training)
+    keys = list(dict.fromkeys(k for run in training.values() for k in run["hyperparameters"]))
+    t = Table(["setting", *names], title="Hyperparameters", caption="From each run's saved kielo_config.yaml.")
+    for key in keys:
+        shown = [_setting(training[n]["hyperparameters"].get(key, MISSING)) for n in names]
+        differs = len(set(shown)) > 1
+        t.add([key, *shown], [""] + ["differs" if differs else ""] * len(names) if differs else None)
+    return t
+
+
+def _setting(value) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(repr, value)) if value else "[]"
+    return MISSING if value is None else str(value)

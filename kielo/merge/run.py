@@ -39,10 +39,12 @@ from kielo.merge.job import MAX_PROMPT_TOKENS, MergeJob, prepare_merge
 from kielo.merge.summary import merge_summary
 from kielo.report.data import render as render_json
 from kielo.report.data import write_json
+from kielo.report.html import render as render_html
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "merge_report.json"
+HTML_FILE = "merge_report.html"  # the same report for people, beside the JSON
 NF4_FOLDER = "nf4"
 LOSS_EXAMPLES = 64  # held-out examples for the re-quantization loss
 
@@ -303,9 +305,11 @@ def merge(
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
         report = {"kielo_version": kielo.__version__, "output": str(out), **_execute(job, work)}
-        report["files"] = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()) + [REPORT_FILE]
+        report["files"] = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()) + [REPORT_FILE, HTML_FILE]
         report["wall_time_s"] = round(time.time() - started, 2)
-        write_json(render_json(merge_summary(report)), work / REPORT_FILE, indent=2)
+        document = merge_summary(report)
+        write_json(render_json(document), work / REPORT_FILE, indent=2)
+        (work / HTML_FILE).write_text(render_html(document), encoding="utf-8")
         _open_up(work)
         if out.is_dir():
             out.rmdir()  # empty (checked in the job); rename needs the name free

@@ -78,5 +78,5 @@ def merge_summary(report: dict) -> Report:
         elif "skipped" in a:
             items.append(("GGUF adapter alone", f"not written ({a['skipped']})"))
     if "wall_time_s" in report:
-        items.append(("report", f"{report['output']}/merge_report.json ({report['wall_time_s']:.0f} s)"))
+        items.append(("report", f"{report['output']}/merge_report.json and merge_report.html ({report['wall_time_s']:.0f} s)"))
     return Report(f"kielo merge: {report['output']}", [KeyValues(items)], data=report)

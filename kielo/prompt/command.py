@@ -149,7 +149,7 @@ def run_command(args: argparse.Namespace, config) -> int:
     title = f"kielo prompt: {suite.name if suite else stem}"
     paths = write_outputs(run, folder, stem, title)
     save_config(config, folder)
-    print(f"written: {paths[0]}, {paths[1]}", file=sys.stderr)
+    print(f"written: {', '.join(map(str, paths))}", file=sys.stderr)
     if suite is None:
         return 0
     last = models[-1]

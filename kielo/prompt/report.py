@@ -1,4 +1,4 @@
-"""A prompt run as a report: terminal columns, a suite summary, and the JSONL and Markdown files."""
+"""A prompt run as a report: terminal columns, a suite summary, and the JSONL, Markdown and HTML files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kielo.prompt.run import Answer, PromptRun
 from kielo.prompt.settings import describe
-from kielo.report import Paragraph, Report, Section, Table, markdown, text
+from kielo.report import Paragraph, Report, Section, Table, html, markdown, text
 
 PASS, FAIL = "✓", "✗"
 
@@ -34,7 +34,8 @@ def _rows(run: PromptRun) -> list[list[str]]:
 
 def answers(run: PromptRun) -> Table:
     """The prompts down the left, one column per model."""
-    return Table(["prompt", *run.models], _rows(run))
+    columns = ["prompt", *run.models]
+    return Table(columns, _rows(run), wrap=columns)
 
 
 def answers_table(run: PromptRun, width: int = 120) -> str:
@@ -113,18 +114,20 @@ def jsonl_rows(run: PromptRun) -> list[dict]:
     return rows
 
 
-def write_outputs(run: PromptRun, folder: str | Path, stem: str, title: str) -> tuple[Path, Path]:
-    """Write ``<stem>.jsonl`` and ``<stem>.md`` into ``folder``; returns their paths.
+def write_outputs(run: PromptRun, folder: str | Path, stem: str, title: str) -> tuple[Path, Path, Path]:
+    """Write ``<stem>.jsonl``, ``<stem>.md`` and ``<stem>.html`` into ``folder``; returns their paths.
 
     An earlier call's files are never replaced: the next free ``<stem>-2``, ``<stem>-3``... is used instead.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name, n = stem, 1
-    while (folder / f"{name}.jsonl").exists() or (folder / f"{name}.md").exists():
+    while any((folder / f"{name}{ext}").exists() for ext in (".jsonl", ".md", ".html")):
         n += 1
         name = f"{stem}-{n}"
-    jsonl, md = folder / f"{name}.jsonl", folder / f"{name}.md"
+    jsonl, md, page = folder / f"{name}.jsonl", folder / f"{name}.md", folder / f"{name}.html"
     jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in jsonl_rows(run)), encoding="utf-8")
-    md.write_text(to_markdown(run, title), encoding="utf-8")
-    return jsonl, md
+    report = prompt_report(run, title)
+    md.write_text(markdown.render(report), encoding="utf-8")
+    page.write_text(html.render(report), encoding="utf-8")
+    return jsonl, md, page

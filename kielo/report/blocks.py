@@ -26,7 +26,9 @@ class Table(Block):
     Cells are text or numbers; a number is shown with its column's format spec from ``formats`` (keyed by
     column name, e.g. ``{"loss": ".4f"}``), ``None`` as ``missing``. ``marks`` (parallel to ``rows``, per
     cell ``"better"``/``"worse"``/``""``) is a verdict shown beside the cell; ``footer`` is a total row.
-    ``align``: ``"left"``/``"right"`` per column (Markdown and HTML). A row of the wrong length raises.
+    ``align``: ``"left"``/``"right"`` per column (Markdown and HTML). ``wrap`` names columns of long text
+    (answers, prompts): HTML keeps their line breaks and wraps them inside the cell, however long a word.
+    A row of the wrong length raises.
     """
 
     columns: list[str]
@@ -39,6 +41,7 @@ class Table(Block):
     footer: list[Cell] | None = None
     align: list[str] | None = None
     missing: str = "—"
+    wrap: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.check()
@@ -68,9 +71,10 @@ class Table(Block):
             self._check_row(self.footer, "footer")
         if self.align is not None:
             self._check_row(self.align, "align")
-        unknown = set(self.formats) - set(self.columns)
-        if unknown:
-            raise ValueError(f"table {self.title!r}: formats for unknown columns {sorted(unknown)}")
+        for what, names in (("formats", self.formats), ("wrap", self.wrap)):
+            unknown = set(names) - set(self.columns)
+            if unknown:
+                raise ValueError(f"table {self.title!r}: {what} for unknown columns {sorted(unknown)}")
 
     def cell(self, value: Cell, column: int) -> str:
         """A cell as shown: numbers in their column's format."""

@@ -38,7 +38,9 @@ td.worse,tr.fail td{background:#fbe3e3}th.right,td.right{text-align:right}tfoot 
 .caption,.note{color:#555;font-size:.85em;margin:.2em 0}
 .warn{background:#fff3e0;border-left:4px solid #ef6c00;padding:.4em .8em;margin:.3em 0}
 .ok{background:#e8f5e9;border-left:4px solid #2e7d32;padding:.4em .8em}
-.gen{white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;max-width:32em}
+.gen,td.text{white-space:pre-wrap;overflow-wrap:anywhere;word-break:break-word}
+.gen{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}td.text{min-width:12em;max-width:40em}
+table.examples{table-layout:fixed;width:100%}table.examples th:first-child{width:9em}
 .meta{color:#666;font-size:.8em}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 nav a{margin-right:1em}li{margin:.2em 0}details{margin:.5em 0}
 """
@@ -52,8 +54,8 @@ def prose(text: str) -> str:
     return _BOLD.sub(r"<b>\1</b>", _CODE.sub(r"<code>\1</code>", escape(text)))
 
 
-def _cls(align: list[str] | None, j: int, mark: str = "") -> str:
-    names = [x for x in (mark, align[j] if align and align[j] == "right" else "") if x]
+def _cls(align: list[str] | None, j: int, mark: str = "", wrap: bool = False) -> str:
+    names = [x for x in (mark, align[j] if align and align[j] == "right" else "", "text" if wrap else "") if x]
     return f' class="{" ".join(names)}"' if names else ""
 
 
@@ -67,11 +69,12 @@ def table(t: Table, level: int = 3, row_classes: list[str] | None = None) -> str
         + "".join(f"<th{_cls(t.align, j)}>{escape(h)}</th>" for j, h in enumerate(t.columns))
         + "</tr></thead><tbody>"
     )
+    wrap = [h in t.wrap for h in t.columns]
     for i, row in enumerate(t.text_rows()):
         cells = []
         for j, c in enumerate(row):
             mark = t.mark(i, j)
-            cells.append(f"<td{_cls(t.align, j, mark)}>{escape(c)}{f' <b>({escape(mark)})</b>' if mark else ''}</td>")
+            cells.append(f"<td{_cls(t.align, j, mark, wrap[j])}>{escape(c)}{f' <b>({escape(mark)})</b>' if mark else ''}</td>")
         tr = f'<tr class="{row_classes[i]}">' if row_classes else "<tr>"
         out.append(tr + "".join(cells) + "</tr>")
     out.append("</tbody>")
@@ -107,7 +110,9 @@ def examples(b: Examples) -> str:
         + "</tr>"
         for e in b.examples
     ]
-    body = f"<table><thead><tr>{head}</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table>"
+    # A fixed layout shares the page's width between the texts; without it one long answer widens its column
+    # past the page and the others shrink to a word each.
+    body = f'<table class="examples"><thead><tr>{head}</tr></thead><tbody>' + "\n".join(rows) + "</tbody></table>"
     return f"<details><summary>{escape(b.summary)}</summary>{body}</details>" if b.summary else body
 
 
