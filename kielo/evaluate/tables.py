@@ -249,7 +249,7 @@ def hyperparameter_table(training: dict) -> Table:
     for key in keys:
         shown = [_setting(training[n]["hyperparameters"].get(key, MISSING)) for n in names]
         differs = len(set(shown)) > 1
-        t.add([key, *shown], [""] + ["differs" if differs else ""] * len(names) if differs else None)
+        t.add([key, *shown], [""] + ["differs"] * len(names) if differs else None)
     return t
 
 

@@ -49,7 +49,7 @@ def bar_limits(values: list[float], full_scale: float | None = None) -> tuple[fl
     """The value axis of a bar chart of ``values`` by the rule above; ``full_scale`` is a bounded score's top
     (e.g. 100 for shares in %), None for an unbounded quantity. Room is left above the bars for their labels."""
     if full_scale is not None:
-        return 0.0, full_scale * 1.1
+        return 0.0, full_scale + full_scale / 10
     finite = [v for v in values if v == v]  # NaN: a missing bar
     if not finite:
         return 0.0, 1.0
