@@ -230,6 +230,11 @@ def test_compare_through_the_cli_writes_a_self_contained_report(tiny_llama, runs
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # text from data is escaped
     md = (out / "report.md").read_text()
     assert "### Summary" in md and "Adapter run2: modules changed most" in md
+    # Only the translation row is tagged with its answer language: the other five generated rows are left out
+    # of the language share (not assumed Finnish), and every output says so.
+    left_out = "5 of 6 generated examples are left out of the language share"
+    assert left_out in printed and left_out in md and left_out in html
+    assert report["results"]["run1"]["overall"]["counts"]["expected_language"] == 1
 
 
 def test_data_without_references_is_scored_without_them(tiny_llama, runs, tmp_path, capsys):
@@ -272,6 +277,9 @@ def test_data_without_references_is_scored_without_them(tiny_llama, runs, tmp_pa
     o = report["result"]["overall"]
     assert o["loss"] is None and o["metrics"]["chrf"] is None and o["generated"] == 3
     assert o["metrics"]["end_token"] is not None and o["counts"]["task_success"] == 1  # the format check needs no reference
+    left_out = "3 of 3 generated examples are left out of the language share"
+    assert left_out in printed and left_out in (tmp_path / "o" / "report.md").read_text()
+    assert o["metrics"]["expected_language"] is None and o["counts"]["expected_language"] == 0
     assert len((tmp_path / "o" / "generations.jsonl").read_text().splitlines()) == 3
 
 

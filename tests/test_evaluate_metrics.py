@@ -11,9 +11,11 @@ import torch
 from kielo.errors import KieloError
 from kielo.evaluate import metrics as m
 from kielo.evaluate.adapter_analysis import effective_rank, energy_rank, lora_singular_values
-from kielo.evaluate.dataset import load_eval_examples, stratified_subset
+from kielo.evaluate.dataset import expected_language, load_eval_examples, stratified_subset
+from kielo.evaluate.scores import score_answer, summarize
 from kielo.evaluate.stats import bootstrap_mean, excludes_zero, paired_bootstrap
 from kielo.evaluate.tasks import answer_number, bullet_count, is_one_sentence, task_success
+from kielo.resources import locate
 
 
 def test_chrf_and_rouge_l_known_values():
@@ -197,3 +199,46 @@ def test_paired_wins_losses_and_loss_differences():
     d = paired.deltas(base, new, resamples=200)
     assert d["loss"]["delta"] == pytest.approx(-1 / 3) and d["chrf"]["delta"] == pytest.approx(40 / 3)
     assert d["task_success"]["n"] == 2  # ex2's task has no check
+
+
+def test_expected_language_comes_from_the_row_or_the_translation_target(tmp_path):
+    """An untagged translation-into-English row expects English, so a Finnish answer is not "in the expected
+    language"; a row that doesn't tell is left out of the language share instead of assumed Finnish."""
+    rows = [
+        {
+            "instruction": "Käännä.",
+            "input": "Hyvää huomenta!",
+            "output": "Good morning!",
+            "task": "translation_fi_en",
+            "answer_lang": "en",
+        },
+        {"instruction": "Käännä.", "input": "Hyvää huomenta!", "output": "Good morning!", "task": "translation_fi_en"},
+        {"instruction": "Käännä seuraava lause englanniksi.", "input": "Hyvää yötä.", "output": "Good night."},
+        {"instruction": "Translate into Swedish.", "input": "Kiitos.", "output": "Tack."},
+        {"instruction": "Translate this.", "input": "x", "output": "y", "task": "translation", "target_lang": "DE"},
+        {"instruction": "Käännä ruotsiksi.", "input": "Puhun englanniksi.", "output": "Jag talar engelska."},  # two targets named
+        {"instruction": "Mikä on Suomen pääkaupunki?", "output": "Helsinki.", "task": "open_qa"},
+        {"instruction": "Kerro englanniksi, mikä on kissa.", "output": "A cat is an animal."},  # not a translation
+        {"instruction": "Mikä on Suomen pääkaupunki?", "output": "Helsinki.", "answer_lang": "FI"},
+        {"instruction": "Mikä on Japanin pääkaupunki?", "output": "東京", "answer_lang": "ja"},  # a language kielo can't check
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    examples = load_eval_examples(path)
+    assert [expected_language(e) for e in examples] == ["en", "en", "en", "sv", "de", None, None, None, "fi", None]
+
+    finnish = "Hyvää huomenta kaikille, tänään on kaunis päivä."
+    assert score_answer(examples[1], finnish, 8, True)["expected_language"] is False
+    assert score_answer(examples[1], "Good morning, everyone, today is a lovely day.", 8, True)["expected_language"] is True
+    assert score_answer(examples[6], finnish, 8, True)["expected_language"] is None
+    rows_scored = [{"generation": "x", **score_answer(e, finnish, 8, True)} for e in examples]
+    summary = summarize(rows_scored)
+    assert summary["counts"]["expected_language"] == 6 and summary["generated"] == 10
+    assert summary["metrics"]["expected_language"] == pytest.approx(1 / 6)  # only the tagged Finnish row
+
+
+def test_bundled_test_split_has_a_known_language_on_every_row():
+    """The demo's language share covers the whole held-out split: every bundled row is tagged."""
+    examples = load_eval_examples(locate("data/fi_instruct/test.jsonl"))
+    langs = [expected_language(e) for e in examples]
+    assert None not in langs and langs.count("en") == sum(e.meta["task"] == "translation_fi_en" for e in examples) == 8

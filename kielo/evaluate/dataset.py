@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from kielo.data.records import Example, load_examples
+from kielo.evaluate.answer_lang import expected_answer_language
 
 NO_TASK = "other"
 
@@ -47,9 +48,15 @@ def task_of(example: Example) -> str:
     return str(task) if task else NO_TASK
 
 
-def expected_language(example: Example) -> str:
-    """The language the answer should be in: ``meta["answer_lang"]``, Finnish by default."""
-    return str(example.meta.get("answer_lang") or "fi")
+def last_user_turn(example: Example) -> str:
+    """The text of the example's last user turn (the instruction, with its input)."""
+    return next((msg["content"] for msg in reversed(example.prompt_messages) if msg["role"] == "user"), "")
+
+
+def expected_language(example: Example) -> str | None:
+    """The language the answer should be in (the row's ``answer_lang``, or a translation's target); None
+    when the row doesn't tell, and the row is left out of the language share."""
+    return expected_answer_language(example.meta, last_user_turn(example))
 
 
 def stratified_subset(examples: list[Example], n: int | None) -> list[int]:

@@ -25,7 +25,7 @@ from kielo.evaluate import metrics as m
 from kielo.evaluate import paired, stats
 from kielo.evaluate.adapter_analysis import analyze_adapter
 from kielo.evaluate.card_numbers import record_held_out
-from kielo.evaluate.dataset import has_reference, load_eval_examples, stratified_subset, task_of
+from kielo.evaluate.dataset import expected_language, has_reference, load_eval_examples, stratified_subset, task_of
 from kielo.evaluate.harness import HarnessOptions, run_harness
 from kielo.evaluate.learning_curve import has_checkpoints, run_points, validation_history
 from kielo.evaluate.loading import load_all, load_one, resolve
@@ -69,6 +69,12 @@ def _data_notes(examples: list[Example], generated: list[int], encode_report: di
         notes.append(
             f"Generation ran on a task-stratified subset of {len(generated)} of {len(examples)} examples; the "
             "loss covers every example with a reference."
+        )
+    unknown = sum(expected_language(examples[i]) is None for i in generated)
+    if unknown:
+        notes.append(
+            f"{unknown} of {len(generated)} generated examples are left out of the language share: their expected answer "
+            "language is unknown (no answer_lang tag, and not a translation with a known target); tag them with answer_lang."
         )
     if encode_report["truncated"] or encode_report["dropped_no_target"]:
         notes.append(
@@ -292,7 +298,8 @@ def compare(
 
     ``loss`` is the token-weighted mean response loss; ``chrf`` is 0-100 (mean sentence chrF);
     ``task_success``, ``end_token`` (answers that ended with the end token before the length limit) and
-    ``expected_language`` (answers in the row's ``answer_lang``, Finnish by default) are shares 0-1;
+    ``expected_language`` (answers in the row's ``answer_lang`` or a translation's target; rows with neither
+    are left out, and a note counts them) are shares 0-1;
     a metric is None when nothing was measured (no references, no generation, no checkable task).
     """
     from kielo.evaluate import report

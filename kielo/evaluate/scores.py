@@ -2,7 +2,8 @@
 
 A row holds the example's loss (when it has a reference) and, for generated examples, the answer and its
 metrics. Metrics that don't apply are None and left out of the means (exact match only for short
-references, task success only for tasks with a check, reference metrics only with a reference).
+references, task success only for tasks with a check, reference metrics only with a reference, the
+language share only for rows whose expected language is known).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from kielo.data.records import Example
 from kielo.evaluate import metrics as m
-from kielo.evaluate.dataset import expected_language, has_reference, task_of
+from kielo.evaluate.dataset import expected_language, has_reference, last_user_turn, task_of
 from kielo.evaluate.tasks import task_success
 from kielo.lang import in_language
 
@@ -56,12 +57,20 @@ def score_answer(example: Example, answer: str, tokens: int, ended: bool, use_ch
         "contains": m.contains(answer, ref) if short else None,
         "task_success": task_success(example.meta, answer, ref),
         "end_token": ended,
-        # An empty answer is in no language, though the language check calls letterless text neutral.
-        "expected_language": bool(answer.strip()) and in_language(answer, expected_language(example)),
+        "expected_language": _in_expected_language(example, answer),
         "repetition": m.repetition(answer),
         "length_ratio": m.length_ratio(answer, ref) if ref else None,
         "answer_tokens": tokens,
     }
+
+
+def _in_expected_language(example: Example, answer: str) -> bool | None:
+    """Whether the answer is in the row's expected language; None (left out of the share) when that is unknown."""
+    lang = expected_language(example)
+    if lang is None:
+        return None
+    # An empty answer is in no language, though the language check calls letterless text neutral.
+    return bool(answer.strip()) and in_language(answer, lang)
 
 
 def mean(values) -> float | None:
@@ -106,12 +115,11 @@ def corpus_diversity(answers: list[str]) -> dict:
 
 def base_row(index: int, example: Example) -> dict:
     """The identifying part of an example's row."""
-    user = next((msg["content"] for msg in reversed(example.prompt_messages) if msg["role"] == "user"), "")
     return {
         "index": index,
         "id": example.meta.get("id") or Path(example.source).name,  # "file.jsonl:12" without the folder
         "task": task_of(example),
-        "prompt": user,
+        "prompt": last_user_turn(example),
         "reference": example.reference if has_reference(example) else None,
         "answer_lang": expected_language(example),
     }
