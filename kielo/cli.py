@@ -80,10 +80,12 @@ def split_config_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def build_config(args: argparse.Namespace, overrides: dict, command: Command):
-    from kielo.config.load import load_config
+    from kielo.config.load import given_keys, load_config
 
     path = getattr(args, "config", None) or getattr(args, "config_file", None)
-    return load_config(path, overrides, base=command.base() if command.base else None)
+    config = load_config(path, overrides, base=command.base() if command.base else None)
+    args.config_keys = given_keys(path, overrides)  # for commands whose saved run supplies the keys not given
+    return config
 
 
 def _train(args, config) -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 from conftest import ROWS, tiny_config
 
 from kielo.cli import main
@@ -311,3 +313,85 @@ def test_adapter_is_evaluated_in_its_training_prompt_format(tiny_gemma, gemma_ru
     assert report["model"]["template"] == "builtin"
     report = evaluate(cfg, data, generate=0, bootstrap=10, output_dir=tmp_path / "o2", progress=False)
     assert report["model"]["template"] == "chat"  # the base alone keeps the model's own format
+
+
+def _evaluate_cli(args: list[str], out, capsys) -> tuple[dict, list[dict], str]:
+    """`kielo evaluate` with ``args``: the report, its generations and what it printed."""
+    code = main(["evaluate", *args, "--quantization.bits", "0", "--bootstrap", "20", "--output_dir", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    return json.loads((out / "report.json").read_text()), gens, printed
+
+
+def test_a_run_is_evaluated_with_its_saved_generation_settings_unless_overridden(tiny_llama, runs, tmp_path, capsys):
+    """A run folder saved max_new_tokens and stop strings; evaluate and compare generate with them, the command
+    line wins key by key (even a value equal to the schema default, like `stop: []`), and the output says which."""
+    _, _, data = runs
+    train_rows = write_jsonl(tmp_path / "t.jsonl", ROWS * 2)
+    run = tmp_path / "run"
+    cfg = tiny_config(
+        tiny_llama, train_rows, run, training={"max_steps": 1}, quantization={"bits": 0}, generation={"max_new_tokens": 6}
+    )
+    train(cfg, progress=False)
+
+    # The run folder as the model: its max_new_tokens (6, not the default 256) bounds every answer.
+    report, gens, printed = _evaluate_cli(["--model", str(run), "--data", str(data)], tmp_path / "o1", capsys)
+    assert report["settings"]["generation"]["max_new_tokens"] == 6
+    assert max(g["answer_tokens"] for g in gens) == 6
+    assert "max_new_tokens=6" in printed and f"(from the run's config ({run}))" in printed
+    assert report["settings"]["generation_source"]["from_runs"][:1] == ["max_new_tokens"]
+    assert "from the run's config" in (tmp_path / "o1" / "report.md").read_text()
+
+    # Save a stop string taken from an answer: the run as an adapter now stops there.
+    long = max(gens, key=lambda g: len(g["generation"].strip()))["generation"]
+    stop = long.strip()[len(long.strip()) // 2 :][:2]
+    saved = yaml.safe_load((run / "kielo_config.yaml").read_text())
+    saved["generation"]["stop"] = [stop]
+    (run / "kielo_config.yaml").write_text(yaml.safe_dump(saved, allow_unicode=True))
+    report, cut, printed = _evaluate_cli(
+        ["--model", str(tiny_llama), "--adapter", str(run), "--data", str(data)], tmp_path / "o2", capsys
+    )
+    assert report["settings"]["generation"]["stop"] == [stop] and f"stop={[stop]!r}" in printed
+    by_id = {g["id"]: g["generation"] for g in gens}
+    stopped = [g for g in cut if stop in by_id[g["id"]]]
+    assert stopped and all(stop not in g["generation"] and by_id[g["id"]].startswith(g["generation"]) for g in stopped)
+
+    # The command line wins: no stop strings (the schema default) and 3 new tokens.
+    args = ["--model", str(tiny_llama), "--adapter", str(run), "--data", str(data), "--generation.stop", "[]"]
+    report, gens, printed = _evaluate_cli([*args, "--generation.max_new_tokens", "3"], tmp_path / "o3", capsys)
+    g = report["settings"]["generation"]
+    assert g["stop"] == [] and g["max_new_tokens"] == 3 and max(x["answer_tokens"] for x in gens) == 3
+    assert "max_new_tokens, stop from the command line, the rest from the run's config" in printed
+
+    # Two runs that saved different settings can't share one; choosing the key settles it.
+    other = tmp_path / "other"
+    train(replace(cfg, output_dir=str(other), generation=replace(cfg.generation, max_new_tokens=4, stop=[stop])), progress=False)
+    base = load_config(overrides={"model": str(tiny_llama), "quantization.bits": 0})
+    with pytest.raises(KieloError, match="saved different generation.max_new_tokens") as err:
+        compare(base, data, [str(run), str(other)], generate=2, output_dir=tmp_path / "c", progress=False, chosen_generation=[])
+    assert "--generation.max_new_tokens" in err.value.fix
+    report = compare(
+        base,
+        data,
+        [str(run), str(other)],
+        generate=2,
+        bootstrap=10,
+        output_dir=tmp_path / "c",
+        progress=False,
+        chosen_generation=["max_new_tokens"],
+    )
+    assert report["settings"]["generation"]["max_new_tokens"] == 256 and report["settings"]["generation"]["stop"] == [stop]
+
+
+def test_an_explicit_template_wins_over_the_run_folder_s(tiny_gemma, gemma_run, runs, tmp_path):
+    """A run folder given as the model brings its prompt format (builtin), unless one is asked for."""
+    _, _, data = runs
+    cfg = load_config(overrides={"model": str(gemma_run), "quantization.bits": 0})
+    report = evaluate(cfg, data, generate=0, bootstrap=10, output_dir=tmp_path / "o", progress=False)
+    assert report["model"]["template"] == "builtin"
+    assert report["settings"]["generation_source"]["template_from"] == "the run's config"
+    cfg = load_config(overrides={"model": str(gemma_run), "quantization.bits": 0, "data.template": "chat"})
+    report = evaluate(cfg, data, generate=0, bootstrap=10, output_dir=tmp_path / "o2", progress=False)
+    assert report["model"]["template"] == "chat"
+    assert report["settings"]["generation_source"]["template_from"] == "the given config"

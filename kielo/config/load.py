@@ -136,6 +136,19 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
         data[key] = value
 
 
+def given_keys(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> frozenset[str]:
+    """The dotted keys the user set, in the YAML file or as flags (``generation.stop``, ``model.name``):
+    commands that take settings from a saved run let exactly these win over the run's."""
+    keys = set()
+    for key, value in (read_yaml(path) if path else {}).items():
+        if key in SECTIONS and isinstance(value, dict):
+            keys |= {f"{key}.{name}" for name in value}
+        else:
+            keys.add(key)
+    keys |= {"model.name" if key == "model" else key for key in overrides or {}}
+    return frozenset(keys)
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, base: dict | None = None) -> Config:
     """The one way to get a config: defaults < ``base`` < YAML file < dotted overrides."""
     data: dict = {}

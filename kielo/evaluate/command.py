@@ -86,7 +86,21 @@ def _options(args, config) -> dict:
     if args.harness:
         require("lm_eval", "--harness (lm-evaluation-harness)")  # before any model loads or loss pass
         harness = HarnessOptions([t.strip() for t in args.harness.split(",") if t.strip()], args.harness_limit, args.harness_include)
-    return {"data": data, "generate": 0 if args.no_generate else args.generate, "bootstrap": args.bootstrap, "harness": harness}
+    # The run's saved generation settings apply, except those given by --config or a --generation.* flag.
+    chosen = [key.partition(".")[2] for key in getattr(args, "config_keys", ()) if key.startswith("generation.")]
+    return {
+        "data": data,
+        "generate": 0 if args.no_generate else args.generate,
+        "bootstrap": args.bootstrap,
+        "harness": harness,
+        "chosen_generation": chosen,
+    }
+
+
+def _generation_line(report: dict) -> str:
+    """The settings the answers were generated with, and where each came from."""
+    settings, template = report["settings"], report["model"]["template"]
+    return f"generation: {settings['generation_text']}; template {template} (from {settings['generation_source']['template_from']})"
 
 
 def _line(name: str, m: dict) -> str:
@@ -105,6 +119,7 @@ def run_evaluate(args, config) -> int:
     from kielo.evaluate.run import evaluate
 
     report = evaluate(config, adapter=args.adapter, **_options(args, config))
+    print(_generation_line(report))
     for name, m in report["summary"]["models"].items():
         print(_line(name, m))
     for note in report["notes"]:
@@ -118,6 +133,7 @@ def run_compare(args, config) -> int:
 
     report = compare(config, adapters=args.adapter, checkpoints=args.checkpoints, **_options(args, config))
     summary = report["summary"]
+    print(_generation_line(report))
     for name, m in summary["models"].items():
         print(_line(name, m))
     for name, deltas in summary["deltas"].items():

@@ -34,10 +34,12 @@ def settings(report: dict) -> KeyValues:
         if report["settings"]["decoding"] == "greedy"
         else f"sampling (temperature {g['temperature']}, top_p {g['top_p']}, top_k {g['top_k']}, seed {g['seed']})"
     )
+    source = report["settings"].get("generation_source")  # absent in reports written before it was recorded
+    template_from = f" from {source['template_from']}" if source else ""
     items = [
         (
             "model",
-            f"`{model['name']}` ({model['quantization_bits'] or 16}-bit base, template {model['template']}, "
+            f"`{model['name']}` ({model['quantization_bits'] or 16}-bit base, template {model['template']}{template_from}, "
             f"end token `{model['end_token']}`, {model['device']})",
         )
     ]
@@ -56,7 +58,8 @@ def settings(report: dict) -> KeyValues:
         ),
         (
             "generation",
-            f"{decoding}, max_new_tokens {g['max_new_tokens']}, repetition_penalty {g['repetition_penalty']}, batch {g['batch_size']}",
+            f"{decoding}, max_new_tokens {g['max_new_tokens']}, stop {g['stop'] or 'none'}, repetition_penalty "
+            f"{g['repetition_penalty']}, batch {g['batch_size']}" + (f" ({source['text']})" if source else ""),
         ),
         (
             "intervals",

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
 from kielo.config.schema import Config
 from kielo.errors import KieloError
+from kielo.evaluate.settings import GenerationChoice, resolve_generation
 from kielo.model.bundle import Bundle, effective_config, load_bundle, load_variants
 from kielo.model.source import ModelSource, resolve_adapter
 
@@ -62,19 +64,30 @@ def check_adapter_base(adapter_dir: str, base: ModelSource) -> None:
         )
 
 
-def resolve(config: Config, adapters: list[str]) -> tuple[Config, ModelSource, list[str]]:
+def resolve(
+    config: Config, adapters: list[str], chosen_generation: Collection[str] | None = None
+) -> tuple[Config, ModelSource, list[str], GenerationChoice]:
     """Resolve the base and every adapter to load, checking each, before any weights are read.
 
     A run folder given as the model supplies its base, prompt format and system prompt (the returned
     config has them, as :func:`~kielo.model.bundle.effective_config` gives) and its adapter, which comes first.
+    The adapters' runs supply the prompt format and the generation settings (except the ``chosen_generation``
+    keys, see :func:`~kielo.evaluate.settings.resolve_generation`); the choice says where each came from.
     """
+    template_chosen = config.data.template != "auto"
     config, source = effective_config(config)
     resolved = [resolve_adapter(a) for a in adapters]
     paths = ([source.adapter] if source.adapter else []) + [path for path, _ in resolved]
     for path in paths:
         check_adapter_base(path, source)
-    config = apply_prompt_format(config, {path: run for path, run in resolved if run})
-    return config, source, paths
+    runs = ({source.adapter: source.run_config} if source.adapter and source.run_config else {}) | {p: r for p, r in resolved if r}
+    config = apply_prompt_format(config, runs)
+    choice = resolve_generation(config.generation, runs, chosen_generation)
+    trained = {(r.get("data") or {}).get("template", "auto") for r in runs.values()} - {"auto"}
+    template_from = choice.chosen_by if template_chosen else "the run's config" if trained else "the default (auto)"
+    choice = replace(choice, template_from=template_from)
+    log.info("generation: %s", choice.describe())
+    return replace(config, generation=choice.settings), source, paths, choice
 
 
 def apply_prompt_format(config: Config, runs: dict[str, dict]) -> Config:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +32,7 @@ from kielo.evaluate.learning_curve import has_checkpoints, run_points, validatio
 from kielo.evaluate.loading import load_all, load_one, resolve
 from kielo.evaluate.loss import encode_for_loss, example_losses
 from kielo.evaluate.scores import GENERATION_METRICS, base_row, corpus_diversity, score_answer, summarize, summarize_by_task
+from kielo.evaluate.settings import GenerationChoice
 from kielo.model.bundle import Bundle, use_variant
 
 log = logging.getLogger(__name__)
@@ -164,6 +166,7 @@ def _header(
     config: Config,
     source,
     bundle: Bundle,
+    choice: GenerationChoice,
     data_path: str,
     examples: list[Example],
     gen_idx: list[int],
@@ -193,6 +196,8 @@ def _header(
         },
         "settings": {
             "generation": asdict(config.generation),
+            "generation_source": choice.as_dict(),
+            "generation_text": choice.describe(),
             "decoding": "greedy" if config.generation.temperature == 0 else "sampling",
             "max_length": config.data.max_length,
             "loss_batch_size": eval_batch_size(config),
@@ -202,12 +207,11 @@ def _header(
     }
 
 
-def _prepare(config: Config, data, adapters: list[str], generate: int | None):
-    config, source, paths = resolve(config, adapters)
+def _prepare(config: Config, data, adapters: list[str], generate: int | None, chosen_generation):
+    config, source, paths, choice = resolve(config, adapters, chosen_generation)
     examples, data_path = _data(config, data)
     gen_idx = stratified_subset(examples, generate) if generate != 0 else []
-    use_chrf = m.chrf_available()
-    return config, source, paths, examples, data_path, gen_idx, use_chrf
+    return config, source, paths, choice, examples, data_path, gen_idx, m.chrf_available()
 
 
 def evaluate(
@@ -219,12 +223,15 @@ def evaluate(
     harness: HarnessOptions | None = None,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    chosen_generation: Collection[str] | None = None,
 ) -> dict:
     """Evaluate one model (``config.model`` alone, or with ``adapter``) on ``data`` and write the report.
 
     ``data`` is a file path (any training format; rows without answers are allowed) or a list of
     examples; ``generate`` is how many examples to generate on (task-stratified; None: all; 0: none);
     ``bootstrap`` the resamples for the 95% intervals; ``harness`` optional lm-evaluation-harness tasks.
+    Generation uses the settings the adapter's training run saved, except the ``chosen_generation`` keys of
+    ``config.generation`` (None: those that differ from the defaults); ``settings.generation_source`` says which.
     Writes ``report.json``, ``report.md``, ``generations.jsonl`` and the resolved config to ``output_dir``
     (default ``config.output_dir``).
 
@@ -234,7 +241,10 @@ def evaluate(
     """
     from kielo.evaluate import report
 
-    config, source, paths, examples, data_path, gen_idx, use_chrf = _prepare(config, data, [adapter] if adapter else [], generate)
+    adapters = [adapter] if adapter else []
+    config, source, paths, choice, examples, data_path, gen_idx, use_chrf = _prepare(
+        config, data, adapters, generate, chosen_generation
+    )
     adapter_path = paths[-1] if paths else None
     started = time.time()
     bundle = load_one(config, adapter_path)
@@ -246,7 +256,7 @@ def evaluate(
         "kind": "evaluation",
         "name": name,
         "adapter": adapter_path,
-        **_header(config, source, bundle, data_path, examples, gen_idx, encode_report, bootstrap),
+        **_header(config, source, bundle, choice, data_path, examples, gen_idx, encode_report, bootstrap),
     }
     out["result"] = result
     out["adapter_analysis"] = analyze_adapter(bundle.model, "default") if adapter_path else None
@@ -274,12 +284,14 @@ def compare(
     harness: HarnessOptions | None = None,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    chosen_generation: Collection[str] | None = None,
 ) -> dict:
     """Compare the base model with each adapter on the same ``data`` and settings; write the reports.
 
     The base without adapter is always the first variant; each of ``adapters`` (an adapter folder, a
     checkpoint or a run folder; a run folder given as ``config.model.name`` brings its own) is another.
-    ``generate``/``bootstrap``/``harness`` as in :func:`evaluate`; ``checkpoints`` adds a learning curve:
+    ``generate``/``bootstrap``/``harness``/``chosen_generation`` as in :func:`evaluate` (every variant generates
+    with the same settings); ``checkpoints`` adds a learning curve:
     the loss of every checkpoint of each run folder among the adapters. Writes ``report.json``,
     ``report.md``, ``report.html`` (self-contained), ``generations/<variant>.jsonl`` and ``plots/*.png``.
 
@@ -304,7 +316,9 @@ def compare(
     """
     from kielo.evaluate import report
 
-    config, source, paths, examples, data_path, gen_idx, use_chrf = _prepare(config, data, adapters, generate)
+    config, source, paths, choice, examples, data_path, gen_idx, use_chrf = _prepare(
+        config, data, adapters, generate, chosen_generation
+    )
     if not paths:
         raise KieloError(
             "kielo compare needs at least one adapter to compare with the base",
@@ -333,7 +347,7 @@ def compare(
         loss_diffs[name] = paired.loss_differences(base_rows, rows)
         wins[name] = paired.wins_and_losses(base_rows, rows)
     curve = _learning_curve(bundle, names, name_paths, curve_points, encoded, results, progress) if checkpoints else None
-    out = {"kind": "comparison", **_header(config, source, bundle, data_path, examples, gen_idx, encode_report, bootstrap)}
+    out = {"kind": "comparison", **_header(config, source, bundle, choice, data_path, examples, gen_idx, encode_report, bootstrap)}
     out["variants"] = [{"name": n, "adapter": name_paths.get(n)} for n in variants]
     out["results"] = results
     out["deltas"] = deltas

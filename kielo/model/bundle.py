@@ -39,7 +39,9 @@ def effective_config(config: Config) -> tuple[Config, ModelSource]:
     source = resolve_model(config.model.name)
     if source.run_config:
         saved = from_dict(source.run_config)
-        data = replace(config.data, template=saved.data.template, system_prompt=config.data.system_prompt or saved.data.system_prompt)
+        # The run's prompt format, unless one was asked for (`auto` is the default, so it asks for nothing).
+        template = saved.data.template if config.data.template == "auto" else config.data.template
+        data = replace(config.data, template=template, system_prompt=config.data.system_prompt or saved.data.system_prompt)
         config = replace(config, model=saved.model, data=data)
     return config, source
 
