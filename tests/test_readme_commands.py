@@ -1,0 +1,176 @@
+"""The README's shell examples run as written: every ``kielo`` command of its fenced shell blocks runs here,
+in README order, on a tiny model (tests/readme_commands.py says what is substituted); every other command
+line is listed in NOT_RUN with the reason, and every entry of these lists must still be in the README.
+
+The README's ```python block is run as written, on the default model, by tests/test_real_model.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROWS
+from readme_commands import (
+    README,
+    check_parses,
+    forwarded_kielo_args,
+    kielo_args,
+    run_kielo,
+    shell_commands,
+    workdir,
+)
+
+from kielo.errors import KieloError
+
+GPU = "needs CUDA (bitsandbytes' GPU kernels, bf16 timing); its arguments are checked against kielo's parser here"
+# Command lines of the README that this test does not run, and why.
+NOT_RUN = {
+    "make demo": "set-up (a venv and pip installs) and then `kielo demo` on the real default model, 15 min; the "
+    "`kielo demo` line runs here on the tiny model and tests/test_real_model.py runs the demo on the default model",
+    "make test": "runs the test suite this test is part of",
+    "bash bench/run_gpu_tests.sh": "needs CUDA: runs the tests marked gpu (tests/test_gpu.py)",
+    'bash bench/run_qlora_bench.sh --shape llama8b --cases "stock:a,b kielo:a,b,a/nogc kielo+fp32:a"': GPU,
+    'WHL=.whl2 bash bench/run_qlora_bench.sh --shape llama8b --cases "=stock:a,b =kielo:a,b unsloth:a,b"': GPU,
+    'bash bench/run_qlora_bench.sh --shape gemma1b --cases "stock:a,b kielo:a,b"': GPU,
+}
+# Files the README's commands take from the user: written into the working folder before the commands run.
+USER_FILES = {"my.jsonl": ROWS * 4}
+# Environment of one command. The first `kielo train configs/demo.yaml` is stopped by a SIGTERM after its
+# first step (what Ctrl-C does: a checkpoint, exit 0), so the `--resume` line after it has a run to continue.
+ENV = {"kielo train configs/demo.yaml": {"KIELO_FAULT": "between-steps@1:term"}}
+
+
+def _summary(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+# What a command must have done besides exiting 0 (the working folder is the argument).
+CHECKS = {
+    "kielo train configs/demo.yaml": lambda w: not (w / "runs/demo/summary.json").exists() and (w / "runs/demo/checkpoints").is_dir(),
+    "kielo train configs/demo.yaml --resume": lambda w: _summary(w / "runs/demo")["steps"] == 2,
+    "kielo train configs/demo.yaml --training.max_steps 20 --lora.r 8 --output_dir runs/try": lambda w: (
+        json.loads((w / "runs/try/adapter_config.json").read_text())["r"] == 8
+    ),
+    "kielo train --model LumiOpen/Viking-7B --data.train my.jsonl --output_dir runs/viking": lambda w: (
+        _summary(w / "runs/viking")["steps"] == 2
+    ),
+    "kielo demo": lambda w: (w / "runs/demo-2/report.md").is_file(),
+}
+
+
+def stale_entries(commands, *tables: dict) -> list[str]:
+    """Keys of ``tables`` that no README command has (a command text, or a file name a command uses)."""
+    texts = {c.text for c in commands}
+    words = {w for c in commands for w in c.words}
+    return [key for table in tables for key in table if key not in texts and key not in words]
+
+
+def unlisted(commands) -> list[str]:
+    """README command lines that are neither a kielo command (run here) nor in NOT_RUN."""
+    return [f"README.md:{c.line}: {c.text}" for c in commands if kielo_args(c.words) is None and c.text not in NOT_RUN]
+
+
+PLANTED = """Some text.
+
+```bash
+kielo train configs/demo.yaml \\
+    --lora.r 8   # a continued line, a comment
+echo "# not a comment" # but this is
+```
+
+```console
+$ kielo plan --gpu_memory 24 configs/demo.yaml
+output line, not a command
+```
+
+```python
+kielo = "not shell"
+```
+
+```
+kielo train untyped-block.yaml
+```
+"""
+
+
+def test_the_extractor_reads_shell_blocks_only():
+    commands = shell_commands(PLANTED)
+    assert [(c.line, c.text) for c in commands] == [
+        (4, "kielo train configs/demo.yaml --lora.r 8"),
+        (6, 'echo "# not a comment"'),
+        (10, "kielo plan --gpu_memory 24 configs/demo.yaml"),
+    ]
+    assert kielo_args(commands[0].words) == ["train", "configs/demo.yaml", "--lora.r", "8"]
+    assert kielo_args(("python", "-m", "kielo", "demo")) == ["demo"] and kielo_args(commands[1].words) is None
+    assert unlisted(commands) == ['README.md:6: echo "# not a comment"']
+    assert stale_entries(commands, {"kielo demo": "x", "configs/demo.yaml": "y"}) == ["kielo demo"]
+
+
+def test_every_readme_command_is_run_or_listed_with_a_reason():
+    commands = shell_commands(README.read_text(encoding="utf-8"))
+    assert any(kielo_args(c.words) for c in commands), "the README has kielo commands in shell blocks"
+    assert not unlisted(commands), "README commands neither run nor in NOT_RUN:\n" + "\n".join(unlisted(commands))
+    stale = stale_entries(commands, NOT_RUN, USER_FILES, ENV, CHECKS)
+    assert not stale, f"no longer in the README's shell blocks (update the test's tables): {stale}"
+
+
+def test_the_gpu_commands_parse():
+    """The README's bench lines can't run on a CPU, but their flags, config keys and cases must be kielo's."""
+    checked = 0
+    for command in shell_commands(README.read_text(encoding="utf-8")):
+        args = kielo_args(command.words) or forwarded_kielo_args(command.words)
+        if command.text in NOT_RUN and args is not None:
+            check_parses(args)
+            checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["bench", "--shape", "llama8b", "--cases", "stok:a"], KieloError),  # a variant that does not exist
+        (["bench", "--shap", "llama8b"], KieloError),  # a flag that does not exist
+        (["bench", "--shape", "llama9b"], SystemExit),  # a value argparse refuses
+    ],
+)
+def test_check_parses_refuses_what_the_cli_refuses(args, error):
+    with pytest.raises(error):
+        check_parses(args)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("kielo train configs/demo.yaml --training.max_stepz 20", "did you mean `training.max_steps`"),
+        ("kielo train configs/demo.yaml --resum", "--resum"),
+        ("kielo evaluate --model runs/none --dataa x.jsonl", "--dataa"),
+    ],
+)
+def test_the_runner_fails_on_a_flag_the_cli_does_not_accept(line, message, tiny_gemma, tmp_path):
+    (command,) = shell_commands(f"```bash\n{line}\n```\n")
+    result = run_kielo(kielo_args(command.words), tiny_gemma, workdir(tmp_path / "w"))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_the_readme_commands_run_as_written(tiny_gemma, tmp_path):
+    """Each kielo command of the README's shell blocks, in README order, in one working folder (a later
+    command uses the runs an earlier one wrote)."""
+    work = workdir(tmp_path / "repo")
+    for name, rows in USER_FILES.items():
+        (work / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    failures, ran = [], 0
+    for command in shell_commands(README.read_text(encoding="utf-8")):
+        args = kielo_args(command.words)
+        if args is None or command.text in NOT_RUN:
+            continue
+        result = run_kielo(args, tiny_gemma, work, ENV.get(command.text))
+        ran += 1
+        if result.returncode != 0:
+            failures.append(f"README.md:{command.line}: `{command.text}` exited {result.returncode}:\n{result.stderr[-2000:]}")
+        elif command.text in CHECKS and not CHECKS[command.text](work):
+            failures.append(f"README.md:{command.line}: `{command.text}` exited 0 but did not do what it says")
+    assert ran >= 6
+    assert not failures, "\n\n".join(failures)
