@@ -30,10 +30,10 @@ OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "&"}
 LINKED = ("configs", "data", "prompts")
 # Appended to each command so it runs in seconds on the tiny model; flags given later override earlier ones.
 BUDGET = {
-    "train": ["--training.max_steps", "2"],
+    "train": ["--training.max_steps", "2", "--training.gradient_accumulation", "1"],
     "demo": ["--training.max_steps", "2", "--generate", "4", "--generation.max_new_tokens", "8"],
-    "evaluate": ["--generation.max_new_tokens", "8"],
-    "compare": ["--generation.max_new_tokens", "8"],
+    "evaluate": ["--generate", "4", "--generation.max_new_tokens", "8"],
+    "compare": ["--generate", "4", "--generation.max_new_tokens", "8"],
     "prompt": ["--generation.max_new_tokens", "8"],
 }
 # Scripts whose arguments go unchanged to a kielo command (checked against the script's own text).

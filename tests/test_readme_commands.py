@@ -56,6 +56,10 @@ CHECKS = {
     "kielo train --model LumiOpen/Viking-7B --data.train my.jsonl --output_dir runs/viking": lambda w: (
         _summary(w / "runs/viking")["steps"] == 2
     ),
+    "kielo compare --model runs/try --data data/fi_instruct/test.jsonl --output_dir runs/try-compare": lambda w: (
+        w / "runs/try-compare/report.html"
+    ).is_file(),
+    "kielo merge runs/try --output_dir runs/try-merged": lambda w: (w / "runs/try-merged/config.json").is_file(),
     "kielo demo": lambda w: (w / "runs/demo-2/report.md").is_file(),
 }
 
