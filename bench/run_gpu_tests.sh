@@ -1,9 +1,11 @@
 #!/bin/bash
-# On the GPU machine: install the carried wheels (WHL, default .whl: bitsandbytes, liger-kernel), then run
+# On the GPU machine: install the carried wheels (WHL, default .whl: bitsandbytes, liger-kernel; several folders space-separated), then run
 # kielo's GPU tests (tests marked gpu). Extra arguments go to pytest.
 set -u
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHL:-.whl}"/*.whl || exit 1
+# WHL: one or more wheel folders (".whl .whl2": bitsandbytes + liger, and Unsloth's set with TRL).
+wheels=(); for d in ${WHL:-.whl}; do wheels+=("$d"/*.whl); done
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, transformers, peft, bitsandbytes; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "bitsandbytes", bitsandbytes.__version__)'

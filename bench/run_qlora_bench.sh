@@ -1,10 +1,12 @@
 #!/bin/bash
-# On the GPU machine: install the carried wheels (WHL, default .whl: bitsandbytes, liger-kernel), then run
+# On the GPU machine: install the carried wheels (WHL, default .whl: bitsandbytes, liger-kernel; several folders space-separated), then run
 # `kielo bench` (kielo/bench) with the given arguments (results.json lands in $OUT). A first argument --research
 # runs bench/research_variants.py instead: the same bench with the research variants and case options.
 set -u
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHL:-.whl}"/*.whl || exit 1
+# WHL: one or more wheel folders (".whl .whl2": bitsandbytes + liger, and Unsloth's set with TRL).
+wheels=(); for d in ${WHL:-.whl}; do wheels+=("$d"/*.whl); done
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error \
   HF_HUB_DISABLE_PROGRESS_BARS=1
 if [ "${1:-}" = "--research" ]; then

@@ -5,13 +5,17 @@ Builds a random-weight model in a real shape (``kielo.bench.shapes``) and times 
 double-quant QLoRA (bf16 compute, LoRA r=16 alpha=32 on every linear projection, AdamW lr 1e-4) on the same
 data for each variant in --cases (``kielo.bench.cases.VARIANTS``): ``stock`` (transformers + peft +
 bitsandbytes as the anchor scripts run it), ``kielo`` (``kielo train``'s defaults), ``kielo+fp32``,
-``kielo+compute``, ``kielo+tf32``, ``+peftlora`` / ``+unfused`` (the LoRA forward), ``unsloth`` /
-``unsloth+nogc`` (when installed), and ``ref`` (fp32 arithmetic: the yardstick of ``cos vs ref``).
+``kielo+compute``, ``kielo+tf32``, ``+peftlora`` / ``+unfused`` (the LoRA forward), ``ref`` (fp32 arithmetic:
+the yardstick of ``cos vs ref``), and Unsloth when installed, fed as its SFT trainer feeds it: ``unsloth``
+(TRL's padding-free rows, its default), ``unsloth+packed`` (``packing=True``), ``unsloth+padded`` (padded as
+stock), ``+nogc`` without its offloaded checkpointing (``kielo.bench.trl_layout``).
 
 Data: ``a`` = batch x seq random tokens per step, every position trained; ``b`` = variable-length
 instruction-like examples (mean ~300 tokens, tail to max_length, prompt masked), the same examples in every
 optimizer step for every path: stock pads micro-batches of 2 to their longest example, kielo packs them into
-rows of max_length. tokens/s counts real (non-padding) tokens only. Case options: ``kielo.bench.cases``.
+rows of max_length. tokens/s counts real (non-padding) tokens only; MFU is the step's model FLOPs per second
+over the bf16 rate one large GEMM reaches on the card in the same run (``kielo.bench.flops``). Case options:
+``kielo.bench.cases``.
 
     kielo bench --shape llama8b --cases "stock:a,b kielo:a,b kielo+compute:a,b,a/nogc"
     kielo bench --shape tiny --seq 256 --max_length 256 --cases "stock:a,b kielo:a,b"  # CPU smoke test

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from kielo.bench.cases import Case, Registry, Variant, parse_case
 from kielo.bench.data import case_steps, micro_batches
@@ -99,6 +98,8 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
     if loaded.layout in ("padding_free", "trl_packed") and slots != real:
         raise RuntimeError(f"{name}: the {loaded.layout} layout is not padding-free ({sum(slots)} slots for {sum(real)} tokens)")
     del opt
+    from transformers import AutoConfig  # not at import: Unsloth must be imported before transformers
+
     flops = [step_flops(geometry(AutoConfig.from_pretrained(args.model_dir)), [len(e.input_ids) for e in ex]) for ex in steps]
     model_tflops = sum(flops[warm:]) / sum(timed) / 1e12
     return {
