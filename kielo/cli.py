@@ -89,14 +89,13 @@ def build_config(args: argparse.Namespace, overrides: dict, command: Command):
 
 
 def _train(args, config) -> int:
-    import json
 
-    from kielo.train.summary import summary_table
+    from kielo.train.summary import stopped_table, summary_table
     from kielo.train.trainer import train
 
     summary = train(config, resume=args.resume)
     if "stopped" in summary:  # SIGTERM / Ctrl-C: checkpointed at a step boundary, the log says how to go on
-        print(json.dumps(summary, indent=2))
+        print(stopped_table(summary, str(config.output_dir)))
         return 0
     print(summary_table(summary, str(config.output_dir)))  # the full record is summary.json
     return 0

@@ -129,6 +129,8 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_a_second_run_is_refused(ti
     text = log1.read_text()
     assert first.exitcode == 0, text[-3000:]
     assert "SIGTERM: stopped at step 1 of 3" in text and "--resume" in text
+    # the run ends with a short table saying how to go on, not a JSON dump
+    assert "at step" in text and "1 of 3" in text and f"--output_dir {out} --resume" in text and '"stopped":' not in text
     assert [p.name for p in list_checkpoints(out)] == ["step-1"]
     assert not (out / "summary.json").exists()
     r = kielo(["train", str(cfg), "--output_dir", str(out), "--resume"], tmp_path / "log3.txt")

@@ -38,3 +38,14 @@ def summary_table(summary: dict, adapter: str) -> str:
     if summary.get("skipped_steps"):
         rows.insert(3, ["skipped steps", ", ".join(str(s) for s in summary["skipped_steps"])])
     return table(Table(columns=["training run", ""], rows=rows))
+
+
+def stopped_table(stopped: dict, output_dir: str) -> str:
+    """A run stopped by a signal at a step boundary: where it stopped, its checkpoint, and how to go on."""
+    rows = [
+        ["stopped by", stopped["stopped"]],
+        ["at step", f"{stopped['step']} of {stopped['steps']}"],
+        ["checkpoint", stopped.get("checkpoint") or "— (none written yet: a resume starts over)"],
+        ["continue with", f"kielo train ... --output_dir {output_dir} --resume"],
+    ]
+    return table(Table(columns=["training run", ""], rows=rows))
