@@ -32,7 +32,7 @@ NOT_RUN = {
     "make test": "runs the test suite this test is part of",
     "bash bench/run_gpu_tests.sh": "needs CUDA: runs the tests marked gpu (tests/test_gpu.py)",
     'bash bench/run_qlora_bench.sh --shape llama8b --cases "stock:a,b kielo:a,b,a/nogc kielo+fp32:a"': GPU,
-    'WHL=.whl2 bash bench/run_qlora_bench.sh --shape llama8b --cases "=stock:a,b =kielo:a,b unsloth:a,b"': GPU,
+    'WHL=".whl .whl2" bash bench/run_qlora_bench.sh --shape llama8b --cases "=stock:a,b =kielo:a,b unsloth:a,b unsloth+packed:b"': GPU,
     'bash bench/run_qlora_bench.sh --shape gemma1b --cases "stock:a,b kielo:a,b"': GPU,
 }
 # Files the README's commands take from the user: written into the working folder before the commands run.
