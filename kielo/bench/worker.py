@@ -116,7 +116,7 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
         "real_tokens_per_step": round(sum(real) / len(real)),
         "padding_pct": round(100 * (1 - sum(real) / sum(slots)), 1),
         "trained_tokens_per_step": round(sum(sum(b.trained_tokens for b in m) for m in micro) / len(micro)),
-        "model_tflops": round(model_tflops, 1),
+        "model_tflops": float(f"{model_tflops:.4g}"),  # 4 significant digits: a CPU smoke run is far below 0.1
         "mfu": round(model_tflops / args.peak_tflops, 4) if args.peak_tflops else None,
         "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         **planned(loaded, variant, case, micro),
