@@ -100,7 +100,8 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
     del opt
     from transformers import AutoConfig  # not at import: Unsloth must be imported before transformers
 
-    flops = [step_flops(geometry(AutoConfig.from_pretrained(args.model_dir)), [len(e.input_ids) for e in ex]) for ex in steps]
+    geo = geometry(AutoConfig.from_pretrained(args.model_dir))
+    flops = [step_flops(geo, [len(e.input_ids) for e in ex]) for ex in steps]
     model_tflops = sum(flops[warm:]) / sum(timed) / 1e12
     return {
         "variant": name,
