@@ -34,7 +34,6 @@ import torch
 
 from kielo.config.schema import Config, GenerationConfig
 from kielo.errors import KieloError
-from kielo.merge import options as o
 from kielo.merge.job import MAX_PROMPT_TOKENS, MergeJob, prepare_merge
 from kielo.merge.summary import merge_summary
 from kielo.report.data import render as render_json
@@ -268,20 +267,11 @@ def _adapter_gguf(job: MergeJob, work: Path, config, model_gguf: Path) -> dict:
     return info
 
 
-def merge(
-    config: Config,
-    adapter_dir: str,
-    output_dir: str | Path,
-    dtype: str = o.DEFAULT_DTYPE,
-    model: str | None = None,
-    tolerance: float | None = None,
-    requantize: bool = False,
-    gguf: bool = False,
-    gguf_type: str = o.DEFAULT_GGUF_TYPE,
-    samples: int = o.DEFAULT_SAMPLES,
-    max_new_tokens: int = o.DEFAULT_MAX_NEW_TOKENS,
-) -> dict:
+def merge(config: Config, adapter_dir: str, output_dir: str | Path, **options) -> dict:
     """Merge the adapter in ``adapter_dir`` (a kielo run folder, checkpoint or PEFT adapter) into its base.
+
+    ``options`` are :func:`kielo.merge.job.prepare_merge`'s (dtype, model, tolerance, requantize, gguf,
+    gguf_type, samples, max_new_tokens), which checks them before anything loads.
 
     ``model`` overrides the base (default: the run's ``model.name``); ``config`` supplies the device and
     ``model.trust_remote_code``. Writes an HF model folder to ``output_dir`` (``nf4/`` and a ``.gguf`` in it
@@ -295,7 +285,7 @@ def merge(
     import kielo
 
     started = time.time()
-    job = prepare_merge(config, adapter_dir, output_dir, dtype, model, tolerance, requantize, gguf, gguf_type, samples, max_new_tokens)
+    job = prepare_merge(config, adapter_dir, output_dir, **options)
     out = job.output
     out.parent.mkdir(parents=True, exist_ok=True)
     # Beside the target, so the final rename stays on one filesystem and is atomic.
