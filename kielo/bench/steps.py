@@ -17,33 +17,25 @@ def stock_step(model, micro: list, device: torch.device) -> float:
     """Forward with full logits and the model's loss; normalized by the step's trained tokens
     (``num_items_in_batch``), as transformers' Trainer does with gradient accumulation.
 
-    The attention mask comes from kielo's padded collation (all ones on data a); the anchor passes none. For
-    Llama that is the same computation (transformers skips an all-ones mask); for Gemma 3 it may not be.
+    Padded rows get kielo's attention mask (all ones on data a; the anchor passes none: for Llama the same
+    computation, transformers skips an all-ones mask; for Gemma 3 it may not be). TRL's padding-free rows
+    (Unsloth's layouts) get what its SFT trainer passes instead: restarting position ids, no attention mask,
+    and the ``packed_seq_lengths`` Unsloth's collator wrapper adds, from which its attention builds the
+    per-example masks.
     """
-    n = sum(b.trained_tokens for b in micro)
-    total = 0.0
-    for b in micro:
-        b = b.to(device)
-        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels, num_items_in_batch=n)
-        out.loss.backward()
-        total += float(out.loss.detach())
-    return total
-
-
-def padding_free_step(model, micro: list, device: torch.device) -> float:
-    """Unsloth's step on TRL's padding-free rows: what its SFT trainer passes the model (input ids, restarting
-    position ids, labels, no attention mask, ``num_items_in_batch``) plus the ``packed_seq_lengths`` its collator
-    wrapper adds, from which its attention builds the per-example masks."""
     from kielo.bench.trl_layout import packed_seq_lengths
 
     n = sum(b.trained_tokens for b in micro)
     total = 0.0
     for b in micro:
-        lengths = packed_seq_lengths(b.position_ids)
-        b = b.to(device)
-        out = model(
-            input_ids=b.input_ids, position_ids=b.position_ids, labels=b.labels, packed_seq_lengths=lengths, num_items_in_batch=n
-        )
+        if b.position_ids is None:
+            b = b.to(device)
+            inputs = {"attention_mask": b.attention_mask}
+        else:
+            lengths = packed_seq_lengths(b.position_ids)
+            b = b.to(device)
+            inputs = {"position_ids": b.position_ids, "packed_seq_lengths": lengths}
+        out = model(input_ids=b.input_ids, labels=b.labels, num_items_in_batch=n, **inputs)
         out.loss.backward()
         total += float(out.loss.detach())
     return total
@@ -69,7 +61,7 @@ def head_name(loaded: Loaded, case: Case) -> str:
 def step_function(loaded: Loaded, case: Case):
     """``(model, micro, device) -> mean token loss``: one step's forward and backward for this stack and case."""
     if loaded.path is None:
-        return padding_free_step if loaded.layout in ("padding_free", "trl_packed") else stock_step
+        return stock_step
     from kielo.train.step import accumulate_gradients
 
     return functools.partial(accumulate_gradients, loss=case_loss(loaded, case))
