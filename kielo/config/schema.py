@@ -100,6 +100,11 @@ class LoraConfig:
     bias: str = opt("none", "Which biases train.", ("none", "all", "lora_only"))
     use_rslora: bool = opt(False, "Rank-stabilized LoRA scaling alpha/sqrt(r).")
     use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
+    init_from: str | None = opt(
+        None,
+        "Start from a saved adapter (a kielo run folder, checkpoint or PEFT adapter folder) instead of a new one: its "
+        "rank, alpha, dropout and target modules replace lora.*; with a dpo objective it is also the reference.",
+    )
 
     def __post_init__(self) -> None:
         _check_choices(self, "lora")
@@ -146,8 +151,30 @@ class DataConfig:
             raise KieloError(f"data.max_length = {self.max_length} is too short", "use at least 8 tokens")
 
 
+OBJECTIVES = ("sft", "dpo", "orpo")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
+    objective: str = opt(
+        "sft",
+        "What is trained: sft = next-token loss on the answers; dpo = Direct Preference Optimization on "
+        "chosen/rejected pairs against a frozen reference; orpo = odds-ratio preference loss plus the chosen "
+        "answer's loss, no reference. dpo and orpo need preference data (chosen and rejected answers).",
+        OBJECTIVES,
+    )
+    beta: float = opt(
+        0.1,
+        "Preference strength: dpo's beta (the implicit reward is beta times the log-probability ratio to the "
+        "reference); orpo's weight of the odds-ratio term (TRL's ORPOConfig calls it beta too).",
+    )
+    reference: str = opt(
+        "auto",
+        "dpo's reference log-probabilities: adapter_off = the policy with its adapter switched off (the base), "
+        "computed at every step; cached = computed once before the first step (with lora.init_from's adapter "
+        "when given, else the base) and saved in the run folder; auto = cached with lora.init_from, else adapter_off.",
+        ("auto", "adapter_off", "cached"),
+    )
     epochs: float = opt(1.0, "Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = opt(0, "Optimizer steps to run; 0 = derive from epochs.")
     micro_batch_size: int = opt(4, "Examples (or packed rows) per forward pass.")
@@ -206,6 +233,7 @@ class TrainingConfig:
             _positive(getattr(self, key), f"training.{key}", allow_zero=True)
         if self.max_steps == 0:
             _positive(self.epochs, "training.epochs")
+        _positive(self.beta, "training.beta")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,10 @@ class Encoded:
     index: int = 0  # position in the source list
 
     @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+    @property
     def trained_tokens(self) -> int:
         return len(self.labels) - self.labels.count(IGNORE)
 
@@ -115,9 +119,14 @@ class Encoder:
             done = through
         return segments
 
-    def encode(self, example: Example, index: int = 0) -> Encoded:
-        """Tokenize and mask one example (no truncation; see :meth:`fit`)."""
-        return self._assemble([(self._ids(text), is_answer) for text, is_answer in self._segments(example)], index)
+    def encode(self, example: Example, index: int = 0, last_answer_only: bool = False) -> Encoded:
+        """Tokenize and mask one example (no truncation; see :meth:`fit`). ``last_answer_only`` trains only the
+        final assistant turn: earlier turns are part of the prompt (a preference pair's answers)."""
+        segments = self._segments(example)
+        if last_answer_only:
+            last = max(i for i, (_, is_answer) in enumerate(segments) if is_answer)
+            segments = [(text, is_answer and i == last) for i, (text, is_answer) in enumerate(segments)]
+        return self._assemble([(self._ids(text), is_answer) for text, is_answer in segments], index)
 
     def encode_many(self, examples: list[Example], start_index: int = 0, batch_size: int = 512) -> list[Encoded]:
         """``[encode(ex, start_index + i) ...]``, bit for bit, with one tokenizer call per ``batch_size`` examples.

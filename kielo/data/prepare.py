@@ -12,6 +12,8 @@ from dataclasses import asdict
 
 from kielo.config.schema import Config
 from kielo.data.encode import Encoded, EncodeStats
+from kielo.data.pairs import PairStats, encode_pairs
+from kielo.data.preference import load_pairs
 from kielo.data.records import load_examples
 from kielo.errors import KieloError
 
@@ -29,14 +31,36 @@ def split_validation(examples: list, fraction: float, seed: int) -> tuple[list, 
     return [e for i, e in enumerate(examples) if i not in val], [e for i, e in enumerate(examples) if i in val]
 
 
+def is_preference(config: Config) -> bool:
+    """Whether the run trains on preference pairs (dpo, orpo) rather than single answers."""
+    return config.training.objective != "sft"
+
+
+def check_preference_settings(config: Config) -> None:
+    """Data settings a preference objective can't honour are errors, not silently ignored."""
+    obj = config.training.objective
+    if config.data.packing:
+        raise KieloError(f"data.packing is not supported with training.objective {obj}", "set data.packing: false")
+    if config.data.train_on_prompt:
+        raise KieloError(
+            f"data.train_on_prompt is not supported with training.objective {obj}: a pair compares answers to one prompt",
+            "set data.train_on_prompt: false",
+        )
+
+
 def read_data(config: Config) -> tuple[list, list]:
     """Read and validate the training and validation rows (and split off validation_split): no model needed,
     so bad data fails before a model is loaded."""
     d = config.data
     if not d.train:
         raise KieloError("no training data: data.train is not set", "set data.train in the config or pass --data.train FILE")
-    train_ex = load_examples(d.train, d.system_prompt)
-    val_ex = load_examples(d.validation, d.system_prompt) if d.validation else []
+    if is_preference(config):
+        check_preference_settings(config)
+        load = load_pairs
+    else:
+        load = load_examples
+    train_ex = load(d.train, d.system_prompt)
+    val_ex = load(d.validation, d.system_prompt) if d.validation else []
     if d.validation_split:
         train_ex, val_ex = split_validation(train_ex, d.validation_split, config.training.seed)
     return train_ex, val_ex
@@ -47,6 +71,8 @@ def encode_data(encoder, config: Config, examples: tuple[list, list]) -> tuple[l
     or dropped; no training example left is an error."""
     d = config.data
     train_ex, val_ex = examples
+    if is_preference(config):
+        return _encode_pairs(encoder, config, train_ex, val_ex)
     train, train_stats = encoder.encode_all(train_ex)
     val, val_stats = encoder.encode_all(val_ex) if val_ex else ([], EncodeStats())
     for name, st in (("train", train_stats), ("validation", val_stats)):
@@ -69,6 +95,31 @@ def encode_data(encoder, config: Config, examples: tuple[list, list]) -> tuple[l
     for r in report.values():
         r.pop("dropped_sources")
     return train, val, report
+
+
+def _encode_pairs(encoder, config: Config, train_ex: list, val_ex: list) -> tuple[list, list, dict]:
+    """:func:`encode_data` for preference pairs: both sides fitted to data.max_length, what was cut reported."""
+    d = config.data
+    train, train_stats = encode_pairs(encoder, train_ex)
+    val, val_stats = encode_pairs(encoder, val_ex) if val_ex else ([], PairStats())
+    for name, st in (("train", train_stats), ("validation", val_stats)):
+        if st.truncated or st.dropped_overlong or st.dropped_no_target or st.dropped_identical:
+            log.warning(
+                "%s: of %d pairs, %d truncated (chosen %d, rejected %d) by data.max_length=%d, %d dropped (overlong), "
+                "%d dropped (an answer cut entirely), %d dropped (both sides the same tokens after truncation)",
+                name,
+                st.total,
+                st.truncated,
+                st.truncated_chosen,
+                st.truncated_rejected,
+                d.max_length,
+                st.dropped_overlong,
+                st.dropped_no_target,
+                st.dropped_identical,
+            )
+    if not train:
+        raise KieloError(f"no training pair fits data.max_length={d.max_length}", "raise data.max_length or use shorter examples")
+    return train, val, {"train": train_stats.report(), "validation": val_stats.report()}
 
 
 def prepare_data(bundle, examples: tuple[list, list] | None = None) -> tuple[list[Encoded], list[Encoded], dict]:

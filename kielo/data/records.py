@@ -87,6 +87,13 @@ def row_to_example(row: Any, where: str, system_prompt: str | None = None, requi
         meta = {k: v for k, v in row.items() if k != "messages"}
     else:
         missing = [k for k in ("instruction", "output") if k not in row]
+        if missing and any(k in row for k in ("chosen", "rejected")):
+            keys = ", ".join(sorted(row))
+            raise _fail(
+                where,
+                f"a preference row (has chosen/rejected, no {', '.join(missing)}): SFT trains on one `output` (row has: {keys})",
+                "set training.objective dpo or orpo for preference data, or give SFT rows with `output` (or `messages`)",
+            )
         if missing:
             keys = ", ".join(sorted(row)) or "none"
             raise _fail(
@@ -198,6 +205,17 @@ def _read_rows(path: Path) -> list[tuple[str, Any]]:
     raise _fail(str(path), f"unsupported file type {suffix or '(none)'}", f"use one of {', '.join(SUFFIXES)}")
 
 
+def read_rows(path: str | Path, given_with: str = "data.train / data.validation / DATA_FILE") -> tuple[Path, list[tuple[str, Any]]]:
+    """The located file and its parsed rows as ``(where, row)``; a missing file or a folder is an error naming
+    ``given_with`` (where the path came from)."""
+    p = locate(path)
+    if not p.exists():
+        raise KieloError(f"data file {p} does not exist", f"check the path given with {given_with}")
+    if p.is_dir():
+        raise KieloError(f"{p} is a folder, not a data file", f"point {given_with} to a file ending in {', '.join(SUFFIXES)}")
+    return p, _read_rows(p)
+
+
 def load_examples(
     path: str | Path,
     system_prompt: str | None = None,
@@ -212,12 +230,8 @@ def load_examples(
     is empty (evaluation prompts, data analysis); ``given_with`` names where the path came from, for the fix
     in the error messages.
     """
-    p = locate(path)
-    if not p.exists():
-        raise KieloError(f"data file {p} does not exist", f"check the path given with {given_with}")
-    if p.is_dir():
-        raise KieloError(f"{p} is a folder, not a data file", f"point {given_with} to a file ending in {', '.join(SUFFIXES)}")
-    examples = [row_to_example(prepare(row) if prepare else row, where, system_prompt, require_answer) for where, row in _read_rows(p)]
+    p, rows = read_rows(path, given_with)
+    examples = [row_to_example(prepare(row) if prepare else row, where, system_prompt, require_answer) for where, row in rows]
     if not examples:
         raise KieloError(f"{p} holds no examples", "add at least one example row")
     return examples

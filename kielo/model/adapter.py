@@ -64,3 +64,48 @@ def load_adapter(model, adapter_dir: str, trainable: bool = False, name: str = "
             f"the adapter in {adapter_dir} does not fit this base model ({str(e).splitlines()[0][:200]})",
             f"load it with the base it was trained on{f' ({base})' if base else ''}",
         ) from None
+
+
+def init_adapter_settings(lora: LoraConfig) -> LoraConfig:
+    """``lora`` with the saved adapter's own settings when training starts from one (``lora.init_from``): the
+    adapter's shape decides them, so the run's saved config and model card say what was trained."""
+    if not lora.init_from:
+        return lora
+    from dataclasses import replace
+
+    from kielo.model.source import resolve_adapter
+
+    path, _ = resolve_adapter(lora.init_from)
+    saved = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    targets = saved.get("target_modules")
+    settings = {
+        "r": saved.get("r", lora.r),
+        "alpha": saved.get("lora_alpha", lora.alpha),
+        "dropout": saved.get("lora_dropout", lora.dropout),
+        "target_modules": sorted(targets) if isinstance(targets, (list, set)) else targets or lora.target_modules,
+        "bias": saved.get("bias", lora.bias),
+        "use_rslora": bool(saved.get("use_rslora", lora.use_rslora)),
+        "use_dora": bool(saved.get("use_dora", lora.use_dora)),
+        "init_from": path,
+    }
+    changed = {k: v for k, v in settings.items() if getattr(lora, k) != v and k != "init_from"}
+    if changed:
+        log.info("lora.init_from %s: the adapter's own settings replace the config's: %s", path, changed)
+    return replace(lora, **settings)
+
+
+def start_adapter(model, lora: LoraConfig, forward: str = "fused"):
+    """The trainable adapter a run starts with: a new one (:func:`add_lora`), or the saved one ``lora.init_from``
+    names, loaded trainable, with the same LoRA forward."""
+    if not lora.init_from:
+        return add_lora(model, lora, forward)
+    from kielo.model.source import resolve_adapter
+
+    path, _ = resolve_adapter(lora.init_from)
+    peft_model = load_adapter(model, path, trainable=True)
+    if forward != "peft":
+        from kielo.model.lora_forward import lora_in_input_dtype
+
+        lora_in_input_dtype(peft_model, fused=forward == "fused")
+    log.info("training starts from the adapter in %s", path)
+    return peft_model

@@ -12,11 +12,21 @@ import logging
 from dataclasses import replace
 
 from kielo.config.schema import Config
+from kielo.data.encode import Encoded
+from kielo.model.adapter import init_adapter_settings
 from kielo.model.load import set_gradient_checkpointing
 from kielo.model.precision import resolve_hardware
 from kielo.plan.planner import MemoryPlan, apply_plan, plan_memory
 
 log = logging.getLogger(__name__)
+
+
+def planned_item(item):
+    """What the memory plan sizes for one training item: an encoded example, or for a preference pair its two
+    rows as one of their summed length (activations and the loss head grow with the tokens in the micro-batch)."""
+    if hasattr(item, "chosen"):
+        return Encoded(item.chosen.input_ids + item.rejected.input_ids, item.chosen.labels + item.rejected.labels, 0, 0)
+    return item
 
 
 def resolve_training(bundle, items: list, saved: Config | None = None) -> tuple[Config, MemoryPlan | None]:
@@ -28,6 +38,7 @@ def resolve_training(bundle, items: list, saved: Config | None = None) -> tuple[
     checkpoint's position in the data is counted in micro-batches of that size.
     """
     config = resolve_hardware(bundle.config, bundle.model.config.model_type, bundle.device)
+    config = replace(config, lora=init_adapter_settings(config.lora))
     t = config.training
     plan = None
     if saved is not None:
@@ -47,7 +58,7 @@ def resolve_training(bundle, items: list, saved: Config | None = None) -> tuple[
         )
         config = replace(config, training=planned)
     elif bundle.device.type == "cuda" and t.memory_plan != "off":
-        plan = plan_memory(config, bundle.model.config, items, bundle.device)
+        plan = plan_memory(config, bundle.model.config, [planned_item(it) for it in items], bundle.device)
         config = apply_plan(config, plan)
     if config.training.gradient_checkpointing != t.gradient_checkpointing:  # the load set the configured one
         set_gradient_checkpointing(bundle.model, config.training.gradient_checkpointing)

@@ -70,3 +70,25 @@ def evaluate_loss(model, layout: BatchLayout, device: torch.device, loss: LossFn
         model.train()
     mean = total / max(count, 1)
     return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "tokens": count}
+
+
+@dataclass(frozen=True)
+class SftObjective:
+    """Next-token loss on the answers: the training loop's objective when ``training.objective`` is sft.
+
+    The loop calls every objective the same way (``kielo.train.preference.PreferenceObjective`` is the other):
+    ``accumulate`` for a step's backward, ``evaluate`` for validation, ``prepare`` once before the first step."""
+
+    loss: LossFn
+
+    def accumulate(self, model, micro: list, device: torch.device) -> tuple[float, dict]:
+        return accumulate_gradients(model, micro, device, self.loss), {}
+
+    def evaluate(self, model, layout: BatchLayout, device: torch.device) -> dict:
+        return evaluate_loss(model, layout, device, self.loss)
+
+    def describe(self, result: dict) -> str:
+        return f"loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f})"
+
+    def prepare(self, *args, **kwargs) -> None:
+        """Nothing to compute before the first step."""

@@ -18,6 +18,20 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {m:02d}m {s:02d}s" if hours else f"{m}m {s:02d}s" if m else f"{seconds:.1f} s"
 
 
+def _preference_rows(pref: dict) -> list[list[str]]:
+    """Preference accuracy, reward margin and chosen/rejected rewards: validation start → end, else the last step."""
+    start, end, last = pref.get("validation_start"), pref.get("validation_end"), pref.get("train_last") or {}
+    rows = []
+    for key, label in (("rewards/accuracy", "preference accuracy"), ("rewards/margin", "reward margin")):
+        if start and end:
+            rows.append([f"{label} (validation)", _loss_change(start.get(key), end.get(key))])
+        if key in last:
+            rows.append([f"{label} (last step)", f"{last[key]:.4f}"])
+    if "rewards/chosen" in last:
+        rows.append(["rewards chosen / rejected (last step)", f"{last['rewards/chosen']:.4f} / {last['rewards/rejected']:.4f}"])
+    return rows
+
+
 def summary_table(summary: dict, adapter: str) -> str:
     """``summary`` (what :func:`kielo.train.trainer.train` returns) as an aligned two-column table."""
     peak = summary.get("peak_memory_bytes")
@@ -35,6 +49,10 @@ def summary_table(summary: dict, adapter: str) -> str:
         ["peak memory", f"{peak / 2**30:.2f} GiB ({summary.get('device', '?')})" if peak else "—"],
         ["adapter", adapter],
     ]
+    pref = summary.get("preference")
+    if pref:
+        rows[2][0] = f"train loss ({summary.get('objective')})"
+        rows[4:4] = _preference_rows(pref)
     if summary.get("skipped_steps"):
         rows.insert(3, ["skipped steps", ", ".join(str(s) for s in summary["skipped_steps"])])
     return table(Table(columns=["training run", ""], rows=rows))

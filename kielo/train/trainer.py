@@ -21,7 +21,8 @@ import torch
 
 from kielo.config.schema import Config
 from kielo.data.batches import BatchLayout, eval_batch_size
-from kielo.data.prepare import prepare_data, read_data
+from kielo.data.pairs import PairLayout
+from kielo.data.prepare import is_preference, prepare_data, read_data
 from kielo.model.bundle import load_bundle
 from kielo.model.precision import resolved_precision
 from kielo.runs.card import write_card
@@ -35,9 +36,10 @@ from kielo.train.guard import DivergenceGuard
 from kielo.train.interrupt import stop_at_step_boundary, stop_requested
 from kielo.train.optim import build_optimizer, build_scheduler
 from kielo.train.packing import require_packing_support
+from kielo.train.preference import build_objective, preference_summary
 from kielo.train.resolve import resolve_training
 from kielo.train.resume_state import set_rng_state
-from kielo.train.step import accumulate_gradients, evaluate_loss, training_path
+from kielo.train.step import training_path
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
 def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
-    from kielo.model.adapter import add_lora, causal_lm
+    from kielo.model.adapter import causal_lm, start_adapter
     from kielo.model.load import describe_parameters
 
     out = run.path
@@ -100,15 +102,20 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
     bundle = replace(bundle, config=config)
     t = config.training
     pad_id = bundle.tokenizer.pad_token_id
-    layout = BatchLayout(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
     # Evaluation needs no gradients, so it affords bigger batches; sorting by length keeps padding small.
     eval_batch = eval_batch_size(config)
-    val_sorted = sorted(val_items, key=lambda it: len(it.input_ids))
-    val_layout = BatchLayout(val_sorted, eval_batch, pad_id, t.seed, False, shuffle=False) if val_items else None
+    val_sorted = sorted(val_items, key=lambda it: it.length)
+    if is_preference(config):
+        layout = PairLayout(train_items, t.micro_batch_size, pad_id, t.seed)
+        val_layout = PairLayout(val_sorted, eval_batch, pad_id, t.seed, shuffle=False) if val_items else None
+    else:
+        layout = BatchLayout(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
+        val_layout = BatchLayout(val_sorted, eval_batch, pad_id, t.seed, False, shuffle=False) if val_items else None
     steps = total_steps(config, layout.per_epoch)
     warn_dead_settings(config, steps, bool(val_items))
     path = training_path(resolved_precision(config))
-    model = add_lora(bundle.model, config.lora, path.lora_forward)
+    objective = build_objective(config, path)
+    model = start_adapter(bundle.model, config.lora, path.lora_forward)
     bundle = replace(bundle, model=model)
     trainable, total = describe_parameters(model)
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
@@ -118,6 +125,9 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
     run.write_config(config)
     step, tokens_seen, history = 0, 0, {}
     guard = DivergenceGuard(causal_lm(model).config.vocab_size, t.on_divergence)
+    # Before a checkpoint's weights are loaded: what the objective computes once comes from the starting weights.
+    layouts = {"train": layout, **({"validation": val_layout} if val_layout is not None else {})}
+    objective.prepare(model, layouts, bundle.device, out, resumed=latest is not None, from_adapter=bool(config.lora.init_from))
     if latest is not None:
         state = ckpt.load_state(latest)
         ckpt.load_adapter_weights(model, latest)
@@ -147,10 +157,10 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
     def validate(at: int) -> None:
         if val_layout is None:
             return
-        result = evaluate_loss(model, val_layout, bundle.device, path.loss)
+        result = objective.evaluate(model, val_layout, bundle.device)
         history.setdefault("validation", []).append({"step": at, **result})
         metrics.write({"split": "validation", "step": at, **result})
-        log.info("step %d validation loss %.4f (perplexity %.2f)", at, result["loss"], result["perplexity"])
+        log.info("step %d validation %s", at, objective.describe(result))
 
     if step == 0:
         validate(0)
@@ -166,7 +176,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
                 out, step, steps, stop_requested(), latest if latest is not None and latest.name == f"step-{step}" else None, save
             )
         micro = [layout.batch(step * t.gradient_accumulation + k) for k in range(t.gradient_accumulation)]
-        loss = accumulate_gradients(model, micro, bundle.device, path.loss)
+        loss, step_metrics = objective.accumulate(model, micro, bundle.device)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
         injected = fault_point("step")
         if injected == "nan":  # a bad batch: its gradients are not finite
@@ -188,6 +198,8 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
         loop_tokens += real
         history.setdefault("train_first", loss)
         history["train_last"] = loss
+        if step_metrics:
+            history["train_metrics_last"] = step_metrics
         tps = loop_tokens / max(time.time() - loop_start, 1e-9)
         if step % t.log_every == 0 or step == steps:
             metrics.write(
@@ -199,6 +211,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
                     "grad_norm": grad_norm,
                     "tokens": tokens_seen,
                     "tokens_per_s": tps,
+                    **step_metrics,
                     **({} if healthy else {"skipped": True}),
                 }
             )
@@ -230,6 +243,8 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
         "train_loss_last": history.get("train_last"),
         "validation_loss_start": history["validation"][0]["loss"] if history.get("validation") else None,
         "validation_loss_end": history["validation"][-1]["loss"] if history.get("validation") else None,
+        "objective": t.objective,
+        **preference_summary(t.objective, history),
         "template": bundle.template.name,
         "end_token": bundle.template.end_token,
         "data": data_report,
