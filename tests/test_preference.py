@@ -290,3 +290,16 @@ def test_pair_statistics_count_lengths_prefixes_and_truncation(tiny_llama, tmp_p
     ]
     assert stats["truncated_either"] == sum(c > 24 or r > 24 for c, r in lengths) > 0
     assert stats["truncated_chosen"] == sum(c > 24 for c, _ in lengths)
+
+
+def test_analyze_data_reports_pairs(tiny_llama, tmp_path):
+    from kielo.analyze.report import summary
+    from kielo.analyze.run import analyze_data
+
+    data = jsonl(tmp_path / "p.jsonl", PAIRS)
+    cfg = tiny_config(tiny_llama, data, tmp_path / "o", data={"max_length": 24})
+    result = analyze_data([data], cfg, examples=1, workers=1)
+    pairs = result["pairs"]["p"]
+    assert pairs["pairs"] == 4 and pairs["truncated_either"] > 0
+    assert pairs["length_difference"]["max"] >= pairs["length_difference"]["min"]
+    assert "Preference pairs" in summary(result)

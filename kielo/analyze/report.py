@@ -11,7 +11,7 @@ import numpy as np
 
 from kielo.analyze import plots
 from kielo.analyze.render import LEGEND, to_html
-from kielo.analyze.tables import all_tables, duplicate_examples, fragmented_tables, recommendation
+from kielo.analyze.tables import all_tables, duplicate_examples, fragmented_tables, pairs_table, recommendation
 from kielo.extras import install_hint, installed
 from kielo.report import Bullets, Callout, Figure, KeyValues, Paragraph, RawHtml, Report, Section, files, text
 
@@ -67,6 +67,7 @@ def analysis_report(result: dict, figures: dict[str, Figure] | None = None) -> R
         tables[2],
         *([figs["token_budget"]] if "token_budget" in figs else []),
         tables[3],
+        *([pairs] if (pairs := pairs_table(result)) else []),
         *([Bullets(duplicates, only="html")] if duplicates else []),
         tables[4],
         tables[5],

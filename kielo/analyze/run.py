@@ -24,6 +24,8 @@ from kielo.analyze.render import render_example
 from kielo.analyze.stats import length_features, split_stats
 from kielo.analyze.tokenizer_efficiency import tokenizer_efficiency
 from kielo.config.schema import Config
+from kielo.data.pairs import pair_statistics, pair_summary, preference_file
+from kielo.data.preference import load_pairs
 from kielo.data.records import load_examples
 from kielo.errors import KieloError
 
@@ -113,7 +115,15 @@ def _analyze(files, config, tokenizers, output_dir, examples, sample, workers) -
             extras[name] = load_extra_tokenizer(name, config.model.trust_remote_code)
     named = split_paths(files, config)
     # Empty answers are reported (empty_fields), not refused: finding them is what the analysis is for.
-    data = [load_examples(path, config.data.system_prompt, require_answer=False) for _, path in named]
+    data, pairs = [], {}
+    for name, path in named:
+        if preference_file(path):
+            # A preference file: the usual analysis sees each prompt with its chosen answer; the pair table
+            # compares the two answers.
+            pairs[name] = load_pairs(path, config.data.system_prompt, given_with="DATA_FILE")
+            data.append([p.example("chosen") for p in pairs[name]])
+        else:
+            data.append(load_examples(path, config.data.system_prompt, require_answer=False))
     names = [n for n, _ in named]
     lap("load tokenizers and data")
     seed = config.training.seed
@@ -183,6 +193,8 @@ def _analyze(files, config, tokenizers, output_dir, examples, sample, workers) -
             finnish += [text for text, code in ((prompt, pl), (answer, al)) if code == FINNISH]
             sampled_texts += [prompt, answer]
 
+    if pairs:
+        result["pairs"] = {name: pair_summary(pair_statistics(model.encoder, split)) for name, split in pairs.items()}
     lap("lengths, truncation, batches")
     result["duplicates"] = find_duplicates(names, data, sigs)
     lap("duplicates")

@@ -186,3 +186,44 @@ def recommendation(result: dict) -> str:
         f"(longest {rec['longest']}); {rec['suggested']} covers the 99th percentile ({rec['p99']:g} tokens): "
         f"{pct(rec['suggested_covers'])}"
     )
+
+
+def pairs_table(result: dict) -> Table | None:
+    """Preference pairs per split: answer lengths and their difference, shared prefix, truncation by side."""
+    pairs = result.get("pairs")
+    if not pairs:
+        return None
+    rows = []
+    limit = next(iter(pairs.values()))["max_length"]
+    for name, p in pairs.items():
+        for label, key in (
+            ("chosen answer", "chosen_answer_tokens"),
+            ("rejected answer", "rejected_answer_tokens"),
+            ("chosen - rejected", "length_difference"),
+            ("shared prefix", "shared_prefix_tokens"),
+        ):
+            spread = p[key]
+            rows.append(
+                [
+                    name if key == "chosen_answer_tokens" else "",
+                    label,
+                    *(_num(spread.get(k)) for k in ("min", "mean", "median", "p95", "max")),
+                ]
+            )
+        rows.append(
+            [
+                "",
+                "truncated (chosen / rejected / either)",
+                f"{p['truncated_chosen']} / {p['truncated_rejected']} / {p['truncated_either']}",
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
+    return Table(
+        ["split", "tokens", "min", "mean", "median", "p95", "max"],
+        rows,
+        title="Preference pairs",
+        notes=[f"answers in tokens with their end token; truncated: prompt + answer over data.max_length={limit}"],
+    )

@@ -165,3 +165,26 @@ def pair_statistics(encoder: Encoder, pairs: list) -> dict:
         "chosen_longer": sum(d > 0 for d in diffs),
         "max_length": encoder.max_length,
     }
+
+
+def _spread(values: list[int]) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731 - a nearest-rank percentile
+    return {"min": ordered[0], "mean": round(sum(ordered) / len(ordered), 2), "median": at(0.5), "p95": at(0.95), "max": ordered[-1]}
+
+
+def pair_summary(stats: dict) -> dict:
+    """:func:`pair_statistics` with each per-pair list reduced to its spread (min, mean, median, p95, max)."""
+    lists = ("chosen_answer_tokens", "rejected_answer_tokens", "length_difference", "shared_prefix_tokens")
+    return {k: _spread(v) if k in lists else v for k, v in stats.items()}
+
+
+def preference_file(path) -> bool:
+    """Whether a data file holds preference pairs (its first row has ``chosen`` or ``rejected``)."""
+    from kielo.data.preference import is_preference_row
+    from kielo.data.records import read_rows
+
+    _, rows = read_rows(path, "DATA_FILE")
+    return bool(rows) and is_preference_row(rows[0][1])
