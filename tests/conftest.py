@@ -118,6 +118,27 @@ ROWS = [
     },
 ]
 
+# Preference pairs in each row style kielo reads (TRL's standard and conversational, alpaca with extra keys).
+PAIRS = [
+    {"prompt": "Mikä on Suomen pääkaupunki?", "chosen": "Suomen pääkaupunki on Helsinki.", "rejected": "Good morning!"},
+    {
+        "prompt": [{"role": "user", "content": "Luettele kolme järveä."}],
+        "chosen": [{"role": "assistant", "content": "Saimaa, Päijänne ja Inari."}],
+        "rejected": [{"role": "assistant", "content": "Kissa istuu ikkunalla."}],
+    },
+    {
+        "id": "fi-3",
+        "task": "translation_fi_en",
+        "answer_lang": "en",
+        "instruction": "Käännä englanniksi.",
+        "input": "Hyvää huomenta!",
+        "chosen": "Good morning!",
+        "rejected": "Hyvää huomenta!",
+        "rejected_kind": "wrong_language",
+    },
+    {"instruction": "Paljonko on 2 + 3?", "chosen": "5", "rejected": "7, koska 2 + 3 = 7.", "rejected_kind": "wrong_number"},
+]
+
 
 @pytest.fixture
 def data_file(tmp_path) -> Path:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROWS, tiny_config
+from conftest import PAIRS, ROWS, tiny_config
 
 from kielo.cli import main
 from kielo.data.batches import collate_padded
@@ -25,26 +25,6 @@ from kielo.model.adapter import start_adapter
 from kielo.model.bundle import load_bundle
 from kielo.train.preference import PreferenceObjective
 from kielo.train.trainer import train
-
-PAIRS = [
-    {"prompt": "Mikä on Suomen pääkaupunki?", "chosen": "Suomen pääkaupunki on Helsinki.", "rejected": "Good morning!"},
-    {
-        "prompt": [{"role": "user", "content": "Luettele kolme järveä."}],
-        "chosen": [{"role": "assistant", "content": "Saimaa, Päijänne ja Inari."}],
-        "rejected": [{"role": "assistant", "content": "Kissa istuu ikkunalla."}],
-    },
-    {
-        "id": "fi-3",
-        "task": "translation_fi_en",
-        "answer_lang": "en",
-        "instruction": "Käännä englanniksi.",
-        "input": "Hyvää huomenta!",
-        "chosen": "Good morning!",
-        "rejected": "Hyvää huomenta!",
-        "rejected_kind": "wrong_language",
-    },
-    {"instruction": "Paljonko on 2 + 3?", "chosen": "5", "rejected": "7, koska 2 + 3 = 7.", "rejected_kind": "wrong_number"},
-]
 
 
 def jsonl(path, rows):

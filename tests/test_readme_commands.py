@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROWS
+from conftest import PAIRS, ROWS
 from readme_commands import (
     README,
     check_parses,
@@ -36,7 +36,7 @@ NOT_RUN = {
     'bash bench/run_qlora_bench.sh --shape gemma1b --cases "stock:a,b kielo:a,b"': GPU,
 }
 # Files the README's commands take from the user: written into the working folder before the commands run.
-USER_FILES = {"my.jsonl": ROWS * 4}
+USER_FILES = {"my.jsonl": ROWS * 4, "pairs.jsonl": PAIRS * 3}
 # Environment of one command. The first `kielo train configs/demo.yaml` is stopped by a SIGTERM after its
 # first step (what Ctrl-C does: a checkpoint, exit 0), so the `--resume` line after it has a run to continue.
 ENV = {"kielo train configs/demo.yaml": {"KIELO_FAULT": "between-steps@1:term"}}
@@ -60,6 +60,10 @@ CHECKS = {
         w / "runs/try-compare/report.html"
     ).is_file(),
     "kielo merge runs/try --output_dir runs/try-merged": lambda w: (w / "runs/try-merged/config.json").is_file(),
+    "kielo train --data.train pairs.jsonl --training.objective dpo --lora.init_from runs/try --data.template builtin "
+    "--output_dir runs/try-dpo": lambda w: (
+        (w / "runs/try-dpo/reference_logps.pt").is_file() and _summary(w / "runs/try-dpo")["preference"]["train_last"] is not None
+    ),
     "kielo demo": lambda w: (w / "runs/demo-2/report.md").is_file(),
 }
 
