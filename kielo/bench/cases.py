@@ -35,6 +35,7 @@ class Variant:
     lora_forward: str = "fused"
     compute_dtype: str = "bf16"  # quantization.compute_dtype (fp32: the reference arithmetic)
     tf32: bool | None = None  # fp32 matmuls on TF32 tensor cores (None: torch's default, off)
+    offload: bool = False  # kielo: training.checkpoint_offload (checkpointed layer inputs in pinned host memory)
     unsloth_gc: bool = True  # unsloth: its offloaded gradient checkpointing (fixed at load)
     # unsloth: how its trainer lays out batches (kielo.bench.data.LAYOUTS): padding_free is its SFT trainer's
     # default, trl_packed its packing=True, padded the layout before padding-free became the default.
@@ -177,6 +178,7 @@ VARIANTS = {
     "kielo+peftlora": Variant("kielo", stream="auto", kernels="auto", lora_forward="peft", planned=False),
     "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", lora_forward="peft", planned=False),
     "kielo+unfused": Variant("kielo", stream="auto", kernels="auto", lora_forward="unfused", planned=False),
+    "kielo+offload": Variant("kielo", stream="auto", kernels="auto", offload=True),
     "kielo+compute+unfused": Variant("kielo", stream="compute", kernels="auto", lora_forward="unfused", planned=False),
     # Unsloth as its SFT trainer feeds it by default (padding-free), with packing=True, and padded as stock.
     "unsloth": Variant("unsloth"),

@@ -33,6 +33,7 @@ def planned(loaded: Loaded, variant: Variant, case: Case, micro: list) -> dict:
         lora_r=16,
         lora_dropout=0.0,
         gradient_checkpointing=case.gc != 0,
+        checkpoint_offload=variant.offload,
         tokens=max(b.input_ids.numel() for b in batches),
         row_width=max(b.input_ids.shape[1] for b in batches),
         trained=max(b.trained_tokens for b in batches),

@@ -43,7 +43,7 @@ def make_model(folder: Path, shape: str) -> None:
     print(f"made {shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
 
 
-def kielo_config(gc: bool = True, compute_dtype: str = "bf16", stream: str = "fp32", kernels: str = "none"):
+def kielo_config(gc: bool = True, compute_dtype: str = "bf16", stream: str = "fp32", kernels: str = "none", offload: bool = False):
     """The kielo configuration of the bench's settings (those of the stock anchor scripts)."""
     from kielo.config.load import from_dict
 
@@ -54,6 +54,7 @@ def kielo_config(gc: bool = True, compute_dtype: str = "bf16", stream: str = "fp
             "training": {
                 "learning_rate": 1e-4,
                 "gradient_checkpointing": gc,
+                "checkpoint_offload": offload,
                 "optimizer": "adamw",
                 "max_grad_norm": 0,
                 "stream_dtype": stream,
@@ -111,7 +112,7 @@ def load_kielo(variant: Variant, folder: Path, device: torch.device) -> Loaded:
     if variant.tf32 is not None:
         # "high" lets fp32 matmuls (head, attention, LoRA on an fp32 stream) use TF32; "highest" is torch's default.
         torch.set_float32_matmul_precision("high" if variant.tf32 else "highest")
-    config = kielo_config(compute_dtype=variant.compute_dtype, stream=variant.stream, kernels=variant.kernels)
+    config = kielo_config(compute_dtype=variant.compute_dtype, stream=variant.stream, kernels=variant.kernels, offload=variant.offload)
     path = training_path(training_precision(config, folder, device), variant.lora_forward)
     model = load_base_model(ModelSource(str(folder)), config, device, precision=path.precision)
     if variant.adjust is not None:

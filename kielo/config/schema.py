@@ -190,6 +190,12 @@ class TrainingConfig:
     save_every: int = opt(0, "Write a checkpoint every N steps; 0 = only the final adapter.")
     keep_last: int = opt(2, "Checkpoints to keep.")
     gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass to save memory.")
+    checkpoint_offload: bool = opt(
+        False,
+        "With gradient_checkpointing on CUDA: keep each checkpointed layer's input in pinned CPU memory (copied "
+        "on a side stream while the layer computes, prefetched one layer ahead in backward) instead of on the "
+        "GPU: layers x tokens x width x 2 bytes less (1 GiB for Llama-3.1-8B at 4,096 tokens).",
+    )
     memory_plan: str = opt(
         "fit",
         "On a GPU, estimate the step's peak memory before training and choose micro_batch_size (trading it "

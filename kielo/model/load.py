@@ -165,6 +165,10 @@ def load_base_model(
         elif config.training.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
+        if config.training.gradient_checkpointing and config.training.checkpoint_offload:
+            from kielo.model.offload import set_checkpoint_offload
+
+            set_checkpoint_offload(model, True)
         apply_precision(model, precision or resolved_precision(resolve_hardware(config, model_config.model_type, device)))
         # transformers skips gradient checkpointing silently in eval mode; training must be in train mode.
         model.train()
@@ -175,11 +179,16 @@ def load_base_model(
     return model
 
 
-def set_gradient_checkpointing(model, on: bool) -> None:
-    """Turn recomputation on (non-reentrant, as at load) or off on a loaded training model."""
+def set_gradient_checkpointing(model, on: bool, offload: bool = False) -> None:
+    """Turn recomputation on (non-reentrant, as at load; layer inputs in host memory with ``offload``) or off
+    on a loaded training model."""
     if on:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+        if offload:
+            from kielo.model.offload import set_checkpoint_offload
+
+            set_checkpoint_offload(model, True)
     else:
         model.gradient_checkpointing_disable()
 

@@ -46,6 +46,7 @@ class Setup:
     lora_dropout: float = 0.0
     optimizer: str = "adamw"
     gradient_checkpointing: bool = True
+    checkpoint_offload: bool = False  # checkpointed layer inputs in host memory: two on the GPU at a time
     tokens: int = 4096  # positions in the largest micro-batch (rows x width)
     row_width: int = 2048  # positions one position can attend over (eager attention's T x T)
     trained: int = 4096  # trained positions in that micro-batch
@@ -212,7 +213,7 @@ def estimate(shape: ModelShape, s: Setup) -> Estimate:
     # gone: the probabilities and their gradients instead of the whole layer.
     attention = math_attention_bytes_per_token(shape, s) * t
     if s.gradient_checkpointing:
-        resident = shape.n_layers * t * shape.hidden * sb
+        resident = (min(2, shape.n_layers) if s.checkpoint_offload else shape.n_layers) * t * shape.hidden * sb
         layer = max(layer_saved + layer_grads, attention) + grads
     else:
         resident = shape.n_layers * (layer_saved + attention // 4)

@@ -71,6 +71,7 @@ def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_
         lora_dropout=lora.dropout,
         optimizer=config.training.optimizer,
         gradient_checkpointing=checkpointing,
+        checkpoint_offload=config.training.checkpoint_offload,
         tokens=micro_batch_size * data.row_width,
         row_width=data.row_width,
         trained=trained,

@@ -61,5 +61,5 @@ def resolve_training(bundle, items: list, saved: Config | None = None) -> tuple[
         plan = plan_memory(config, bundle.model.config, [planned_item(it) for it in items], bundle.device)
         config = apply_plan(config, plan)
     if config.training.gradient_checkpointing != t.gradient_checkpointing:  # the load set the configured one
-        set_gradient_checkpointing(bundle.model, config.training.gradient_checkpointing)
+        set_gradient_checkpointing(bundle.model, config.training.gradient_checkpointing, config.training.checkpoint_offload)
     return config, plan
