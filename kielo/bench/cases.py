@@ -164,6 +164,16 @@ def parse_cases(cases: str, registry: Registry) -> list[CaseEntry]:
     return entries
 
 
+def liger_default_chunks(model, path):
+    """The training path with Liger's fused head chunked Liger's way (``chunk_mem_const`` 1) instead of kielo's
+    byte-bounded chunks: the A/B of that choice (kielo.train.loss.liger_chunk_mem_const)."""
+    from dataclasses import replace
+
+    from kielo.train.loss import liger_default_chunk_loss_sum
+
+    return replace(path, loss=liger_default_chunk_loss_sum)
+
+
 VARIANTS = {
     "stock": Variant("stock"),
     # kielo's path with every matmul in fp32 and TF32 off (same dequantized weights): the yardstick for how far
@@ -179,6 +189,7 @@ VARIANTS = {
     "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", lora_forward="peft", planned=False),
     "kielo+unfused": Variant("kielo", stream="auto", kernels="auto", lora_forward="unfused", planned=False),
     "kielo+offload": Variant("kielo", stream="auto", kernels="auto", offload=True),
+    "kielo+ligerchunks": Variant("kielo", stream="auto", kernels="auto", adjust=liger_default_chunks, planned=False),
     "kielo+compute+unfused": Variant("kielo", stream="compute", kernels="auto", lora_forward="unfused", planned=False),
     # Unsloth as its SFT trainer feeds it by default (padding-free), with packing=True, and padded as stock.
     "unsloth": Variant("unsloth"),

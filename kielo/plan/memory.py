@@ -23,6 +23,16 @@ from kielo.plan.shape import ModelShape
 # Rows of hidden states the chunked loss head (kielo.train.loss) sends through the head at once: it bounds
 # the fp32 logits tensor (rows x vocab), a memory decision, so the memory model owns it.
 HEAD_CHUNK = 1024
+# Logits Liger's fused head computes at once, in the compute dtype (kielo.train.loss.liger_chunk_mem_const).
+FUSED_CHUNK_BYTES = 128 * 2**20
+
+
+def fused_chunk_rows(tokens: int, vocab: int, itemsize: int = 2) -> int:
+    """Rows of one chunk of logits in kielo's fused head: as many as :data:`FUSED_CHUNK_BYTES` hold, a power
+    of two, at most ``tokens``."""
+    rows = max(1, min(tokens, FUSED_CHUNK_BYTES // (vocab * itemsize)))
+    return 1 << (rows.bit_length() - 1)
+
 
 GIB = 2**30
 # cuBLAS and cuBLASLt keep their workspaces in PyTorch's allocator (32 MiB each by default on recent
@@ -224,7 +234,11 @@ def estimate(shape: ModelShape, s: Setup) -> Estimate:
     # states.
     final = t * shape.hidden * (sb + FP32)
     if s.fused_head:
-        head = final + s.trained * shape.hidden * sb * 3
+        head = (
+            final
+            + s.trained * shape.hidden * sb * 3
+            + fused_chunk_rows(s.trained, shape.vocab, s.compute_bytes) * shape.vocab * s.compute_bytes
+        )
     else:
         chunk = min(HEAD_CHUNK, s.trained)
         head = final + s.trained * shape.vocab * FP32 + 2 * chunk * shape.vocab * FP32

@@ -8,6 +8,7 @@ result equals ``model(...).logits`` + masked cross-entropy (a test checks it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from kielo.data.batches import Batch
 from kielo.data.encode import IGNORE
 from kielo.model.adapter import causal_lm
-from kielo.plan.memory import HEAD_CHUNK
+from kielo.plan.memory import HEAD_CHUNK, fused_chunk_rows
 from kielo.train.packing import model_inputs
 
 # (model, batch) -> (summed token loss over the batch's trained positions, their number)
@@ -43,13 +44,41 @@ def trained_hidden(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, tor
     return hidden[:, :-1][mask], targets[mask], mask
 
 
-def fused_head_loss_sum(lm, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Head + cross-entropy summed over ``hidden``'s rows in Liger's fused kernel (no logits kept; CUDA)."""
+def liger_chunk_mem_const(tokens: int, hidden: int, vocab: int, itemsize: int = 2) -> int:
+    """The ``chunk_mem_const`` that makes Liger's fused head compute :func:`fused_chunk_rows` rows at a time.
+
+    Liger sizes a chunk so that its logits stay under ``chunk_mem_const`` x tokens x width elements (rows =
+    next power of two of tokens / ceil(vocab / (c x width))); its default c = 1 gives Gemma 3 1B (vocabulary
+    262,144, width 1,152) chunks of 32 rows at 4,096 tokens: 128 skinny GEMM pairs, 55 ms of a 385 ms step on
+    an H100 (bench/NOTES.md, "Second fair run"). Here the chunk is bounded by bytes instead.
+    """
+    rows = fused_chunk_rows(tokens, vocab, itemsize)
+    chunks = -(-tokens // rows)
+    # The largest c with ceil(V / (c x width)) >= chunks: Liger's rows then come out at most ``rows``.
+    return max(1, vocab // (chunks * hidden))
+
+
+def fused_head_loss_sum(lm, hidden: torch.Tensor, targets: torch.Tensor, chunk_mem_const: int | None = None) -> torch.Tensor:
+    """Head + cross-entropy summed over ``hidden``'s rows in Liger's fused kernel (no logits kept; CUDA), in
+    chunks of :func:`fused_chunk_rows` rows unless ``chunk_mem_const`` (Liger's own knob; 1 = its default) is given."""
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     w = lm.get_output_embeddings().weight
     cap = getattr(lm.config, "final_logit_softcapping", None)
-    return liger_fused_linear_cross_entropy(hidden.to(w.dtype), w, targets, reduction="sum", softcap=cap)
+    if chunk_mem_const is None:
+        chunk_mem_const = liger_chunk_mem_const(hidden.shape[0], w.shape[1], w.shape[0], w.element_size())
+    extra = {"chunk_mem_const": chunk_mem_const} if _liger_takes_chunk_mem_const() else {}
+    return liger_fused_linear_cross_entropy(hidden.to(w.dtype), w, targets, reduction="sum", softcap=cap, **extra)
+
+
+@functools.cache
+def _liger_takes_chunk_mem_const() -> bool:
+    """liger-kernel 0.8.5 added ``chunk_mem_const``; earlier releases size chunks their own way only."""
+    import inspect
+
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    return "chunk_mem_const" in inspect.signature(liger_fused_linear_cross_entropy).parameters
 
 
 def chunked_loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
@@ -69,6 +98,13 @@ def fused_loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
     lm = causal_lm(model)
     h, y, _ = trained_hidden(model, batch)
     return fused_head_loss_sum(lm, h, y), int(y.numel())
+
+
+def liger_default_chunk_loss_sum(model, batch: Batch) -> tuple[torch.Tensor, int]:
+    """As :func:`fused_loss_sum`, with Liger's own chunk sizes (the bench's A/B of kielo's)."""
+    lm = causal_lm(model)
+    h, y, _ = trained_hidden(model, batch)
+    return fused_head_loss_sum(lm, h, y, chunk_mem_const=1), int(y.numel())
 
 
 def loss_head(liger: bool) -> LossFn:
