@@ -89,11 +89,17 @@ def build_config(args: argparse.Namespace, overrides: dict, command: Command):
 
 
 def _train(args, config) -> int:
+    if args.nproc is not None and args.nproc != 1:
+        from kielo.train.launch import launch
+
+        return launch(_without_nproc(args.argv), args.nproc)
 
     from kielo.train.summary import stopped_table, summary_table
     from kielo.train.trainer import train
 
     summary = train(config, resume=args.resume)
+    if not _main_rank():
+        return 0  # rank 0 prints (and writes) for the run
     if "stopped" in summary:  # SIGTERM / Ctrl-C: checkpointed at a step boundary, the log says how to go on
         print(stopped_table(summary, str(config.output_dir)))
         return 0
@@ -103,6 +109,29 @@ def _train(args, config) -> int:
 
 def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="data-parallel training in N processes on this machine (one per GPU; gloo on CPU), as torchrun would "
+        "start them; each optimizer step's micro-batches are dealt out to them",
+    )
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The train command's arguments without the command's name and ``--nproc N``: what each worker runs."""
+    rest = list(argv[argv.index("train") + 1 :])
+    for i, tok in enumerate(rest):
+        if tok == "--nproc":
+            return rest[:i] + rest[i + 2 :]
+        if tok.startswith("--nproc="):
+            return rest[:i] + rest[i + 1 :]
+    return rest
+
+
+def _main_rank() -> bool:
+    """False in the workers of a distributed run other than rank 0 (they neither print nor write)."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def _demo(args, config) -> int:
@@ -292,7 +321,10 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> tupl
 
 
 def setup_logging(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="kielo: %(message)s", stream=sys.stderr)
+    # In a distributed run only rank 0 tells the story; the others speak up for warnings and errors.
+    level = logging.DEBUG if debug else logging.INFO if _main_rank() else logging.WARNING
+    prefix = "kielo" if _main_rank() else f"kielo[rank {os.environ['RANK']}]"
+    logging.basicConfig(level=level, format=prefix + ": %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "peft", "accelerate", "bitsandbytes", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
     if not debug:
@@ -316,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     command = COMMANDS[args.command]
+    args.argv = argv
     try:
         if not debug:
             from transformers.utils import logging as hf_logging
@@ -331,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     except KieloError as e:
         if debug:
             raise
+        if not _main_rank():
+            return 2  # rank 0 prints the same message
         print(f"kielo {args.command}: error: {e.message}", file=sys.stderr)
         if e.fix:
             print(f"  fix: {e.fix}", file=sys.stderr)

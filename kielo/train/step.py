@@ -14,6 +14,7 @@ import torch
 
 from kielo.data.batches import BatchLayout
 from kielo.model.precision import Precision
+from kielo.train.distributed import SINGLE, World, sum_gradients, sum_values
 from kielo.train.faults import fault_point
 from kielo.train.loss import LossFn, loss_head
 
@@ -39,13 +40,15 @@ def training_path(precision: Precision, lora_forward: str = "fused") -> Training
     return TrainingPath(precision, loss_head(precision.liger), lora_forward)
 
 
-def accumulate_gradients(model, micro: list, device: torch.device, loss: LossFn) -> float:
+def accumulate_gradients(model, micro: list, device: torch.device, loss: LossFn, n_trained: int | None = None) -> float:
     """Backward over the micro-batches of one optimizer step; returns the step's mean token loss.
 
     Each micro-batch's loss sum is divided by the trained tokens of the whole accumulated batch, not by its
-    own count: otherwise a short micro-batch's tokens would weigh more than a long one's.
+    own count: otherwise a short micro-batch's tokens would weigh more than a long one's. In a distributed
+    step ``n_trained`` is that count over all ranks' micro-batches, and the return value this rank's share of
+    the step's mean (the ranks' shares add up to it).
     """
-    n_trained = max(1, sum(b.trained_tokens for b in micro))
+    n_trained = max(1, sum(b.trained_tokens for b in micro) if n_trained is None else n_trained)
     total = 0.0
     for b in micro:
         s, _ = loss(model, b.to(device))
@@ -54,20 +57,45 @@ def accumulate_gradients(model, micro: list, device: torch.device, loss: LossFn)
     return total / n_trained
 
 
+@dataclass
+class StepWork:
+    """What one optimizer step computed, over all ranks: mean token loss and the micro-batches' token counts."""
+
+    loss: float
+    real_tokens: int
+    trained_tokens: int
+
+
+def gradient_step(
+    model, layout: BatchLayout, step: int, accumulation: int, device: torch.device, loss: LossFn, params: list, world: World = SINGLE
+) -> StepWork:
+    """Gradients of optimizer step ``step`` (0-based) in ``params``: this rank's share of the step's
+    micro-batches (``world.micro_offsets``), normalised by the step's trained tokens over all ranks and summed
+    over the ranks, so every rank holds the single-process run's gradient of the whole step."""
+    micro = [layout.batch(step * accumulation + k) for k in world.micro_offsets(accumulation)]
+    trained, real = (int(v) for v in sum_values(world, sum(b.trained_tokens for b in micro), sum(b.real_tokens for b in micro)))
+    share = accumulate_gradients(model, micro, device, loss, n_trained=trained)
+    sum_gradients(world, params)
+    (mean,) = sum_values(world, share)
+    return StepWork(mean, real, trained)
+
+
 @torch.no_grad()
-def evaluate_loss(model, layout: BatchLayout, device: torch.device, loss: LossFn) -> dict:
-    """Mean token loss and perplexity over all batches of a layout."""
+def evaluate_loss(model, layout: BatchLayout, device: torch.device, loss: LossFn, world: World = SINGLE) -> dict:
+    """Mean token loss and perplexity over all batches of a layout (each rank takes every N-th batch)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for i in range(layout.per_epoch):
+    for i in range(world.rank, layout.per_epoch, world.size):
         s, n = loss(model, layout.batch(i).to(device))
         total += float(s.detach())
         count += n
-        if i == 0:
+        if i == world.rank:
             fault_point("evaluate")
     if was_training:
         model.train()
+    total, count = sum_values(world, total, count)
+    count = int(count)
     mean = total / max(count, 1)
     return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "tokens": count}
 

@@ -8,6 +8,7 @@ with a general trainer's hooks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -23,6 +24,7 @@ from kielo.config.schema import Config
 from kielo.data.batches import BatchLayout, eval_batch_size
 from kielo.data.pairs import PairLayout
 from kielo.data.prepare import is_preference, prepare_data, read_data
+from kielo.errors import KieloError
 from kielo.model.bundle import load_bundle
 from kielo.model.precision import resolved_precision
 from kielo.runs.card import write_card
@@ -31,6 +33,17 @@ from kielo.runs.lock import run_lock
 from kielo.runs.metrics import MetricsLog
 from kielo.train import checkpoint as ckpt
 from kielo.train.dead_settings import warn_dead_settings
+from kielo.train.distributed import (
+    SINGLE,
+    World,
+    any_rank,
+    broadcast_object,
+    broadcast_parameters,
+    check_accumulation,
+    gather_objects,
+    init_world,
+    shutdown,
+)
 from kielo.train.faults import fault_point
 from kielo.train.guard import DivergenceGuard
 from kielo.train.interrupt import stop_at_step_boundary, stop_requested
@@ -38,8 +51,8 @@ from kielo.train.optim import build_optimizer, build_scheduler
 from kielo.train.packing import require_packing_support
 from kielo.train.preference import build_objective, preference_summary
 from kielo.train.resolve import resolve_training
-from kielo.train.resume_state import set_rng_state
-from kielo.train.step import training_path
+from kielo.train.resume_state import rng_state, set_rng_state
+from kielo.train.step import evaluate_loss, gradient_step, training_path
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +85,41 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     """
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    run = RunFolder(config.output_dir)
-    run.check(resume)  # before anything is written: a mistake leaves the folder as it was
-    # Log lines (validation results, warnings) go through tqdm.write: each on its own line above the progress
-    # bar, instead of being appended to the bar's line.
-    with run_lock(run.path), stop_at_step_boundary(), logging_redirect_tqdm():
-        latest = run.check(resume)  # again, now that no other run can change the folder
-        run.clear_leftovers()
-        return _train(config, run, latest, progress)
+    world = init_world(config.training.device)
+    try:
+        run = RunFolder(config.output_dir)
+        # Log lines (validation results, warnings) go through tqdm.write: each on its own line above the
+        # progress bar, instead of being appended to the bar's line.
+        with stop_at_step_boundary(), logging_redirect_tqdm():
+            if not world.main:  # rank 0 owns the folder: its lock, its checks, its leftovers
+                return _train(config, run, _shared_start(world, None), progress, world)
+            with contextlib.ExitStack() as held:
+                try:
+                    run.check(resume)  # before anything is written: a mistake leaves the folder as it was
+                    held.enter_context(run_lock(run.path))
+                    latest = run.check(resume)  # again, now that no other run can change the folder
+                    run.clear_leftovers()
+                except KieloError as e:
+                    _shared_start(world, e)
+                    raise
+                return _train(config, run, _shared_start(world, latest), progress, world)
+    finally:
+        shutdown(world)
 
 
-def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) -> dict:
+def _shared_start(world: World, outcome: Path | KieloError | None) -> Path | None:
+    """Rank 0's verdict on the run folder (the checkpoint to resume from, or the error that refuses it) on
+    every rank, so the other ranks neither wait forever for a refused run nor resume from another step."""
+    if isinstance(outcome, KieloError):
+        broadcast_object(world, ("error", outcome.message, outcome.fix))
+        return None
+    got = broadcast_object(world, ("ok", str(outcome) if outcome is not None else None))
+    if got[0] == "error":
+        raise KieloError(got[1], got[2])
+    return Path(got[1]) if got[1] is not None else None
+
+
+def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, world: World = SINGLE) -> dict:
     from tqdm.auto import tqdm
 
     from kielo.model.adapter import causal_lm, start_adapter
@@ -101,6 +138,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
     config, memory_plan = resolve_training(bundle, train_items, run.saved_config() if latest is not None else None)
     bundle = replace(bundle, config=config)
     t = config.training
+    check_accumulation(world, t.gradient_accumulation)
     pad_id = bundle.tokenizer.pad_token_id
     # Evaluation needs no gradients, so it affords bigger batches; sorting by length keeps padding small.
     eval_batch = eval_batch_size(config)
@@ -115,14 +153,23 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
     warn_dead_settings(config, steps, bool(val_items))
     path = training_path(resolved_precision(config))
     objective = build_objective(config, path)
+    if world.active and t.objective != "sft":
+        raise KieloError(
+            f"training.objective {t.objective} does not run in several processes yet", "train it in one process (without --nproc)"
+        )
     model = start_adapter(bundle.model, config.lora, path.lora_forward)
     bundle = replace(bundle, model=model)
     trainable, total = describe_parameters(model)
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     params = [p for p in model.parameters() if p.requires_grad]
+    broadcast_parameters(world, params)  # the same seed gives the same LoRA init; this makes sure of it
+    if world.active:
+        # Dropout masks: each rank draws its own (the same stream on every rank would repeat one mask).
+        torch.manual_seed(t.seed + 1000003 * world.rank)
     optimizer = build_optimizer(params, t, bundle.device)
     scheduler = build_scheduler(optimizer, t, steps)
-    run.write_config(config)
+    if world.main:
+        run.write_config(config)
     step, tokens_seen, history = 0, 0, {}
     guard = DivergenceGuard(causal_lm(model).config.vocab_size, t.on_divergence)
     # Before a checkpoint's weights are loaded: what the objective computes once comes from the starting weights.
@@ -133,50 +180,69 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
         ckpt.load_adapter_weights(model, latest)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(_rank_rng(state, world))
         step, tokens_seen, history = state["step"], state["tokens_seen"], state["history"]
         guard.running, guard.skipped, guard.pending = state["guard"]["running"], list(state["guard"]["skipped"]), latest
         log.info("resumed from %s (step %d of %d)", latest, step, steps)
-    metrics = MetricsLog(out, resume_step=step if latest is not None else None)
+    metrics = MetricsLog(out, resume_step=step if latest is not None else None) if world.main else None
 
     # What only this run knows for the model cards (README.md) of its checkpoints and final adapter.
     card_facts = {"template": bundle.template.name, "end_token": bundle.template.end_token, "data": data_report, "steps": steps}
 
     def save(at: int) -> Path:
         extra = {"tokens_seen": tokens_seen, "history": history, "guard": {"running": guard.running, "skipped": guard.skipped}}
+        # Every rank's random streams (dropout), so a resumed distributed run continues bit for bit.
+        rngs = gather_objects(world, rng_state())
+        if world.active:
+            extra["rng_ranks"] = rngs
 
         def side_files(folder: Path) -> None:
             write_side_files(bundle, folder)
             write_card(folder, out, card_facts, location=checkpoints_dir(out) / f"step-{at}", step=at)
 
-        written = ckpt.save_checkpoint(out, at, model, optimizer, scheduler, extra, side_files)
+        written = None
+        if world.main:
+            written = ckpt.save_checkpoint(out, at, model, optimizer, scheduler, extra, side_files)
+        written = Path(broadcast_object(world, str(written) if written else None) or checkpoints_dir(out) / f"step-{at}")
         guard.written(written)
-        ckpt.prune_checkpoints(out, t.keep_last, protect=guard.protected())
+        if world.main:
+            ckpt.prune_checkpoints(out, t.keep_last, protect=guard.protected())
         return written
 
     def validate(at: int) -> None:
         if val_layout is None:
             return
-        result = objective.evaluate(model, val_layout, bundle.device)
+        if world.active:
+            result = evaluate_loss(model, val_layout, bundle.device, path.loss, world)
+        else:
+            result = objective.evaluate(model, val_layout, bundle.device)
         history.setdefault("validation", []).append({"step": at, **result})
-        metrics.write({"split": "validation", "step": at, **result})
+        if metrics is not None:
+            metrics.write({"split": "validation", "step": at, **result})
         log.info("step %d validation %s", at, objective.describe(result))
 
     if step == 0:
         validate(0)
     model.train()
-    bar = tqdm(total=steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=step, desc="train", unit="step", disable=not (progress and world.main), dynamic_ncols=True)
     loop_start, loop_tokens = time.time(), 0
     while step < steps:
         if step:
             fault_point("between-steps")
-        if stop_requested():
+        # All ranks stop together: a signal seen by one rank only would leave the others in a collective.
+        if any_rank(world, stop_requested() is not None):
             bar.close()
+            signal_name = stop_requested() or "SIGTERM"
             return _stopped(
-                out, step, steps, stop_requested(), latest if latest is not None and latest.name == f"step-{step}" else None, save
+                out, step, steps, signal_name, latest if latest is not None and latest.name == f"step-{step}" else None, save
             )
-        micro = [layout.batch(step * t.gradient_accumulation + k) for k in range(t.gradient_accumulation)]
-        loss, step_metrics = objective.accumulate(model, micro, bundle.device)
+        if world.active:
+            work = gradient_step(model, layout, step, t.gradient_accumulation, bundle.device, path.loss, params, world)
+            loss, step_metrics, real = work.loss, {}, work.real_tokens
+        else:
+            micro = [layout.batch(step * t.gradient_accumulation + k) for k in range(t.gradient_accumulation)]
+            loss, step_metrics = objective.accumulate(model, micro, bundle.device)
+            real = sum(b.real_tokens for b in micro)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
         injected = fault_point("step")
         if injected == "nan":  # a bad batch: its gradients are not finite
@@ -193,7 +259,6 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        real = sum(b.real_tokens for b in micro)
         tokens_seen += real
         loop_tokens += real
         history.setdefault("train_first", loss)
@@ -201,7 +266,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
         if step_metrics:
             history["train_metrics_last"] = step_metrics
         tps = loop_tokens / max(time.time() - loop_start, 1e-9)
-        if step % t.log_every == 0 or step == steps:
+        if metrics is not None and (step % t.log_every == 0 or step == steps):
             metrics.write(
                 {
                     "split": "train",
@@ -223,9 +288,10 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
             latest = save(step)
     bar.close()
     validate(steps)
-    run.write_final(
-        bundle, model, midway=lambda f: fault_point("final-save", f), card=lambda f: write_card(f, out, card_facts, location=out)
-    )
+    if world.main:
+        run.write_final(
+            bundle, model, midway=lambda f: fault_point("final-save", f), card=lambda f: write_card(f, out, card_facts, location=out)
+        )
     summary = {
         "steps": steps,
         "epochs": steps * t.gradient_accumulation / layout.per_epoch,
@@ -237,6 +303,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
         "estimated_peak_memory_bytes": memory_plan.estimate.total if memory_plan else None,
         "memory_plan": memory_plan.describe() if memory_plan else None,
         "device": str(bundle.device),
+        "processes": world.size,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "train_loss_first": history.get("train_first"),
@@ -250,11 +317,25 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool) 
         "data": data_report,
         "skipped_steps": guard.skipped,
     }
+    if not world.main:
+        return summary
     fault_point("summary")
     run.write_summary(summary)
     metrics.close()
     log.info("adapter written to %s", out)
     return summary
+
+
+def _rank_rng(state: dict, world: World) -> dict:
+    """This rank's random streams from a checkpoint: its own when the run had as many ranks, else rank 0's
+    (a run resumed on another number of processes continues with the same data and gradients, but dropout
+    draws other masks)."""
+    ranks = state.get("rng_ranks")
+    if ranks is not None and len(ranks) == world.size:
+        return ranks[world.rank]
+    if world.active or ranks is not None:
+        log.warning("the checkpoint was written by a run of another number of processes: dropout masks will differ")
+    return state["rng"]
 
 
 def _stopped(out: Path, step: int, steps: int, signal_name: str, checkpoint: Path | None, save) -> dict:
