@@ -96,8 +96,9 @@ def check_fits(
         )
 
 
-def bnb_config(q: QuantizationConfig, dtype: torch.dtype):
-    """The transformers BitsAndBytesConfig for ``quantization.*`` (None when bits == 0)."""
+def bnb_config(q: QuantizationConfig, dtype: torch.dtype, storage: torch.dtype = torch.uint8):
+    """The transformers BitsAndBytesConfig for ``quantization.*`` (None when bits == 0); ``storage``: the dtype
+    the packed 4-bit weights are stored in (the compute dtype for FSDP, which shards floating tensors)."""
     if q.bits == 0:
         return None
     try:
@@ -112,7 +113,7 @@ def bnb_config(q: QuantizationConfig, dtype: torch.dtype):
         bnb_4bit_quant_type=q.quant_type,
         bnb_4bit_use_double_quant=q.double_quant,
         bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_quant_storage=torch.uint8,
+        bnb_4bit_quant_storage=storage,
     )
 
 
@@ -217,7 +218,9 @@ def dequantize_4bit_weight(layer) -> torch.Tensor:
     """A bitsandbytes 4-bit layer's weight as a dense (out, in) matrix in its quantization's dtype (a copy)."""
     import bitsandbytes.functional as bnbf
 
-    return bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    # Under FSDP2 the unsharded weight is a plain Parameter without its quant_state; the layer keeps a copy.
+    quant_state = getattr(layer.weight, "quant_state", None) or layer.quant_state
+    return bnbf.dequantize_4bit(layer.weight.data, quant_state)
 
 
 def dequantize_for_cpu_inference(model) -> bool:
