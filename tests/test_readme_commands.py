@@ -35,6 +35,16 @@ NOT_RUN = {
     'WHL=".whl .whl2" bash bench/run_qlora_bench.sh --shape llama8b '
     '--cases "=stock:a,b unsloth:a,b unsloth+nogc:a unsloth+packed:b"': GPU,
     'bash bench/run_qlora_bench.sh --shape gemma1b --cases "stock:a,b kielo:a,b"': GPU,
+    "kielo train configs/demo.yaml --nproc 2 --training.gradient_accumulation 2 --training.max_steps 2 --output_dir runs/ddp": (
+        "this runner's budget sets --training.gradient_accumulation 1, which 2 processes cannot split; "
+        "tests/test_distributed.py runs `kielo train --nproc 2` on the tiny model"
+    ),
+    "torchrun --nproc-per-node 2 -m kielo train configs/demo.yaml --training.gradient_accumulation 2 --output_dir runs/ddp-torchrun": (
+        "the same workers as the `kielo train --nproc 2` line, started by torchrun (tests/test_distributed.py runs them "
+        "with torchrun's environment)"
+    ),
+    "accelerate launch --num_processes 2 -m kielo train configs/demo.yaml --training.gradient_accumulation 2 "
+    "--output_dir runs/ddp-accelerate": "the same workers started by accelerate launch, which sets torchrun's environment",
 }
 # Files the README's commands take from the user: written into the working folder before the commands run.
 USER_FILES = {"my.jsonl": ROWS * 4, "pairs.jsonl": PAIRS * 3}
