@@ -1,7 +1,8 @@
 """Files kielo ships inside the package: the demo's config, the bundled Finnish data and the prompt suite.
 
 They sit here under the relative paths they have in the repository (``configs/demo.yaml``,
-``data/fi_instruct/{train,dev,test}.jsonl`` with ``data/DATA.md`` and ``data/LICENSE``,
+``data/fi_instruct/{train,dev,test}.jsonl`` and the preference pairs ``data/fi_prefs/{train,dev,test}.jsonl``
+with ``data/DATA.md`` and ``data/LICENSE``,
 ``prompts/fi_suite.yaml``); the repository's paths are links to these files, so there is one copy. A
 relative path that names one of them therefore works from any folder and after a plain
 ``pip install kielo``: :func:`locate` returns a path as given when it exists, else the bundled file of
