@@ -15,7 +15,7 @@ reference answer; ``rejected`` is a realistic failure, labelled by ``rejected_ki
   number, or an extracted name swapped for one from another row.
 
 ``rejected_source`` says whether the rejection is the base model's own generation or was constructed. The
-base model's answers come from data/parts/base_generations.jsonl (written by data/generate_base.py), so this
+base model's answers come from data/base_generations.jsonl (written by data/generate_base.py), so this
 build needs no model and is deterministic: the same inputs give the same files byte for byte.
 Run from the repository root: python data/build_prefs.py
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 SOURCE = HERE / "fi_instruct"
 OUT = HERE / "fi_prefs"
-GENERATIONS = HERE / "parts" / "base_generations.jsonl"
+GENERATIONS = HERE / "base_generations.jsonl"
 SPLITS = ("train", "dev", "test")
 KINDS = ("no_end", "repeats_prompt", "wrong_language", "wrong_fact")
 

@@ -2,7 +2,7 @@
 
 The embedded default model (Gemma 3 270M, 4-bit NF4 as kielo trains it, no adapter) answers each prompt
 with greedy decoding and at most 96 new tokens, in kielo's built-in template: the same settings as the
-README's held-out comparison of the base. The answers are cached in data/parts/base_generations.jsonl (one
+README's held-out comparison of the base. The answers are cached in data/base_generations.jsonl (one
 row per source row, sorted by id, with a hash of the prompt), so data/build_prefs.py needs no model.
 Rows already in the cache with the same prompt are kept, and a run can stop after a time limit (the rows
 left for later keep constructed rejections); run from the repository root:
@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SPLITS = HERE / "fi_instruct"
-CACHE = HERE / "parts" / "base_generations.jsonl"
+CACHE = HERE / "base_generations.jsonl"
 MODEL = "gemma-3-270m"
 MAX_NEW_TOKENS = 96
 BATCH = 16

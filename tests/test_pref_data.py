@@ -38,7 +38,7 @@ def _builder():
 
 
 BUILD = _builder()
-GENERATIONS = {g["id"]: g for g in _read(ROOT / "data" / "parts" / "base_generations.jsonl")}
+GENERATIONS = {g["id"]: g for g in _read(ROOT / "data" / "base_generations.jsonl")}
 
 
 def _text(answer) -> str:
