@@ -38,8 +38,9 @@ KINDS = ("no_end", "repeats_prompt", "wrong_language", "wrong_fact")
 
 # The order in which each task's rows take their rejection (row k of a task in a split starts at entry
 # k mod len): a mix of kinds per task, weighted towards what fails most on that task. "generated" is the
-# base model's own answer, labelled by what is wrong with it; the others are constructed. A row whose
-# first choice does not apply (no number to change, an answer that ended) takes the next in the list.
+# base model's own answer, labelled by what is wrong with it (a constructed run-on answer where there is
+# no generation, or where the base model's answer ended); the others are constructed. A row whose first
+# choice does not apply (no number to change, an echo equal to the reference) takes the next in the list.
 ROTATION = {
     "arithmetic": ("wrong_fact", "generated", "wrong_fact", "echo"),
     "classification": ("wrong_fact", "generated", "echo"),

@@ -149,9 +149,9 @@ def test_sizes_and_mix_of_kinds():
     for p in PAIRS["train"]:
         by_task.setdefault(p["task"], set()).add(p["rejected_kind"])
     assert all(len(kinds) >= 2 for kinds in by_task.values()), by_task
-    # The base model's own answers are most of the no_end, repeated-prompt and wrong-language rejections' sources.
-    own = Counter(p["rejected_source"] for p in PAIRS["train"])
-    assert own["base_generation"] >= 10, own
+    # Some of each split's rejections are the base model's own answers (the datasheet says how many).
+    for s in SPLITS:
+        assert sum(p["rejected_source"] == "base_generation" for p in PAIRS[s]) >= 5, s
 
 
 def test_generated_rejections_come_from_the_base_model_settings():
