@@ -66,6 +66,18 @@ def setup_compare(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="learning curve: also evaluate the loss of every checkpoint of each run folder among the adapters",
     )
+    p.add_argument(
+        "--preference_data",
+        metavar="FILE",
+        help="held-out preference pairs (chosen/rejected rows, as training.objective dpo reads them): each model's "
+        "preference accuracy, reward margin and answer log-probabilities, DPO's implicit reward against the base",
+    )
+    p.add_argument(
+        "--beta",
+        type=float,
+        metavar="B",
+        help="beta of the implicit reward on --preference_data (default: the compared DPO runs' training.beta, else 0.1)",
+    )
     _common(p)
 
 
@@ -95,6 +107,20 @@ def _options(args, config) -> dict:
         "harness": harness,
         "chosen_generation": chosen,
     }
+
+
+def _preference_options(args) -> dict:
+    """--preference_data and --beta, checked before any model loads (a bad row is an error naming it)."""
+    if args.beta is not None and not args.beta > 0:
+        raise KieloError(f"--beta {args.beta} is not positive", "give the implicit reward's beta, e.g. --beta 0.1")
+    if args.preference_data is None:
+        if args.beta is not None:
+            raise KieloError("--beta is used only with --preference_data", "add --preference_data FILE, or drop --beta")
+        return {}
+    from kielo.data.preference import load_pairs
+
+    load_pairs(args.preference_data, given_with="--preference_data")
+    return {"preference_data": args.preference_data, "beta": args.beta}
 
 
 def _generation_line(report: dict) -> str:
@@ -129,9 +155,12 @@ def run_evaluate(args, config) -> int:
 
 
 def run_compare(args, config) -> int:
+    from kielo.evaluate.preference_report import terminal_lines
     from kielo.evaluate.run import compare
 
-    report = compare(config, adapters=args.adapter, checkpoints=args.checkpoints, **_options(args, config))
+    report = compare(
+        config, adapters=args.adapter, checkpoints=args.checkpoints, **_options(args, config), **_preference_options(args)
+    )
     summary = report["summary"]
     print(_generation_line(report))
     for name, m in summary["models"].items():
@@ -144,6 +173,8 @@ def run_compare(args, config) -> int:
                 scale = 100 if key == "task_success" else 1
                 parts.append(f"{key} {d['delta'] * scale:+.3g} [{d['low'] * scale:+.3g}, {d['high'] * scale:+.3g}]")
         print(f"{name} - base: {', '.join(parts) or 'no shared measurements'}")
+    for line in terminal_lines(summary.get("preference")):
+        print(line)
     for note in report["notes"]:
         print(f"note: {note}")
     print(f"report: {report['files']['html']}")

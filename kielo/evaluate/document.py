@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kielo.evaluate.format import fmt, safe_name
+from kielo.evaluate.preference_report import preference_section
 from kielo.evaluate.tables import (
     adapter_tables,
     comparison_table,
@@ -190,6 +191,7 @@ def comparison_report(report: dict, figures: dict[str, Figure]) -> Report:
         adapter_parts += [*adapter_tables(name, analysis), *fig(f"{stem}_heatmap"), *fig(f"{stem}_spectrum")]
     blocks += [
         Section("Summary", [comparison_table(report), *fig("metric_deltas")], anchor="summary"),
+        *preference_section(report.get("preference")),
         Section("Per task type", _per_task(report, fig("per_task")), anchor="tasks"),
         Section("Per-example loss", [loss_difference_table(report), *fig("loss_differences")], anchor="loss"),
         Section("Biggest wins and losses", [_wins_losses(n, wl) for n, wl in report["wins_and_losses"].items()], anchor="examples"),

@@ -24,11 +24,12 @@ from kielo.data.records import Example
 from kielo.errors import KieloError
 from kielo.evaluate import metrics as m
 from kielo.evaluate import paired, stats
+from kielo.evaluate import preference as pairs
 from kielo.evaluate.adapter_analysis import analyze_adapter
 from kielo.evaluate.card_numbers import record_held_out
 from kielo.evaluate.dataset import expected_language, has_reference, load_eval_examples, stratified_subset, task_of
 from kielo.evaluate.harness import HarnessOptions, run_harness
-from kielo.evaluate.learning_curve import has_checkpoints, run_points, validation_history
+from kielo.evaluate.learning_curve import has_checkpoints, learning_curve, run_points
 from kielo.evaluate.loading import load_all, load_one, resolve
 from kielo.evaluate.loss import encode_for_loss, example_losses
 from kielo.evaluate.scores import GENERATION_METRICS, base_row, corpus_diversity, score_answer, summarize, summarize_by_task
@@ -285,6 +286,8 @@ def compare(
     output_dir: str | Path | None = None,
     progress: bool = True,
     chosen_generation: Collection[str] | None = None,
+    preference_data: str | Path | None = None,
+    beta: float | None = None,
 ) -> dict:
     """Compare the base model with each adapter on the same ``data`` and settings; write the reports.
 
@@ -292,7 +295,9 @@ def compare(
     checkpoint or a run folder; a run folder given as ``config.model.name`` brings its own) is another.
     ``generate``/``bootstrap``/``harness``/``chosen_generation`` as in :func:`evaluate` (every variant generates
     with the same settings); ``checkpoints`` adds a learning curve:
-    the loss of every checkpoint of each run folder among the adapters. Writes ``report.json``,
+    the loss of every checkpoint of each run folder among the adapters; ``preference_data`` (a file of held-out
+    preference pairs) adds ``preference``, each model's preference accuracy and reward margin against the base
+    (DPO's implicit reward with ``beta``; None: the DPO runs', see :mod:`kielo.evaluate.preference`). Writes ``report.json``,
     ``report.md``, ``report.html`` (self-contained), ``generations/<variant>.jsonl`` and ``plots/*.png``.
 
     Returns the report dict with keys ``model``, ``data``, ``settings``, ``variants`` (``[{name, adapter}]``),
@@ -346,7 +351,7 @@ def compare(
         }
         loss_diffs[name] = paired.loss_differences(base_rows, rows)
         wins[name] = paired.wins_and_losses(base_rows, rows)
-    curve = _learning_curve(bundle, names, name_paths, curve_points, encoded, results, progress) if checkpoints else None
+    curve = learning_curve(bundle, name_paths, curve_points, encoded, results, BASE) if checkpoints else None
     out = {"kind": "comparison", **_header(config, source, bundle, choice, data_path, examples, gen_idx, encode_report, bootstrap)}
     out["variants"] = [{"name": n, "adapter": name_paths.get(n)} for n in variants]
     out["results"] = results
@@ -356,7 +361,9 @@ def compare(
     out["adapter_analysis"] = {n: analyze_adapter(bundle.model, n) for n in variants[1:]}
     out["learning_curve"] = curve
     out["harness"] = run_harness(bundle, variants, harness) if harness else None
-    out["summary"] = _compact(results, {n: d["overall"] for n, d in deltas.items()})
+    prefs = pairs.compare_pairs(bundle, variants, paths, preference_data, beta, bootstrap) if preference_data else None
+    out["preference"] = prefs
+    out["summary"] = {**_compact(results, {n: d["overall"] for n, d in deltas.items()}), "preference": pairs.compact(prefs)}
     notes = _data_notes(examples, gen_idx, encode_report)
     if not use_chrf:
         notes.append("chrF skipped: sacrebleu is not installed (pip install 'kielo[eval]').")
@@ -372,27 +379,3 @@ def compare(
     report.write_comparison(out, Path(output_dir or config.output_dir), config)
     record_held_out(out)  # each compared kielo run's model card (README.md) now carries these numbers
     return out
-
-
-def _learning_curve(
-    bundle: Bundle, names: list[str], name_paths: dict[str, str], curve_points: dict, encoded: list, results: dict, progress: bool
-) -> dict:
-    """Loss of the base (step 0), every checkpoint and the final adapter of each run folder."""
-    by_path = {str(Path(p).resolve()): n for n, p in name_paths.items()}
-    base_loss = results[BASE]["overall"]["loss"]
-    curve = {}
-    for run, points in curve_points.items():
-        run_name = by_path[str(Path(run).resolve())]
-        series = [{"step": 0, "loss": base_loss["loss"] if base_loss else None, "variant": BASE}]
-        for pt in points:
-            name = by_path[str(Path(pt.path).resolve())]
-            if name in results:
-                loss = results[name]["overall"]["loss"]
-            else:
-                with use_variant(bundle, name):
-                    per = example_losses(bundle, encoded, eval_batch_size(bundle.config))
-                tokens = sum(n for _, n in per.values())
-                loss = {"loss": sum(s for s, _ in per.values()) / tokens} if tokens else None
-            series.append({"step": pt.step, "loss": loss["loss"] if loss else None, "variant": name})
-        curve[run_name] = {"run": run, "points": series, "validation": validation_history(run)}
-    return curve
