@@ -137,7 +137,9 @@ def _main_rank() -> bool:
 def _demo(args, config) -> int:
     from kielo.demo import run_demo
 
-    return run_demo(config, full=args.full, strict=args.strict, generate_n=args.generate)
+    return run_demo(
+        config, full=args.full, strict=args.strict, generate_n=args.generate, preference=args.preference, given=args.config_keys
+    )
 
 
 def _demo_base() -> dict:
@@ -149,6 +151,12 @@ def _demo_base() -> dict:
 def _setup_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="evaluate on every held-out example (the README's evidence)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when the prompt suite fails")
+    p.add_argument(
+        "--preference",
+        action="store_true",
+        help="then DPO from the tuned adapter on the bundled Finnish preference pairs (configs/demo_dpo.yaml's recipe) "
+        "and SFT vs SFT+DPO on the held-out split, preference accuracy included; timed apart from the usual stages",
+    )
     p.add_argument(
         "--generate",
         type=int,

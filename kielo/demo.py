@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 DEMO_CONFIG = "configs/demo.yaml"
 HELD_OUT = "data/fi_instruct/test.jsonl"
+# The stages `--preference` adds (kielo.demo_preference), timed apart from these.
+PREFERENCE_STAGES = ("dpo-train", "dpo-compare")
 GENERATE_DEFAULT = 48  # task-stratified held-out examples generated on (all of them with --full)
 
 # The evidence bars the README's claim rests on (tuned vs base, held-out data).
@@ -123,11 +125,14 @@ def stage_links(report: Stages) -> list[str]:
     return links
 
 
-def demo_report(report: Stages, checks: dict, summary: dict | None, suite: dict | None, full: bool = True) -> Report:
-    """The demo's report: each stage's time, the held-out results, the evidence bars, the suite pass rates."""
+def demo_report(
+    report: Stages, checks: dict, summary: dict | None, suite: dict | None, full: bool = True, preference: list | None = None
+) -> Report:
+    """The demo's report: each stage's time, the held-out results, the evidence bars, the suite pass rates, and
+    ``preference`` (the blocks of :func:`kielo.demo_preference.report_blocks`) when those stages ran."""
     stages = Table(
         ["stage", "seconds"],
-        [[s["stage"], s["seconds"]] for s in report.stages],
+        [[s["stage"], s["seconds"]] for s in report.stages if s["stage"] not in PREFERENCE_STAGES],
         formats={"seconds": ".0f"},
         footer=["total", report.results.get("total_seconds", 0)],
     )
@@ -167,14 +172,24 @@ def demo_report(report: Stages, checks: dict, summary: dict | None, suite: dict 
         blocks += [Section("Held-out results (base vs tuned)", [results]), Section("Evidence bars", evidence_blocks)]
     if suite:
         blocks.append(Section("Prompt suite pass rates", [Bullets([f"{k}: {v:.0%}" for k, v in suite.items()])]))
+    blocks += preference or []
     return Report("kielo demo", blocks, data={"stages": report.stages, "results": report.results})
 
 
-def run_demo(config: Config, full: bool = False, strict: bool = False, generate_n: int | None = None) -> int:
+def run_demo(
+    config: Config,
+    full: bool = False,
+    strict: bool = False,
+    generate_n: int | None = None,
+    preference: bool = False,
+    given: Collection[str] = (),
+) -> int:
     """Run the whole workflow; returns the exit code (non-zero with ``strict`` when the prompt suite fails).
 
     ``full`` generates on every held-out example (the README's evidence); otherwise on a task-stratified
     subset of ``generate_n`` (default 48). The loss is always computed on all held-out examples.
+    ``preference`` adds the DPO stages of :mod:`kielo.demo_preference` after the usual ones, timed apart;
+    ``given`` (the dotted keys set on the command line) win over the DPO recipe's too.
     """
     from kielo.analyze.run import analyze_data
     from kielo.evaluate.report import write_training
@@ -237,7 +252,13 @@ def run_demo(config: Config, full: bool = False, strict: bool = False, generate_
     tuned = run_dir.name
     checks = evidence(summary, tuned)
     report.results["evidence"] = checks
-    document = demo_report(report, checks, summary, suite, full)
+    extra = None
+    if preference:
+        from kielo.demo_preference import preference_stages
+
+        n = None if full else (generate_n or GENERATE_DEFAULT)
+        extra = preference_stages(report, eval_config(), given, run_dir, held_out, n)
+    document = demo_report(report, checks, summary, suite, full, extra)
     write_json(render_json(document), out / "report.json", indent=2, lenient=True)
     (out / "report.md").write_text(render_markdown(document), encoding="utf-8")
     print((out / "report.md").read_text(encoding="utf-8"))

@@ -16,6 +16,7 @@ from kielo.resources import RESOURCES, locate
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [
     "configs/demo.yaml",
+    "configs/demo_dpo.yaml",
     "data/fi_instruct/train.jsonl",
     "data/fi_instruct/dev.jsonl",
     "data/fi_instruct/test.jsonl",
