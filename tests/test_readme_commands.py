@@ -76,6 +76,11 @@ CHECKS = {
         (w / "runs/try-dpo/reference_logps.pt").is_file() and _summary(w / "runs/try-dpo")["preference"]["train_last"] is not None
     ),
     "kielo demo": lambda w: (w / "runs/demo-2/report.md").is_file(),
+    "kielo compare --model runs/try --adapter runs/try-dpo --data data/fi_instruct/test.jsonl --preference_data pairs.jsonl "
+    "--output_dir runs/try-dpo-compare": lambda w: (
+        json.loads((w / "runs/try-dpo-compare/report.json").read_text())["preference"]["models"]["try-dpo"]["accuracy"] is not None
+    ),
+    "kielo demo --preference": lambda w: "dpo-compare" in json.loads((w / "runs/demo-3/report.json").read_text())["results"],
 }
 
 
