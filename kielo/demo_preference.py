@@ -43,12 +43,12 @@ def recipe() -> dict:
     return dict(read_yaml(RESOURCES / DPO_CONFIG).get("training") or {})
 
 
-def train_subset(source: Path, pairs: int, seed: int, out: Path) -> tuple[Path, int]:
-    """A seeded sample of ``pairs`` rows of ``source`` written to ``out`` (all rows when there are fewer): the
-    pairs ``max_steps`` will see, so the reference log-probabilities are computed for those alone."""
+def train_subset(source: Path, pairs: int | None, seed: int, out: Path) -> tuple[Path, int]:
+    """A seeded sample of ``pairs`` rows of ``source`` written to ``out`` (all rows when None or there are fewer):
+    the pairs ``max_steps`` will see, so the reference log-probabilities are computed for those alone."""
     _, rows = read_rows(source, "data/fi_prefs/train.jsonl")
     chosen = [row for _, row in rows]
-    if pairs < len(chosen):
+    if pairs is not None and pairs < len(chosen):
         chosen = random.Random(seed).sample(chosen, pairs)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen), encoding="utf-8")
@@ -63,10 +63,9 @@ def dpo_config(config: Config, given: Collection[str], sft_run: Path, out: Path)
     training = {k: v for k, v in recipe().items() if f"training.{k}" not in given}
     data["training"] = {**data["training"], **training}
     t = data["training"]
+    # max_steps 0 trains for training.epochs over every train pair.
     steps = int(t["max_steps"])
-    if steps <= 0:
-        raise ValueError("the DPO recipe needs training.max_steps > 0")
-    wanted = steps * int(t["micro_batch_size"]) * int(t["gradient_accumulation"])
+    wanted = steps * int(t["micro_batch_size"]) * int(t["gradient_accumulation"]) if steps > 0 else None
     subset, n = train_subset(RESOURCES / PREFS_TRAIN, wanted, int(t["seed"]), out / "dpo-data" / "train.jsonl")
     data["data"] = {**data["data"], "train": str(subset), "validation": None, "validation_split": 0.0, "packing": False}
     data["lora"] = {**data["lora"], "init_from": str(sft_run)}
