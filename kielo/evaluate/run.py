@@ -304,14 +304,15 @@ def compare(
     ``results`` (per variant: ``overall``, ``per_task``, ``intervals``, ``diversity``, ``timing``,
     ``examples``), ``deltas`` (per adapter variant: ``overall`` and ``per_task``, each
     ``{metric: {delta, low, high, level, n, p_value}}``, adapter minus base), ``loss_differences``,
-    ``wins_and_losses``, ``adapter_analysis``, ``learning_curve``, ``harness``, ``notes``, ``files``, and
+    ``wins_and_losses``, ``adapter_analysis``, ``learning_curve``, ``harness``, ``preference``, ``notes``, ``files``, and
     ``summary``, the compact machine-readable part::
 
         {"base": "base", "metrics": ["loss", "chrf", "task_success", "end_token", "expected_language"],
          "level": 0.95,
          "models": {name: {"loss", "perplexity", "chrf", "task_success", "end_token",
                            "expected_language", "loss_examples", "generated_examples", "tokens_per_s"}},
-         "deltas": {adapter_name: {metric: {"delta", "low", "high", "n", "p_value"} | None}}}
+         "deltas": {adapter_name: {metric: {"delta", "low", "high", "n", "p_value"} | None}},
+         "preference": None | {"pairs", "beta", "reference", "baseline", "models": {...}, "deltas": {...}}}
 
     ``loss`` is the token-weighted mean response loss; ``chrf`` is 0-100 (mean sentence chrF);
     ``task_success``, ``end_token`` (answers that ended with the end token before the length limit) and
