@@ -1,11 +1,12 @@
 """What a bench run names: variants (a stack and its settings), cases (data and step options) and the registry
 of both that one bench invocation knows.
 
-A run is ``VARIANT:CASE,CASE ...``; a case is ``DATA[/opt...]`` with the options ``nogc`` (no gradient
-checkpointing), ``gc=N`` (checkpoint the first N layers only), ``mbs=N`` (sequences per micro-batch for a, packed
-rows for b; default 2), ``profile`` (one extra untimed step under torch.profiler), ``compile`` (torch.compile each
-decoder layer) and ``memtrace`` (record CUDA allocations over the first step). Research scripts in the
-repository's ``bench/`` pass a :class:`Registry` with more variants and options (``bench/research_variants.py``).
+A run is ``VARIANT:CASE,CASE ...``; a case is ``DATA[/opt...]`` (data ``a``, ``b`` or ``p``: ``kielo.bench.data``)
+with the options ``nogc`` (no gradient checkpointing), ``gc=N`` (checkpoint the first N layers only), ``mbs=N``
+(sequences per micro-batch for a, packed rows for b, pairs for p; default 2), ``profile`` (one extra untimed step
+under torch.profiler), ``compile`` (torch.compile each decoder layer) and ``memtrace`` (record CUDA allocations
+over the first step). Research scripts in the repository's ``bench/`` pass a :class:`Registry` with more variants
+and options (``bench/research_variants.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from kielo.errors import KieloError
 
 STACKS = ("stock", "kielo", "unsloth")
+# a = full rows, b = instruction examples (SFT); p = preference pairs (DPO, kielo.bench.dpo)
+DATA = ("a", "b", "p")
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class StepOption:
 @dataclass(frozen=True)
 class Case:
     name: str
-    data: str  # "a" (full rows) or "b" (variable-length instruction data)
+    data: str  # "a" (full rows), "b" (variable-length instruction data) or "p" (preference pairs, a DPO step)
     gc: int = -1  # layers checkpointed: -1 all, 0 none, N the first N
     mbs: int = 2
     profile: bool = False  # one extra, untimed step under torch.profiler: top CUDA kernels printed
@@ -78,7 +81,8 @@ class Case:
 
     @property
     def planned(self) -> bool:
-        return self.gc <= 0 and not self.profile and all(o.planned for o in self.extra)
+        # The planner models an SFT step; a DPO step has a reference forward and twice the rows.
+        return self.data != "p" and self.gc <= 0 and not self.profile and all(o.planned for o in self.extra)
 
 
 def _int(text: str, value: str, key: str) -> int:
@@ -93,8 +97,8 @@ def parse_case(text: str, options: dict[str, Callable[[str], StepOption]] | None
     gets the text after ``=``, "" if none, and raises KieloError on a value it does not take)."""
     options = options or {}
     data, *opts = text.split("/")
-    if data not in ("a", "b"):
-        raise KieloError(f"case {text!r}: data must be a or b", "write a case as a or b, with options after /: a/nogc")
+    if data not in DATA:
+        raise KieloError(f"case {text!r}: data must be a, b or p", "write a case as a, b or p, with options after /: a/nogc")
     settings: dict = {}
     extra = []
     for opt in opts:
@@ -153,6 +157,11 @@ def parse_cases(cases: str, registry: Registry) -> list[CaseEntry]:
         for case in parsed:
             if variant.stack != "kielo" and any(o.loss for o in case.extra):
                 raise KieloError(f"case {case.name!r}: {name} computes its model's own loss", "give head options to kielo variants")
+            if case.data == "p" and (variant.stack == "unsloth" or any(o.loss for o in case.extra)):
+                raise KieloError(
+                    f"case {case.name!r}: the DPO case runs stock's and kielo's own DPO steps",
+                    "give p to stock and kielo variants, no head options",
+                )
             if variant.stack == "unsloth" and case.gc != -1:
                 raise KieloError(
                     f"case {case.name!r}: unsloth's checkpointing is fixed at load", "use the unsloth+nogc variant, not a gc option"

@@ -13,12 +13,15 @@ stock), ``+nogc`` without its offloaded checkpointing (``kielo.bench.trl_layout`
 Data: ``a`` = batch x seq random tokens per step, every position trained; ``b`` = variable-length
 instruction-like examples (mean ~300 tokens, tail to max_length, prompt masked), the same examples in every
 optimizer step for every path: stock pads micro-batches of 2 to their longest example, kielo packs them into
-rows of max_length. tokens/s counts real (non-padding) tokens only; MFU is the step's model FLOPs per second
-over the bf16 rate one large GEMM reaches on the card in the same run (``kielo.bench.flops``). Case options:
-``kielo.bench.cases``.
+rows of max_length; ``p`` = preference pairs (prompt, chosen and rejected answers of ~300 tokens each,
+--pairs_per_step per step), one DPO step: stock = TRL's DPOTrainer computation on the stock model, kielo = the
+objective ``kielo train`` runs (``kielo.bench.dpo``), both with the reference = the adapter switched off.
+tokens/s counts real (non-padding) tokens only; MFU is the step's model FLOPs per second over the bf16 rate one
+large GEMM reaches on the card in the same run (``kielo.bench.flops``). Case options: ``kielo.bench.cases``.
 
     kielo bench --shape llama8b --cases "stock:a,b kielo:a,b kielo+compute:a,b,a/nogc"
     kielo bench --shape tiny --seq 256 --max_length 256 --cases "stock:a,b kielo:a,b"  # CPU smoke test
+    kielo bench --shape llama8b --cases "stock:p kielo:p"  # DPO (stock needs TRL)
     bash bench/run_qlora_bench.sh ARGS  # on a GPU machine: installs the carried wheels, then kielo bench ARGS
     python bench/research_variants.py ARGS  # the same bench with the research variants and case options
 
@@ -53,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", type=int, default=2048, help="data a: tokens per row")
     p.add_argument("--max_length", type=int, default=2048, help="data b: longest example and packed row width")
     p.add_argument("--examples_per_step", type=int, default=32, help="data b: examples per optimizer step")
+    p.add_argument("--pairs_per_step", type=int, default=8, help="data p: preference pairs per optimizer step")
+    p.add_argument("--pair_tokens", type=int, default=300, help="data p: mean tokens of a prompt and of each answer")
     p.add_argument("--warmup_a", type=int, default=3)
     p.add_argument("--timed_a", type=int, default=6)
     p.add_argument(
@@ -62,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="data b: untimed steps; its first steps bring new shapes (kernel selection), see bench/NOTES.md",
     )
     p.add_argument("--timed_b", type=int, default=4)
+    p.add_argument("--warmup_p", type=int, default=3)
+    p.add_argument("--timed_p", type=int, default=4)
     p.add_argument("--worker_timeout", type=int, default=420, help="seconds for one variant's process")
     p.add_argument(
         "--peak_tflops", type=float, help="the card's bf16 rate for MFU (default: measured with one large GEMM in this run)"

@@ -1,5 +1,6 @@
 """The bench's data, in random tokens: a = full rows, every position trained; b = variable-length instruction-like
-examples. Every stack gets the same examples in every optimizer step; only their micro-batch layout differs."""
+examples; p = preference pairs (``kielo.bench.dpo``). Every stack gets the same examples in every optimizer step;
+only their micro-batch layout differs."""
 
 from __future__ import annotations
 
@@ -64,9 +65,23 @@ def micro_batches(examples: list, layout: str, mbs: int, max_len: int, pad_id: i
     return [collate_padded(examples[i : i + mbs], pad_id) for i in range(0, len(examples), mbs)]
 
 
+def warmup_steps(data: str, args) -> int:
+    """The untimed steps of a case on data ``data``."""
+    return {"a": args.warmup_a, "b": args.warmup_b, "p": args.warmup_p}[data]
+
+
 def case_steps(data: str, args, vocab: int) -> list[list]:
-    """The examples of every optimizer step (warm-up and timed) of a case on data ``data``, sized by the CLI's
-    arguments; the same seeds for every variant."""
+    """The examples (pairs, for p) of every optimizer step (warm-up and timed) of a case on data ``data``, sized by
+    the CLI's arguments; the same seeds for every variant."""
     if data == "a":
         return full_examples(args.warmup_a + args.timed_a, args.batch, args.seq, vocab, seed=1)
+    if data == "p":
+        from kielo.bench.dpo import pair_examples
+
+        return pair_examples(args.warmup_p + args.timed_p, args.pairs_per_step, args.max_length, vocab, 3, args.pair_tokens)
     return instruction_examples(args.warmup_b + args.timed_b, args.examples_per_step, args.max_length, vocab, seed=2)
+
+
+def example_tokens(example) -> int:
+    """Real tokens of one example, or of both rows of a pair (each goes through the model with its prompt)."""
+    return example.length

@@ -57,12 +57,17 @@ def attended_pairs(n: int, window: int | None) -> int:
     return window * (window + 1) // 2 + (n - window) * window
 
 
-def step_flops(geo: Geometry, lengths: list[int]) -> float:
-    """The model FLOPs of one optimizer step over examples of these lengths (see the module's definition)."""
+def step_flops(geo: Geometry, lengths: list[int], reference: bool = False) -> float:
+    """The model FLOPs of one optimizer step over examples of these lengths (see the module's definition); with
+    ``reference`` (DPO) one more forward of every row through the frozen weights alone (2 per weight and token,
+    attention 4 x heads x head_dim per attended pair)."""
     tokens = sum(lengths)
     linear = tokens * (4 * geo.frozen_weights + 6 * geo.lora_weights)
     pairs = sum(attended_pairs(n, w) for n in lengths for w in geo.windows)
-    return float(linear + 12 * geo.attention_width * pairs)
+    total = linear + 12 * geo.attention_width * pairs
+    if reference:
+        total += tokens * 2 * geo.frozen_weights + 4 * geo.attention_width * pairs
+    return float(total)
 
 
 def measure_bf16_peak(device: torch.device, size: int = 8192, repeats: int = 20) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from kielo.bench.cases import DATA
 from kielo.bench.worker import grads_file
 
 
@@ -31,7 +32,7 @@ def add_parity(results: list[dict], grads_dir: Path) -> None:
     included, is from the same computation done in fp32."""
 
     def base_of(name: str) -> dict:
-        return {r["data"]: r for r in results if r.get("variant") == name and r.get("case") in ("a", "b")}
+        return {r["data"]: r for r in results if r.get("variant") == name and r.get("case") in DATA}
 
     stock, ref = base_of("stock"), base_of("ref")
     for r in results:

@@ -12,7 +12,21 @@ from pathlib import Path
 from kielo.bench.cases import PRODUCT, CaseEntry, Registry, parse_cases
 
 # The arguments that size the data: passed on to every worker and recorded in results.json's meta.
-DATA_ARGS = ("batch", "seq", "max_length", "examples_per_step", "warmup_a", "timed_a", "warmup_b", "timed_b", "peak_tflops")
+DATA_ARGS = (
+    "batch",
+    "seq",
+    "max_length",
+    "examples_per_step",
+    "pairs_per_step",
+    "pair_tokens",
+    "warmup_a",
+    "timed_a",
+    "warmup_b",
+    "timed_b",
+    "warmup_p",
+    "timed_p",
+    "peak_tflops",
+)
 
 
 def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:

@@ -49,17 +49,25 @@ def case_loss(loaded: Loaded, case: Case):
 
 def head_name(loaded: Loaded, case: Case) -> str:
     """The loss head as recorded in results.json: ``model`` (the stack's own), ``chunked``, ``liger`` (Liger's
-    fused linear cross-entropy) or the function's name."""
+    fused linear cross-entropy) or the function's name; on data p ``trl`` (TRL's fused log-prob head) or kielo's
+    preference head (``dpo_chunked``, ``dpo_liger``: ``kielo.train.preference.sequence_logps``)."""
     from kielo.train.loss import chunked_loss_sum, fused_loss_sum
 
     if loaded.path is None:
-        return "model"
+        return "trl" if case.data == "p" else "model"
+    if case.data == "p":
+        return "dpo_liger" if loaded.path.precision.liger else "dpo_chunked"
     loss = case_loss(loaded, case)
     return {chunked_loss_sum: "chunked", fused_loss_sum: "liger"}.get(loss, getattr(loss, "__name__", "custom"))
 
 
 def step_function(loaded: Loaded, case: Case):
-    """``(model, micro, device) -> mean token loss``: one step's forward and backward for this stack and case."""
+    """``(model, micro, device) -> loss``: one step's forward and backward for this stack and case (the mean
+    token loss; the mean pair loss of a DPO step on data p)."""
+    if case.data == "p":
+        from kielo.bench.dpo import kielo_dpo_step, stock_dpo_step
+
+        return stock_dpo_step(loaded.model) if loaded.path is None else kielo_dpo_step(loaded)
     if loaded.path is None:
         return stock_step
     from kielo.train.step import accumulate_gradients

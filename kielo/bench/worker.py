@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from kielo.bench.cases import Case, Registry, Variant, parse_case
-from kielo.bench.data import case_steps, micro_batches
+from kielo.bench.data import case_steps, example_tokens, micro_batches, warmup_steps
 from kielo.bench.estimate import planned
 from kielo.bench.flops import geometry, step_flops
 from kielo.bench.models import Loaded, load, set_checkpointing, trainable
@@ -60,14 +60,19 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
         set_checkpointing(model, case.gc)
     if case.compile:
         compile_layers(model)
-    micro = [micro_batches(ex, loaded.layout, case.mbs, args.max_length, pad_id) for ex in steps]
+    if case.data == "p":
+        from kielo.bench.dpo import pair_batches
+
+        micro = [pair_batches(ex, loaded.path is None, case.mbs, pad_id) for ex in steps]
+    else:
+        micro = [micro_batches(ex, loaded.layout, case.mbs, args.max_length, pad_id) for ex in steps]
     opt = optimizer(loaded, [p for _, p in params], device)
     step_fn = step_function(loaded, case)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    warm = args.warmup_a if case.data == "a" else args.warmup_b
+    warm = warmup_steps(case.data, args)
     memtrace = case.memtrace and device.type == "cuda"
     losses, times = [], []
     for i, mb in enumerate(micro):
@@ -93,7 +98,7 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
     if case.profile and device.type == "cuda":
         profile_step(model, micro[-1], step_fn, case, device)
     # Real tokens counted from the examples, not the batches: a layout that drops or pads tokens shows it.
-    real = [sum(len(e.input_ids) for e in ex) for ex in steps]
+    real = [sum(example_tokens(e) for e in ex) for ex in steps]
     slots = [sum(b.input_ids.numel() for b in mb) for mb in micro]
     if loaded.layout in ("padding_free", "trl_packed") and slots != real:
         raise RuntimeError(f"{name}: the {loaded.layout} layout is not padding-free ({sum(slots)} slots for {sum(real)} tokens)")
@@ -101,7 +106,10 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
     from transformers import AutoConfig  # not at import: Unsloth must be imported before transformers
 
     geo = geometry(AutoConfig.from_pretrained(args.model_dir))
-    flops = [step_flops(geo, [len(e.input_ids) for e in ex]) for ex in steps]
+    if case.data == "p":
+        flops = [step_flops(geo, [n for p in ex for n in (p.chosen.length, p.rejected.length)], reference=True) for ex in steps]
+    else:
+        flops = [step_flops(geo, [e.length for e in ex]) for ex in steps]
     model_tflops = sum(flops[warm:]) / sum(timed) / 1e12
     return {
         "variant": name,
@@ -114,6 +122,7 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
         "first_step_s": round(times[0], 3),
         "median_step_s": round(sorted(timed)[len(timed) // 2], 4),
         "tok_s": round(sum(real[warm:]) / sum(timed)),
+        **({"pairs_s": round(sum(len(ex) for ex in steps[warm:]) / sum(timed), 2)} if case.data == "p" else {}),
         "real_tokens_per_step": round(sum(real) / len(real)),
         "padding_pct": round(100 * (1 - sum(real) / sum(slots)), 1),
         "trained_tokens_per_step": round(sum(sum(b.trained_tokens for b in m) for m in micro) / len(micro)),
