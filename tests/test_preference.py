@@ -215,6 +215,38 @@ def test_dpo_from_an_sft_adapter_uses_it_as_the_reference(tiny_llama, tmp_path):
     assert summary["preference"]["validation_start"]["rewards/accuracy"] == 0
 
 
+def test_dpo_from_an_sft_run_takes_its_prompt_format(tiny_gemma, tmp_path):
+    """An SFT run's template and system prompt come with ``lora.init_from`` (the tokenizer's chat template would
+    be `auto`'s pick here); a template given explicitly wins."""
+    from kielo.config.load import from_dict, read_yaml
+    from kielo.model.bundle import effective_config
+
+    sft_data = jsonl(tmp_path / "sft.jsonl", ROWS * 2)
+    sft = tiny_config(
+        tiny_gemma,
+        sft_data,
+        tmp_path / "sft",
+        data={"validation_split": 0.0, "template": "builtin", "system_prompt": "Vastaa lyhyesti."},
+        training={"max_steps": 1},
+    )
+    sft_summary = train(sft, progress=False)
+    pairs = jsonl(tmp_path / "pairs.jsonl", PAIRS * 2)
+    lora = {"init_from": str(tmp_path / "sft")}
+    dpo = tiny_config(
+        tiny_gemma, pairs, tmp_path / "dpo", lora=lora, data={"validation_split": 0.0}, training={"objective": "dpo", "max_steps": 1}
+    )
+    assert dpo.data.template == "auto"
+    summary = train(dpo, progress=False)
+    saved = from_dict(read_yaml(tmp_path / "dpo" / "kielo_config.yaml"))
+    assert (saved.data.template, saved.data.system_prompt) == ("builtin", "Vastaa lyhyesti.")
+    assert (summary["template"], summary["end_token"]) == ("builtin", sft_summary["end_token"])
+    explicit = tiny_config(tiny_gemma, pairs, tmp_path / "x", lora=lora, data={"template": "chat", "system_prompt": "Ole kohtelias."})
+    resolved = effective_config(explicit)[0].data
+    assert (resolved.template, resolved.system_prompt) == ("chat", "Ole kohtelias.")
+    plain = tiny_config(tiny_gemma, pairs, tmp_path / "y")  # no init_from: auto stays auto (the chat template)
+    assert effective_config(plain)[0].data.template == "auto"
+
+
 def replace_lora_from(config):
     from kielo.model.adapter import init_adapter_settings
 

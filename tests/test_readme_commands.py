@@ -71,9 +71,11 @@ CHECKS = {
         w / "runs/try-compare/report.html"
     ).is_file(),
     "kielo merge runs/try --output_dir runs/try-merged": lambda w: (w / "runs/try-merged/config.json").is_file(),
-    "kielo train --data.train pairs.jsonl --training.objective dpo --lora.init_from runs/try --data.template builtin "
-    "--output_dir runs/try-dpo": lambda w: (
-        (w / "runs/try-dpo/reference_logps.pt").is_file() and _summary(w / "runs/try-dpo")["preference"]["train_last"] is not None
+    "kielo train --data.train pairs.jsonl --training.objective dpo --lora.init_from runs/try --output_dir runs/try-dpo": lambda w: (
+        (w / "runs/try-dpo/reference_logps.pt").is_file()
+        and _summary(w / "runs/try-dpo")["preference"]["train_last"] is not None
+        # the SFT run's prompt format (configs/demo.yaml: builtin), not `auto`'s pick for the tokenizer
+        and _summary(w / "runs/try-dpo")["template"] == _summary(w / "runs/try")["template"]
     ),
     "kielo demo": lambda w: (w / "runs/demo-2/report.md").is_file(),
     "kielo compare --model runs/try --adapter runs/try-dpo --data data/fi_instruct/test.jsonl --preference_data pairs.jsonl "

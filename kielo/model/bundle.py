@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from kielo.config.load import from_dict
-from kielo.config.schema import Config
+from kielo.config.schema import Config, DataConfig
 from kielo.data.encode import Encoder
 from kielo.data.template import Template, resolve_template
 from kielo.errors import KieloError
@@ -33,16 +33,28 @@ class Bundle:
     adapter: str | None = None
 
 
+def run_format(data: DataConfig, saved: Config) -> DataConfig:
+    """``data`` with a saved run's prompt format: its template unless one was asked for (`auto` is the default, so
+    it asks for nothing) and its system prompt unless one is given. The template decides the end token too."""
+    template = saved.data.template if data.template == "auto" else data.template
+    return replace(data, template=template, system_prompt=data.system_prompt or saved.data.system_prompt)
+
+
 def effective_config(config: Config) -> tuple[Config, ModelSource]:
-    """When ``model.name`` is a run folder, its saved config supplies the model and the data format: the
-    returned config is a new one (``config`` is left as it was)."""
+    """When ``model.name`` is a run folder, its saved config supplies the model and the data format; when
+    training starts from a run folder's adapter (``lora.init_from``), that run's data format (what the adapter
+    learnt to answer in). The returned config is a new one (``config`` is left as it was)."""
     source = resolve_model(config.model.name)
     if source.run_config:
         saved = from_dict(source.run_config)
-        # The run's prompt format, unless one was asked for (`auto` is the default, so it asks for nothing).
-        template = saved.data.template if config.data.template == "auto" else config.data.template
-        data = replace(config.data, template=template, system_prompt=config.data.system_prompt or saved.data.system_prompt)
-        config = replace(config, model=saved.model, data=data)
+        config = replace(config, model=saved.model, data=run_format(config.data, saved))
+    elif config.lora.init_from:
+        _, run_config = resolve_adapter(config.lora.init_from)
+        if run_config:
+            data = run_format(config.data, from_dict(run_config))
+            if data != config.data:
+                log.info("lora.init_from %s: its run's prompt format (data.template %s) is used", config.lora.init_from, data.template)
+            config = replace(config, data=data)
     return config, source
 
 
