@@ -183,6 +183,33 @@ def test_swapping_chosen_and_rejected_reverses_the_preference(dpo_run, tiny_llam
     assert right["loss"] < math.log(2) < wrong["loss"]
 
 
+def test_recomputed_head_gives_the_same_logps_and_gradients_without_keeping_logits(tiny_llama, pairs_file, tmp_path):
+    """The Liger path's preference head (``recompute_head``): the same log-probabilities and LoRA gradients, and no
+    tensor as wide as the vocabulary saved for the backward (the plain chunked head saves its logits)."""
+    from kielo.train.preference import sequence_logps
+
+    model, items, pad = policy(tiny_llama, pairs_file, tmp_path)
+    batch = collate_pairs(items[:4], pad)
+    vocab = model.config.vocab_size
+    results = {}
+    for recompute in (False, True):
+        model.zero_grad(set_to_none=True)
+        widths: list[int] = []
+
+        def pack(t, widths=widths):
+            widths.append(t.shape[-1] if t.dim() else 0)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logps, _ = sequence_logps(model, batch, recompute_head=recompute)
+        (logps * torch.linspace(-1, 1, logps.numel())).sum().backward()  # a different weight per row, as DPO's
+        results[recompute] = (logps.detach(), grads(model), vocab in widths)
+    (plain, plain_grads, plain_keeps), (ours, our_grads, our_keeps) = results[False], results[True]
+    assert torch.allclose(plain, ours, atol=1e-6, rtol=0)
+    assert_grads_close(plain_grads, our_grads, tol=1e-6)
+    assert plain_keeps and not our_keeps
+
+
 def test_dpo_from_an_sft_adapter_uses_it_as_the_reference(tiny_llama, tmp_path):
     sft_data = jsonl(tmp_path / "sft.jsonl", ROWS * 3)
     sft = tiny_config(tiny_llama, sft_data, tmp_path / "sft", data={"validation_split": 0.0}, training={"max_steps": 3})

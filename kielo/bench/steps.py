@@ -50,13 +50,13 @@ def case_loss(loaded: Loaded, case: Case):
 def head_name(loaded: Loaded, case: Case) -> str:
     """The loss head as recorded in results.json: ``model`` (the stack's own), ``chunked``, ``liger`` (Liger's
     fused linear cross-entropy) or the function's name; on data p ``trl`` (TRL's fused log-prob head) or kielo's
-    preference head (``dpo_chunked``, ``dpo_liger``: ``kielo.train.preference.sequence_logps``)."""
+    preference head (``dpo_chunked``, ``dpo_chunked_recompute`` on the Liger path: ``kielo.train.preference.sequence_logps``)."""
     from kielo.train.loss import chunked_loss_sum, fused_loss_sum
 
     if loaded.path is None:
         return "trl" if case.data == "p" else "model"
     if case.data == "p":
-        return "dpo_liger" if loaded.path.precision.liger else "dpo_chunked"
+        return "dpo_chunked_recompute" if loaded.path.precision.liger else "dpo_chunked"
     loss = case_loss(loaded, case)
     return {chunked_loss_sum: "chunked", fused_loss_sum: "liger"}.get(loss, getattr(loss, "__name__", "custom"))
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from kielo.data.encode import IGNORE
 from kielo.data.pairs import PairBatch, PairLayout
@@ -46,20 +47,25 @@ REFERENCE_FILE = "reference_logps.pt"
 PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected")
 
 
-def sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probability of each row's trained tokens, and their number, from one forward: (rows,) each."""
+def _token_logps(lm, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -F.cross_entropy(head_logits(lm, hidden), targets, reduction="none")
+
+
+def sequence_logps(model, batch, recompute_head: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's trained tokens, and their number, from one forward: (rows,) each.
+
+    The head runs in chunks of :data:`HEAD_CHUNK` rows (the matmul in the head's dtype, log-softmax in fp32). Each
+    chunk's fp32 logits are kept for the backward unless ``recompute_head``: then a chunk is recomputed from its
+    hidden states in the backward (one more head matmul), so at most one chunk's logits exist at a time instead of
+    those of every trained token of the batch (Llama's 128k vocabulary: 0.5 MB per token)."""
     lm = causal_lm(model)
     h, y, mask = trained_hidden(model, batch)
-    token = (
-        torch.cat(
-            [
-                -F.cross_entropy(head_logits(lm, h[i : i + HEAD_CHUNK]), y[i : i + HEAD_CHUNK], reduction="none")
-                for i in range(0, h.shape[0], HEAD_CHUNK)
-            ]
-        )
-        if h.shape[0]
-        else h.new_zeros(0, dtype=torch.float32)
-    )
+    recompute = recompute_head and torch.is_grad_enabled()
+    chunks = []
+    for i in range(0, h.shape[0], HEAD_CHUNK):
+        hc, yc = h[i : i + HEAD_CHUNK], y[i : i + HEAD_CHUNK]
+        chunks.append(checkpoint(_token_logps, lm, hc, yc, use_reentrant=False) if recompute else _token_logps(lm, hc, yc))
+    token = torch.cat(chunks) if chunks else h.new_zeros(0, dtype=torch.float32)
     # hidden[mask] and mask.nonzero() both walk the mask row by row, so each token's row is known.
     rows = mask.nonzero(as_tuple=True)[0]
     sums = torch.zeros(mask.shape[0], dtype=token.dtype, device=token.device).index_add(0, rows, token)
@@ -78,6 +84,8 @@ class PreferenceObjective:
     kind: str  # "dpo" or "orpo"
     beta: float
     reference: str = "adapter_off"  # dpo only: "adapter_off" or "cached"
+    # Recompute each head chunk in the backward instead of keeping its fp32 logits (the Liger path's memory).
+    recompute_head: bool = False
 
     def reference_logps(self, model, batch: PairBatch) -> torch.Tensor:
         """(2B,) reference log-probabilities: cached ones, or the policy's with its adapter off."""
@@ -92,7 +100,7 @@ class PreferenceObjective:
         """(sum of the per-pair loss terms, ORPO's summed chosen-token loss (0 for DPO), per-pair metrics)."""
         n = batch.pairs
         ref = self.reference_logps(model, batch) if self.kind == "dpo" else None
-        logps, counts = sequence_logps(model, batch)
+        logps, counts = sequence_logps(model, batch, self.recompute_head)
         pc, pr = logps[:n], logps[n:]
         if self.kind == "dpo":
             chosen_ratio, rejected_ratio = pc - ref[:n], pr - ref[n:]
@@ -209,7 +217,9 @@ def build_objective(config, path: TrainingPath) -> SftObjective | PreferenceObje
     reference = t.reference
     if reference == "auto":
         reference = "cached" if config.lora.init_from else "adapter_off"
-    return PreferenceObjective(t.objective, t.beta, reference)
+    # With Liger's kernel set (CUDA) the SFT head never holds the logits; the preference loss needs each row's own
+    # log-probability (not one summed loss), so its head keeps per-token values and recomputes its chunks instead.
+    return PreferenceObjective(t.objective, t.beta, reference, recompute_head=path.precision.liger)
 
 
 def preference_summary(objective: str, history: dict) -> dict:
