@@ -2,8 +2,8 @@
 
 Both paths are the ones `kielo bench` (kielo/bench) times (stock = transformers + peft + bitsandbytes as the anchor
 scripts run them; kielo = load_base_model + add_lora + accumulate_gradients), on a small random Llama with
-NF4 weights and bf16 compute (Gemma 3 and BLOOM where named). Marked ``gpu`` and skipped without CUDA;
-bench/run_gpu_tests.sh runs them.
+NF4 weights and bf16 compute (Gemma 3 and BLOOM where named); `kielo train` on CUDA for the memory plan and the
+preference objectives (DPO, ORPO). Marked ``gpu`` and skipped without CUDA; bench/run_gpu_tests.sh runs them.
 """
 
 from __future__ import annotations
@@ -295,3 +295,40 @@ def test_checkpoint_offload_gives_the_same_steps_with_less_memory(llama_dir):
     assert off_losses == kept_losses
     assert torch.equal(off_grads, kept_grads) and off_grads.abs().sum() > 0
     assert held["kielo"] - held["kielo+offload"] >= (SHAPE["num_hidden_layers"] - 1) * one_input
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_kielo_train_preference_objectives_on_cuda(tmp_path, objective):
+    """`kielo train` with training.objective dpo and orpo on CUDA (a tiny Llama; on the GPU default: the bf16
+    stream, and with Liger installed the recomputed preference head): the adapter moves off its zero start and
+    every train and validation record carries the pair metrics."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from kielo.train.preference import PAIR_METRICS
+    from kielo.train.trainer import train as kielo_train
+    from tests.conftest import PAIRS, build_model, tiny_config
+
+    folder = build_model(tmp_path / "model", "llama")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in PAIRS * 6), encoding="utf-8")
+    out = tmp_path / "out"
+    config = tiny_config(folder, data, out, training={"objective": objective, "max_steps": 4, "device": "cuda"})
+    summary = kielo_train(config, progress=False)
+    assert summary["peak_memory_bytes"] > 0  # it ran on the GPU
+    weights = load_file(out / "adapter_model.safetensors")
+    lora_b = [t for k, t in weights.items() if "lora_B" in k]
+    assert lora_b and all(bool(torch.isfinite(t).all()) for t in weights.values())
+    assert max(float(t.abs().max()) for t in lora_b) > 0, "training left LoRA B at its zero start"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    val_records = [r for r in records if r["split"] == "validation"]
+    assert len(train_records) == 4 and len(val_records) >= 2
+    keys = (*PAIR_METRICS, *(("nll_loss", "log_odds_ratio") if objective == "orpo" else ()))
+    for r in train_records + val_records:
+        missing = [k for k in keys if k not in r or not math.isfinite(r[k])]
+        assert not missing, (r["split"], missing)
+    pref = summary["preference"]
+    assert pref["validation_start"] is not None and pref["validation_end"] is not None
+    print(f"\nkielo train {objective} on CUDA: validation {pref['validation_start']} -> {pref['validation_end']}")
