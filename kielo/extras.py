@@ -9,7 +9,7 @@ from importlib.util import find_spec
 from kielo.errors import KieloError
 
 # module -> the extra that installs it
-EXTRAS = {"lm_eval": "harness", "sacrebleu": "eval", "matplotlib": "eval", "pyarrow": "parquet"}
+EXTRAS = {"lm_eval": "harness", "sacrebleu": "eval", "matplotlib": "eval", "pyarrow": "parquet", "datasets": "hub"}
 
 
 def installed(module: str) -> bool:

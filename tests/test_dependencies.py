@@ -33,7 +33,7 @@ OPTIONAL = {
     "llama_cpp": ("llama-cpp", "llama-cpp-python"),
     "unsloth": ("unsloth", "unsloth"),
     "trl": ("unsloth", "trl"),
-    "datasets": ("unsloth", "datasets"),
+    "datasets": ("hub", "datasets"),
 }
 # Submodules that work only when another distribution is installed.
 IMPLIED = {"torch.utils.tensorboard": "tensorboard"}

@@ -27,6 +27,7 @@ from kielo.config.schema import Config
 from kielo.data.pairs import pair_statistics, pair_summary, preference_file
 from kielo.data.preference import load_pairs
 from kielo.data.records import load_examples
+from kielo.data.sources import ReadOptions
 from kielo.errors import KieloError
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def _analyze(files, config, tokenizers, output_dir, examples, sample, workers) -
             pairs[name] = load_pairs(path, config.data.system_prompt, given_with="DATA_FILE")
             data.append([p.example("chosen") for p in pairs[name]])
         else:
-            data.append(load_examples(path, config.data.system_prompt, require_answer=False))
+            data.append(load_examples(path, config.data.system_prompt, require_answer=False, options=ReadOptions.of(config.data)))
     names = [n for n, _ in named]
     lap("load tokenizers and data")
     seed = config.training.seed

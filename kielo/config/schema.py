@@ -122,8 +122,30 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str | None = opt(None, "Training data: JSONL, JSON, CSV or Parquet; alpaca-style or chat messages.")
-    validation: str | None = opt(None, "Validation data file (or use data.validation_split).")
+    train: str | None = opt(
+        None,
+        "Training data: a JSONL, JSON, CSV or Parquet file, a folder written by datasets' save_to_disk, or a hub "
+        "dataset id (org/name); rows in alpaca style, chat messages or ShareGPT conversations.",
+    )
+    validation: str | None = opt(
+        None,
+        "Validation data, as data.train (or use data.validation_split); a hub id or save_to_disk folder reads its "
+        "`validation` split unless written ID:SPLIT.",
+    )
+    subset: str | None = opt(None, "The configuration (subset) of a hub dataset, e.g. `fi` of a multilingual set.")
+    split: str = opt("train", "The split data.train reads from a hub dataset or a save_to_disk folder (ID:SPLIT also works).")
+    revision: str | None = opt(None, "The hub dataset's revision: a branch, tag or commit (default: the main branch).")
+    columns: Any = opt(
+        None,
+        "Column names mapped onto kielo's ({question: instruction, answer: output}): renamed in every row before "
+        "the style is detected.",
+        factory=dict,
+    )
+    streaming: bool = opt(
+        False,
+        "Read data.train as a stream (datasets' iterable dataset) instead of loading it: rows are encoded as "
+        "training reaches them, in stored order; needs training.max_steps; the position is saved in checkpoints.",
+    )
     validation_split: float = opt(0.0, "Fraction of the training file held out for validation (0 = none).")
     max_length: int = opt(1024, "Longest example, in tokens, including template and end token.")
     overlong: str = opt("truncate", "What to do with longer examples.", ("truncate", "drop"))
@@ -139,6 +161,25 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "data")
+        columns = self.columns
+        if isinstance(columns, str):
+            import yaml
+
+            try:
+                columns = yaml.safe_load(columns) if columns.strip() else {}
+            except yaml.YAMLError:
+                columns = None
+        columns = {} if columns is None and not self.columns else columns
+        if not isinstance(columns, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in columns.items()):
+            raise KieloError(
+                f"data.columns = {self.columns!r} is not a mapping of names", "write {question: instruction, answer: output}"
+            )
+        object.__setattr__(self, "columns", columns)
+        if self.streaming and self.validation_split:
+            raise KieloError(
+                "data.streaming reads data.train as it trains, so data.validation_split can't hold rows out of it",
+                "give a validation set with data.validation, or set data.streaming false",
+            )
         if self.validation and self.validation_split:
             raise KieloError(
                 "both data.validation and data.validation_split are set",
@@ -152,6 +193,7 @@ class DataConfig:
 
 
 OBJECTIVES = ("sft", "dpo", "orpo")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 
 
 @dataclass(frozen=True)
@@ -229,6 +271,16 @@ class TrainingConfig:
         ("stop", "skip"),
     )
     log_every: int = opt(1, "Write train metrics every N steps.")
+    report_to: Any = opt(
+        None,
+        "Experiment trackers that get the config, the training curve and the final validation numbers besides "
+        "metrics.jsonl: a list of tensorboard, wandb, mlflow, trackio ([] = none). Each is an optional extra.",
+        factory=list,
+    )
+    mlflow_uri: str | None = opt(
+        None,
+        "MLflow tracking URI for report_to mlflow (default: MLFLOW_TRACKING_URI, else the file store mlruns/ in output_dir).",
+    )
     device: str = opt("auto", "Where to train: auto (CUDA when present), cpu or cuda.", ("auto", "cpu", "cuda"))
 
     def __post_init__(self) -> None:
@@ -240,6 +292,14 @@ class TrainingConfig:
         if self.max_steps == 0:
             _positive(self.epochs, "training.epochs")
         _positive(self.beta, "training.beta")
+        trackers = as_list(self.report_to)
+        trackers = [] if trackers in (None, "none", "") else [trackers] if isinstance(trackers, str) else trackers
+        unknown = [t for t in trackers if t not in TRACKERS] if isinstance(trackers, list) else [trackers]
+        if unknown:
+            raise KieloError(
+                f"training.report_to: {unknown[0]!r} is not a tracker kielo knows", f"use a list of: {', '.join(TRACKERS)}"
+            )
+        object.__setattr__(self, "report_to", list(dict.fromkeys(trackers)))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from kielo.data.encode import Encoded, EncodeStats
 from kielo.data.pairs import PairStats, encode_pairs
 from kielo.data.preference import load_pairs
 from kielo.data.records import load_examples
+from kielo.data.sources import ReadOptions
 from kielo.errors import KieloError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def is_preference(config: Config) -> bool:
 def check_preference_settings(config: Config) -> None:
     """Data settings a preference objective can't honour are errors, not silently ignored."""
     obj = config.training.objective
+    if config.data.streaming:
+        raise KieloError(f"data.streaming is not supported with training.objective {obj}", "set data.streaming: false")
     if config.data.packing:
         raise KieloError(f"data.packing is not supported with training.objective {obj}", "set data.packing: false")
     if config.data.train_on_prompt:
@@ -56,14 +59,37 @@ def read_data(config: Config) -> tuple[list, list]:
         raise KieloError("no training data: data.train is not set", "set data.train in the config or pass --data.train FILE")
     if is_preference(config):
         check_preference_settings(config)
-        load = load_pairs
+        train_ex = load_pairs(d.train, d.system_prompt)
+        val_ex = load_pairs(d.validation, d.system_prompt) if d.validation else []
     else:
-        load = load_examples
-    train_ex = load(d.train, d.system_prompt)
-    val_ex = load(d.validation, d.system_prompt) if d.validation else []
+        train_ex = _stream_sample(config) if d.streaming else load_examples(d.train, d.system_prompt, options=ReadOptions.of(d))
+        val_ex = load_examples(d.validation, d.system_prompt, options=ReadOptions.of(d, "validation")) if d.validation else []
     if d.validation_split:
         train_ex, val_ex = split_validation(train_ex, d.validation_split, config.training.seed)
     return train_ex, val_ex
+
+
+STREAM_SAMPLE = 64
+
+
+def _stream_sample(config: Config) -> list:
+    """The first rows of a streamed training set, validated: a wrong column or path fails before a model
+    loads, and the memory plan sees real lengths. Training reads the stream itself (kielo.data.stream)."""
+    from itertools import islice
+
+    from kielo.data.records import row_to_example
+    from kielo.data.sources import dataset_rows, rename_columns, resolve_source
+
+    d = config.data
+    if not config.training.max_steps:
+        raise KieloError("data.streaming: a stream has no length, so training.epochs can't say when to stop", "set training.max_steps")
+    options = ReadOptions.of(d)
+    source = resolve_source(d.train, options, "data.train")
+    rows = islice(dataset_rows(source, options, streaming=True), STREAM_SAMPLE)
+    sample = [row_to_example(rename_columns(row, options.columns, where), where, d.system_prompt) for where, row in rows]
+    if not sample:
+        raise KieloError(f"{source.location} holds no examples", "add at least one example row")
+    return sample
 
 
 def encode_data(encoder, config: Config, examples: tuple[list, list]) -> tuple[list[Encoded], list[Encoded], dict]:

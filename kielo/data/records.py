@@ -1,8 +1,9 @@
 """Read instruction data files and normalize every row to a list of chat messages.
 
-Two row styles are detected per row:
+Three row styles are detected per row:
 - alpaca: ``instruction`` (required), ``input`` (optional), ``output`` (required), optional ``system``;
-- chat: ``messages``: a list of ``{"role": "system"|"user"|"assistant", "content": str}``.
+- chat: ``messages``: a list of ``{"role": "system"|"user"|"assistant", "content": str}``;
+- ShareGPT: ``conversations``: a list of ``{"from": "human"|"gpt"|"system", "value": str}``.
 Extra keys (task type, expected language, references) are kept as ``meta`` for evaluation.
 Every problem is reported with the file, the line (or row) and what is wrong. Text files are read as UTF-8,
 with or without a byte-order mark (editors on Windows write one).
@@ -20,6 +21,8 @@ from kielo.errors import KieloError
 from kielo.resources import locate
 
 ROLES = ("system", "user", "assistant")
+# ShareGPT's speaker names (some exports write the chat roles instead) -> chat roles.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
@@ -57,14 +60,31 @@ def _check_answers(messages: list[dict[str, str]], where: str, chat: bool) -> No
             raise _fail(where, "`output` is empty: there is no answer to train on", "write the answer, or drop that row")
 
 
+def _sharegpt_to_chat(row: dict, where: str) -> dict:
+    """A ShareGPT row as a chat row: ``from``/``value`` turns become ``role``/``content`` messages."""
+    turns = row["conversations"]
+    if not isinstance(turns, list) or not turns:
+        raise _fail(where, "`conversations` must be a non-empty list", 'use [{"from": "human", "value": "..."}, ...]')
+    messages = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or "from" not in t or "value" not in t:
+            raise _fail(where, f"conversation turn {i} needs `from` and `value`", 'use {"from": "human", "value": "..."}')
+        if t["from"] not in SHAREGPT_ROLES:
+            raise _fail(where, f"conversation turn {i} is from {t['from']!r}", "use human, gpt or system")
+        messages.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+    return {"messages": messages, **{k: v for k, v in row.items() if k != "conversations"}}
+
+
 def row_to_example(row: Any, where: str, system_prompt: str | None = None, require_answer: bool = True) -> Example:
-    """Normalize one parsed row (alpaca or chat style) to an :class:`Example`.
+    """Normalize one parsed row (alpaca, chat or ShareGPT style) to an :class:`Example`.
 
     With ``require_answer`` (training) an empty or missing answer is an error; without it (evaluation prompts,
     data analysis, which reports empty fields) ``"output": null`` reads as an empty answer.
     """
     if not isinstance(row, dict):
         raise _fail(where, f"expected a JSON object, got {type(row).__name__}", "write one object per line")
+    if "conversations" in row and "messages" not in row:
+        row = _sharegpt_to_chat(row, where)
     if "messages" in row:
         messages = row["messages"]
         if not isinstance(messages, list) or not messages:
@@ -99,7 +119,8 @@ def row_to_example(row: Any, where: str, system_prompt: str | None = None, requi
             raise _fail(
                 where,
                 f"missing field(s) {', '.join(missing)} (row has: {keys})",
-                "use alpaca style {instruction, input, output} or chat style {messages: [...]}",
+                "use alpaca style {instruction, input, output}, chat style {messages: [...]} or ShareGPT "
+                "{conversations: [...]}; map other column names with data.columns",
             )
         for k in ("instruction", "input", "output", "system"):
             if k in row and row[k] is not None and not isinstance(row[k], str):
@@ -223,15 +244,24 @@ def load_examples(
     prepare=None,
     require_answer: bool = True,
     given_with: str = "data.train / data.validation / DATA_FILE",
+    options=None,
 ) -> list[Example]:
-    """Read and validate every row of a data file.
+    """Read and validate every row of a data file, a save_to_disk folder or a hub dataset.
 
     ``prepare`` may complete a row before it is validated; ``require_answer=False`` accepts rows whose answer
     is empty (evaluation prompts, data analysis); ``given_with`` names where the path came from, for the fix
-    in the error messages.
+    in the error messages; ``options`` (:class:`kielo.data.sources.ReadOptions`) give a hub set's split,
+    subset and revision and the column names to map.
     """
-    p, rows = read_rows(path, given_with)
-    examples = [row_to_example(prepare(row) if prepare else row, where, system_prompt, require_answer) for where, row in rows]
+    from kielo.data.sources import ReadOptions, dataset_rows, rename_columns, resolve_source
+
+    options = options or ReadOptions()
+    source = resolve_source(path, options, given_with)
+    rows = _read_rows(Path(source.location)) if source.kind == "file" else dataset_rows(source, options)
+    examples = []
+    for where, row in rows:
+        row = rename_columns(row, options.columns, where)
+        examples.append(row_to_example(prepare(row) if prepare else row, where, system_prompt, require_answer))
     if not examples:
-        raise KieloError(f"{p} holds no examples", "add at least one example row")
+        raise KieloError(f"{source.location} holds no examples", "add at least one example row")
     return examples

@@ -36,7 +36,12 @@ def summary_table(summary: dict, adapter: str) -> str:
     """``summary`` (what :func:`kielo.train.trainer.train` returns) as an aligned two-column table."""
     peak = summary.get("peak_memory_bytes")
     rows = [
-        ["steps", f"{summary['steps']} ({summary.get('epochs', 0):.2f} epochs)"],
+        [
+            "steps",
+            f"{summary['steps']} ({summary['epochs']:.2f} epochs)"
+            if summary.get("epochs") is not None
+            else f"{summary['steps']} (streamed)",
+        ],
         ["time", _duration(summary["wall_time_s"])],
         ["train loss", _loss_change(summary.get("train_loss_first"), summary.get("train_loss_last"))],
         [

@@ -24,6 +24,7 @@ from kielo.config.schema import Config
 from kielo.data.batches import BatchLayout, eval_batch_size
 from kielo.data.pairs import PairLayout
 from kielo.data.prepare import is_preference, prepare_data, read_data
+from kielo.data.stream import stream_layout
 from kielo.errors import KieloError
 from kielo.model.bundle import load_bundle
 from kielo.model.precision import resolved_precision
@@ -146,8 +147,12 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
     if is_preference(config):
         layout = PairLayout(train_items, t.micro_batch_size, pad_id, t.seed)
         val_layout = PairLayout(val_sorted, eval_batch, pad_id, t.seed, shuffle=False) if val_items else None
+    elif config.data.streaming:  # train_items is the stream's first rows: the memory plan's sample
+        layout = stream_layout(config, bundle.encoder, pad_id)
+        data_report["train"] = {"streamed": True, "sample_rows": data_report["train"]["total"]}
     else:
         layout = BatchLayout(train_items, t.micro_batch_size, pad_id, t.seed, config.data.packing, config.data.max_length)
+    if not is_preference(config):
         val_layout = BatchLayout(val_sorted, eval_batch, pad_id, t.seed, False, shuffle=False) if val_items else None
     steps = total_steps(config, layout.per_epoch)
     warn_dead_settings(config, steps, bool(val_items))
@@ -156,6 +161,11 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
     if world.active and t.objective != "sft":
         raise KieloError(
             f"training.objective {t.objective} does not run in several processes yet", "train it in one process (without --nproc)"
+        )
+    if world.active and config.data.streaming:  # ranks would each need their own share of one stream
+        raise KieloError(
+            "data.streaming does not run in several processes yet",
+            "train it in one process (without --nproc), or load the set (data.streaming: false)",
         )
     model = start_adapter(bundle.model, config.lora, path.lora_forward)
     bundle = replace(bundle, model=model)
@@ -183,6 +193,8 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
         set_rng_state(_rank_rng(state, world))
         step, tokens_seen, history = state["step"], state["tokens_seen"], state["history"]
         guard.running, guard.skipped, guard.pending = state["guard"]["running"], list(state["guard"]["skipped"]), latest
+        if config.data.streaming:
+            layout.seek(state["stream"])
         log.info("resumed from %s (step %d of %d)", latest, step, steps)
     metrics = MetricsLog(out, resume_step=step if latest is not None else None) if world.main else None
 
@@ -195,6 +207,8 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
         rngs = gather_objects(world, rng_state())
         if world.active:
             extra["rng_ranks"] = rngs
+        if config.data.streaming:
+            extra["stream"] = layout.position()
 
         def side_files(folder: Path) -> None:
             write_side_files(bundle, folder)
@@ -294,8 +308,9 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
         )
     summary = {
         "steps": steps,
-        "epochs": steps * t.gradient_accumulation / layout.per_epoch,
-        "train_examples": len(train_items),
+        "epochs": steps * t.gradient_accumulation / layout.per_epoch if layout.per_epoch else None,
+        "train_examples": None if config.data.streaming else len(train_items),
+        **({"stream_position": layout.position()} if config.data.streaming else {}),
         "validation_examples": len(val_items),
         "tokens_seen": tokens_seen,
         "wall_time_s": round(time.time() - started, 2),
