@@ -9,7 +9,17 @@ from importlib.util import find_spec
 from kielo.errors import KieloError
 
 # module -> the extra that installs it
-EXTRAS = {"lm_eval": "harness", "sacrebleu": "eval", "matplotlib": "eval", "pyarrow": "parquet", "datasets": "hub"}
+EXTRAS = {
+    "lm_eval": "harness",
+    "sacrebleu": "eval",
+    "matplotlib": "eval",
+    "pyarrow": "parquet",
+    "datasets": "hub",
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "trackio": "trackio",
+}
 
 
 def installed(module: str) -> bool:

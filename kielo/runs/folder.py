@@ -5,7 +5,8 @@ output_dir/
   tokenizer files, generation_config.json           side files: the tokenizer with the training template
   kielo_config.yaml                                 the resolved config the run trained with
   README.md                                         the model card (kielo.runs.card), in checkpoints too
-  metrics.jsonl, tensorboard/                       the training curve (kielo.runs.metrics)
+  metrics.jsonl                                     the training curve (kielo.runs.metrics)
+  tensorboard/, mlruns/, wandb/                     trackers named by training.report_to (kielo.runs.trackers)
   summary.json                                      written last: the run finished
   checkpoints/step-N/                               adapter, side files and trainer_state.pt
   .kielo.lock                                       held by the run writing the folder (kielo.runs.lock)

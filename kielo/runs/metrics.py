@@ -1,4 +1,4 @@
-"""A run's training curve: metrics.jsonl (always) and TensorBoard (when installed)."""
+"""A run's training curve: metrics.jsonl (always) and the trackers of ``training.report_to``."""
 
 from __future__ import annotations
 
@@ -13,38 +13,31 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    """metrics.jsonl (always) and TensorBoard (when installed).
+    """metrics.jsonl (always) and ``trackers`` (kielo.runs.trackers: TensorBoard, W&B, MLflow, Trackio).
 
     ``resume_step``: the step of the checkpoint a resumed run continues from; the records after it are cut
     (see :func:`truncate_metrics`) and new ones appended. None starts a new file."""
 
-    def __init__(self, out: Path, resume_step: int | None = None):
+    def __init__(self, out: Path, resume_step: int | None = None, trackers: list | None = None):
         self.path = Path(out) / METRICS_FILE
         if resume_step is not None:
             dropped = truncate_metrics(self.path, resume_step)
             if dropped:
                 log.info("%s: dropped %d records after step %d (trained again)", self.path, dropped, resume_step)
         self.fh = self.path.open("a" if resume_step is not None else "w", encoding="utf-8")
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(Path(out) / "tensorboard"))
-        except ImportError:
-            log.debug("tensorboard not installed; metrics go to %s only", self.path)
+        self.trackers = list(trackers or [])
 
     def write(self, record: dict) -> None:
         self.fh.write(json.dumps(record) + "\n")
         self.fh.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(f"{record.get('split', 'train')}/{k}", v, record["step"])
+        for tracker in self.trackers:
+            tracker.log(record)
 
-    def close(self) -> None:
+    def close(self, final: dict | None = None) -> None:
+        """Close the file; each tracker gets ``final`` (the run's end numbers) and is finished."""
         self.fh.close()
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.finish(final or {})
 
 
 def truncate_metrics(path: Path, step: int) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kielo.config.load import to_dict
 from kielo.config.schema import Config
 from kielo.data.batches import BatchLayout, eval_batch_size
 from kielo.data.pairs import PairLayout
@@ -32,6 +33,7 @@ from kielo.runs.card import write_card
 from kielo.runs.folder import RunFolder, checkpoints_dir, write_side_files
 from kielo.runs.lock import run_lock
 from kielo.runs.metrics import MetricsLog
+from kielo.runs.trackers import check_trackers, final_numbers, open_trackers
 from kielo.train import checkpoint as ckpt
 from kielo.train.dead_settings import warn_dead_settings
 from kielo.train.distributed import (
@@ -129,6 +131,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
     out = run.path
     started = time.time()
     seed_everything(config.training.seed)
+    check_trackers(config.training.report_to)
     examples = read_data(config)
     fault_point("data")
     bundle = load_bundle(config, for_training=True)
@@ -196,7 +199,8 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
         if config.data.streaming:
             layout.seek(state["stream"])
         log.info("resumed from %s (step %d of %d)", latest, step, steps)
-    metrics = MetricsLog(out, resume_step=step if latest is not None else None) if world.main else None
+    trackers = open_trackers(out, to_dict(config), t.report_to, t.mlflow_uri) if world.main else []
+    metrics = MetricsLog(out, resume_step=step if latest is not None else None, trackers=trackers) if world.main else None
 
     # What only this run knows for the model cards (README.md) of its checkpoints and final adapter.
     card_facts = {"template": bundle.template.name, "end_token": bundle.template.end_token, "data": data_report, "steps": steps}
@@ -247,6 +251,8 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
         if any_rank(world, stop_requested() is not None):
             bar.close()
             signal_name = stop_requested() or "SIGTERM"
+            if metrics is not None:
+                metrics.close()
             return _stopped(
                 out, step, steps, signal_name, latest if latest is not None and latest.name == f"step-{step}" else None, save
             )
@@ -336,7 +342,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
         return summary
     fault_point("summary")
     run.write_summary(summary)
-    metrics.close()
+    metrics.close(final_numbers(summary))
     log.info("adapter written to %s", out)
     return summary
 
