@@ -243,6 +243,12 @@ COMMANDS: dict[str, Command] = {
         base=lambda: {"output_dir": ""},
         config_flags=("model", "output_dir", "data", "training.device", "training.seed"),
     ),  # "": ADAPTER_OR_RUN_DIR-merged
+    "push": Command(
+        _lazy("kielo.push.command", "run_command"),
+        "upload a run's adapter, model card and optional GGUF to a hub model repository (--dry_run: the plan only)",
+        _lazy("kielo.push.command", "setup_parser"),
+        writes_output=False,
+    ),
 }
 
 
