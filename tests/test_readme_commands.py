@@ -45,12 +45,26 @@ NOT_RUN = {
     ),
     "accelerate launch --num_processes 2 -m kielo train configs/demo.yaml --training.gradient_accumulation 2 "
     "--output_dir runs/ddp-accelerate": "the same workers started by accelerate launch, which sets torchrun's environment",
+    "kielo train configs/demo.yaml --data.train LumiOpen/instruction-collection-fin --output_dir runs/hub": (
+        "needs the hub (no network here); tests/test_data_sources.py reads save_to_disk folders, checks the offline error"
+    ),
+    "mlflow ui --backend-store-uri runs/tracked/mlruns": "a web server; tests/test_trackers.py reads the store with mlflow's client",
+    "kielo push runs/try --repo my-org/kielo-try --private": "uploads: needs a network and a hub token (the --dry_run line runs)",
 }
 # Files the README's commands take from the user: written into the working folder before the commands run.
-USER_FILES = {"my.jsonl": ROWS * 4, "pairs.jsonl": PAIRS * 3}
+USER_FILES = {
+    "my.jsonl": ROWS * 4,
+    "pairs.jsonl": PAIRS * 3,
+    "qa.jsonl": [{"question": r["instruction"], "answer": r["output"]} for r in ROWS if "instruction" in r] * 4,
+}
 # Environment of one command. The first `kielo train configs/demo.yaml` is stopped by a SIGTERM after its
 # first step (what Ctrl-C does: a checkpoint, exit 0), so the `--resume` line after it has a run to continue.
 ENV = {"kielo train configs/demo.yaml": {"KIELO_FAULT": "between-steps@1:term"}}
+
+
+QA_LINE = (
+    'kielo train configs/demo.yaml --data.train qa.jsonl --data.columns "{question: instruction, answer: output}" --output_dir runs/qa'
+)
 
 
 def _summary(folder: Path) -> dict:
@@ -83,6 +97,13 @@ CHECKS = {
         json.loads((w / "runs/try-dpo-compare/report.json").read_text())["preference"]["models"]["try-dpo"]["accuracy"] is not None
     ),
     "kielo demo --preference": lambda w: "dpo-compare" in json.loads((w / "runs/demo-3/report.json").read_text())["results"],
+    QA_LINE: lambda w: _summary(w / "runs/qa")["train_examples"] == 16,
+    "kielo train configs/demo.yaml --data.train my.jsonl --data.streaming true --output_dir runs/stream": lambda w: (
+        _summary(w / "runs/stream")["stream_position"]["cursor"] == 2
+    ),
+    'kielo train configs/demo.yaml --training.report_to "[mlflow, tensorboard]" --output_dir runs/tracked': lambda w: (
+        (w / "runs/tracked/mlruns").is_dir() and (w / "runs/tracked/tensorboard").is_dir()
+    ),
 }
 
 
