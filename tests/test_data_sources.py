@@ -155,6 +155,7 @@ def test_streaming_resumes_exactly(tiny_llama, tmp_path, monkeypatch):
     extra = {"packing": True, "max_length": 64}
     full = train(_stream_config(tiny_llama, data, tmp_path / "full", extra), progress=False)
     assert full["steps"] == 5 and full["epochs"] is None and full["stream_position"]["epoch"] >= 1
+    assert "data.train was streamed" in (tmp_path / "full" / "README.md").read_text(encoding="utf-8")
 
     real_prune = ckpt.prune_checkpoints
 

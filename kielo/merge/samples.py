@@ -36,15 +36,17 @@ def builtin_examples(system_prompt: str | None = None) -> list[Example]:
 def held_out_examples(config: Config, limit: int) -> tuple[list[Example], str]:
     """Up to ``limit`` held-out examples of the run and where they came from (a file, or ``builtin``)."""
     from kielo.data.prepare import split_validation
+    from kielo.data.sources import ReadOptions
 
     d = config.data
+    options = ReadOptions.of(d)  # the run's data.columns
     if d.validation and Path(d.validation).is_file():
-        return load_examples(d.validation, d.system_prompt)[:limit], d.validation
+        return load_examples(d.validation, d.system_prompt, options=options)[:limit], d.validation
     if d.train and Path(d.train).is_file() and d.validation_split:
-        _, val = split_validation(load_examples(d.train, d.system_prompt), d.validation_split, config.training.seed)
+        _, val = split_validation(load_examples(d.train, d.system_prompt, options=options), d.validation_split, config.training.seed)
         return val[:limit], f"{d.train} (validation split {d.validation_split})"
     if d.train and Path(d.train).is_file():
-        return load_examples(d.train, d.system_prompt)[:limit], f"{d.train} (training data: the run held nothing out)"
+        return load_examples(d.train, d.system_prompt, options=options)[:limit], f"{d.train} (training data: the run held nothing out)"
     if d.validation or d.train:
         log.warning("the run's data (%s) is not at hand from here; checking on built-in examples", d.validation or d.train)
     return builtin_examples(d.system_prompt)[:limit], "builtin"

@@ -109,6 +109,17 @@ def _base_section(config: dict, base: BaseProvenance) -> Section:
     return Section("Base model", [KeyValues(items)])
 
 
+def _not_a_file(path: str | None, d: dict) -> str:
+    """What the card says in place of a checksum for data that is not one file."""
+    from kielo.data.sources import HUB_ID, is_disk_folder
+
+    if path and is_disk_folder(Path(path).expanduser()):
+        return "a save_to_disk folder"
+    if path and HUB_ID.match(path.split(":")[0]) and not Path(path).exists():
+        return f"hub dataset, revision {d.get('revision') or 'main'}"
+    return "file not found"
+
+
 def _data_section(config: dict, facts: dict) -> Section:
     d = config.get("data") or {}
     stats = facts.get("data") or {}
@@ -117,7 +128,7 @@ def _data_section(config: dict, facts: dict) -> Section:
     def row(split: str, path: str | None, note: str = "") -> None:
         st = stats.get(split) or {}
         file = locate(path) if path else None
-        digest = sha256_of(file) if file is not None and file.is_file() else "file not found"
+        digest = sha256_of(file) if file is not None and file.is_file() else _not_a_file(path, d)
         table.add([split, f"{path}{note}" if path else "—", st.get("total"), st.get("kept"), st.get("truncated"), digest])
 
     row("train", d.get("train"))
@@ -126,6 +137,8 @@ def _data_section(config: dict, facts: dict) -> Section:
     elif d.get("validation_split"):
         seed = (config.get("training") or {}).get("seed")
         row("validation", d.get("train"), f" (split off: validation_split {d['validation_split']}, seed {seed})")
+    if d.get("streaming"):
+        table.notes.append("data.train was streamed: its rows were read as training reached them, so they are not counted here.")
     table.notes.append(
         f"examples: rows read; trained on: rows left after data.max_length {d.get('max_length')} "
         f"(overlong: {d.get('overlong')}); sha256 of the file's bytes when this card was written."
