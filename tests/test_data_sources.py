@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from kielo.config.load import from_dict
 from kielo.data.records import load_examples, row_to_example
-from kielo.data.sources import ReadOptions
+from kielo.data.sources import ReadOptions, rename_columns
 from kielo.errors import KieloError
 from kielo.train import checkpoint as ckpt
 from kielo.train.trainer import train
@@ -45,8 +45,12 @@ def test_parquet_with_other_column_names(tmp_path):
     datasets.Dataset.from_list(QA).to_parquet(path)
     ex = load_examples(path, options=ReadOptions(columns=MAP))
     assert ex[0].messages == [{"role": "user", "content": QA[0]["question"]}, {"role": "assistant", "content": "Helsinki."}]
-    with pytest.raises(KieloError, match=r"qa.parquet\[row 0\]: data.columns maps column\(s\) kysymys"):
+    with pytest.raises(KieloError, match=r"qa.parquet\[row 0\]: missing field\(s\) instruction, output") as e:
         load_examples(path, options=ReadOptions(columns={"kysymys": "instruction"}))
+    assert "data.columns" in e.value.fix
+    # A row already in kielo's names keeps them: `answer` stays a field of its own beside `output`.
+    kept = row_to_example(rename_columns({"instruction": "a", "output": "b", "answer": "c"}, MAP), "x:1")
+    assert kept.reference == "b" and kept.meta == {"answer": "c"}
 
 
 def test_columns_key_parses_from_the_command_line():

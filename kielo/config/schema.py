@@ -138,7 +138,7 @@ class DataConfig:
     columns: Any = opt(
         None,
         "Column names mapped onto kielo's ({question: instruction, answer: output}): renamed in every row before "
-        "the style is detected.",
+        "the style is detected (a row that already has the target name keeps its own).",
         factory=dict,
     )
     streaming: bool = opt(

@@ -86,7 +86,7 @@ def _stream_sample(config: Config) -> list:
     options = ReadOptions.of(d)
     source = resolve_source(d.train, options, "data.train")
     rows = islice(dataset_rows(source, options, streaming=True), STREAM_SAMPLE)
-    sample = [row_to_example(rename_columns(row, options.columns, where), where, d.system_prompt) for where, row in rows]
+    sample = [row_to_example(rename_columns(row, options.columns), where, d.system_prompt) for where, row in rows]
     if not sample:
         raise KieloError(f"{source.location} holds no examples", "add at least one example row")
     return sample

@@ -260,7 +260,7 @@ def load_examples(
     rows = _read_rows(Path(source.location)) if source.kind == "file" else dataset_rows(source, options)
     examples = []
     for where, row in rows:
-        row = rename_columns(row, options.columns, where)
+        row = rename_columns(row, options.columns)
         examples.append(row_to_example(prepare(row) if prepare else row, where, system_prompt, require_answer))
     if not examples:
         raise KieloError(f"{source.location} holds no examples", "add at least one example row")

@@ -173,14 +173,14 @@ def dataset_rows(source: DataSource, options: ReadOptions, streaming: bool = Fal
         yield f"{name}[row {i}]", {k: v for k, v in row.items() if v is not None}
 
 
-def rename_columns(row: Any, columns: dict[str, str], where: str) -> Any:
-    """``row`` with its keys renamed by ``data.columns``; a mapped column missing from the row is an error."""
+def rename_columns(row: Any, columns: dict[str, str]) -> Any:
+    """``row`` with its keys renamed by ``data.columns``. A row that already has the target name keeps its
+    own (a validation file in kielo's names beside a training set in others'); a mapped column a row lacks is
+    left to the style check, whose error names the row and points to data.columns."""
     if not columns or not isinstance(row, dict):
         return row
-    missing = [k for k in columns if k not in row]
-    if missing:
-        raise KieloError(
-            f"{where}: data.columns maps column(s) {', '.join(missing)}, which the row lacks (row has: {', '.join(sorted(row))})",
-            "fix data.columns to name this data's columns",
-        )
-    return {columns.get(k, k): v for k, v in row.items()}
+    out = {}
+    for key, value in row.items():
+        target = columns.get(key)
+        out[target if target and target not in row else key] = value
+    return out

@@ -134,7 +134,7 @@ def stream_layout(config, encoder, pad_id: int) -> StreamLayout:
         return dataset_rows(source, options, streaming=True, skip=skip)
 
     def encode_row(where: str, row: Any, index: int) -> Encoded | None:
-        example = row_to_example(rename_columns(row, options.columns, where), where, d.system_prompt)
+        example = row_to_example(rename_columns(row, options.columns), where, d.system_prompt)
         return encoder.fit(encoder.encode(example, index))
 
     return StreamLayout(open_rows, encode_row, t.micro_batch_size, pad_id, d.packing, d.max_length)
