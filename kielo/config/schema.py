@@ -238,6 +238,16 @@ class TrainingConfig:
         "on a side stream while the layer computes, prefetched one layer ahead in backward) instead of on the "
         "GPU: layers x tokens x width x 2 bytes less (1 GiB for Llama-3.1-8B at 4,096 tokens).",
     )
+    distributed: str = opt(
+        "ddp",
+        "How a run of several processes (--nproc, torchrun, accelerate launch) spreads the model: ddp = every "
+        "process holds the whole 4-bit base and the LoRA, gradients summed; fsdp = FSDP2 shards each decoder "
+        "layer's 4-bit weights, the LoRA and the optimizer state over the processes (for models whose 4-bit "
+        "weights do not fit one GPU; 4-bit storage in the compute dtype, residual stream in the compute dtype). "
+        "`kielo plan --gpus N` says which fits. A single process with fsdp trains unsharded with the same storage "
+        "and stream.",
+        ("ddp", "fsdp"),
+    )
     memory_plan: str = opt(
         "fit",
         "On a GPU, estimate the step's peak memory before training and choose micro_batch_size (trading it "
@@ -300,6 +310,13 @@ class TrainingConfig:
                 f"training.report_to: {unknown[0]!r} is not a tracker kielo knows", f"use a list of: {', '.join(TRACKERS)}"
             )
         object.__setattr__(self, "report_to", list(dict.fromkeys(trackers)))
+        if self.distributed == "fsdp" and self.checkpoint_offload:
+            # The offloading checkpoint copies each layer's input on a side stream while FSDP2 all-gathers the
+            # next layer's shards on its own streams; the two were never run together.
+            raise KieloError(
+                "training.checkpoint_offload does not run with training.distributed fsdp",
+                "drop --training.checkpoint_offload (FSDP already frees most of each GPU's memory), or use ddp",
+            )
 
 
 @dataclass(frozen=True)

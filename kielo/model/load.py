@@ -145,7 +145,8 @@ def load_base_model(
     kwargs = {
         "dtype": dtype,
         "trust_remote_code": trust,
-        "quantization_config": bnb_config(config.quantization, dtype),
+        # FSDP shards floating tensors only: the packed 4-bit bytes are stored in the compute dtype for it.
+        "quantization_config": bnb_config(config.quantization, dtype, dtype if config.training.distributed == "fsdp" else torch.uint8),
         "device_map": {"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
     }
     model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)

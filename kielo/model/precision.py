@@ -71,7 +71,16 @@ def resolve_precision(config: Config, model_type: str, device: torch.device, com
                 f"training.kernels `liger`: no Liger kernels for model type {model_type!r}",
                 f"use --training.kernels auto; Liger covers {', '.join(LIGER_FAMILIES)}",
             )
-    if t.stream_dtype == "fp32" or not quantized:
+    if t.distributed == "fsdp" and quantized:
+        # FSDP2 computes each layer's parameters in one dtype, the 4-bit storage's (kielo.train.fsdp): the
+        # embedding, norms and head are cast to it too, so an fp32 stream cannot be kept.
+        if t.stream_dtype == "fp32" and compute != torch.float32:
+            raise KieloError(
+                "training.stream_dtype fp32 does not run with training.distributed fsdp",
+                "use --training.stream_dtype auto (fsdp trains on the compute-dtype stream), or ddp",
+            )
+        stream = compute
+    elif t.stream_dtype == "fp32" or not quantized:
         # Without quantization nothing is upcast: the stream already has the weights' dtype.
         stream = torch.float32 if quantized else compute
     elif t.stream_dtype == "compute":

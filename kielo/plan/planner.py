@@ -18,7 +18,8 @@ from kielo.config.schema import Config
 from kielo.errors import KieloError
 from kielo.model.device import COMPUTE_DTYPES
 from kielo.model.precision import Precision, resolved_precision
-from kielo.plan.memory import GIB, Estimate, Setup, estimate
+from kielo.plan.memory import GIB, Estimate, Setup
+from kielo.plan.parallel import per_gpu_estimate
 from kielo.plan.shape import ModelShape
 
 log = logging.getLogger(__name__)
@@ -89,17 +90,31 @@ class MemoryPlan:
     budget: int  # bytes this process may use on the GPU
     fits: bool
     changed: list[str] = field(default_factory=list)
+    gpus: int = 1  # processes (one GPU each) the run is spread over
+    strategy: str = "ddp"  # training.distributed: how it is spread (kielo.plan.parallel)
+    load: int = 0  # bytes on one GPU while loading, before FSDP shards the model
+
+    @property
+    def peak(self) -> int:
+        """The larger of the step's estimated peak and the loading peak, per GPU."""
+        return max(self.estimate.total, self.load)
 
     def describe(self) -> str:
         head = (
             f"memory plan ({self.mode}): micro_batch_size {self.micro_batch_size} x gradient_accumulation "
             f"{self.gradient_accumulation}, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}"
         )
+        where = ""
+        if self.gpus > 1:
+            head += f", {self.strategy} over {self.gpus} GPUs (micro-batch and peak per GPU)"
+            where = " per GPU"
         lines = [
             head,
-            f"  estimated peak {self.estimate.describe()}",
-            f"  budget {self.budget / GIB:.2f} GiB (estimates must stay under {HEADROOM:.0%} of it)",
+            f"  estimated peak{where} {self.estimate.describe()}",
+            f"  budget{where} {self.budget / GIB:.2f} GiB (estimates must stay under {HEADROOM:.0%} of it)",
         ]
+        if self.strategy == "fsdp" and self.gpus > 1:
+            lines.insert(2, f"  loading: the whole 4-bit model on each GPU before sharding, {self.load / GIB:.2f} GiB")
         if self.changed:
             lines.append("  changed from the config: " + "; ".join(self.changed))
         if not self.fits:
@@ -126,13 +141,23 @@ def candidates(config: Config, mode: str) -> list[tuple[int, bool]]:
     return order
 
 
-def make_plan(config: Config, shape: ModelShape, precision: Precision, data: DataSize, budget: int, mode: str = "fit") -> MemoryPlan:
-    """The first candidate whose estimated peak fits ``HEADROOM`` of ``budget``, else the leanest one."""
+def make_plan(
+    config: Config,
+    shape: ModelShape,
+    precision: Precision,
+    data: DataSize,
+    budget: int,
+    mode: str = "fit",
+    gpus: int = 1,
+    strategy: str = "ddp",
+) -> MemoryPlan:
+    """The first candidate whose estimated peak (per GPU, when spread over ``gpus`` by ``strategy``) fits
+    ``HEADROOM`` of ``budget``, else the leanest one."""
     t = config.training
     effective = t.micro_batch_size * t.gradient_accumulation
     tried = []
     for mbs, gc in candidates(config, mode):
-        est = estimate(shape, setup_for(config, precision, data, mbs, gc))
+        est = per_gpu_estimate(shape, setup_for(config, precision, data, mbs, gc), gpus, strategy)
         tried.append((mbs, gc, est))
         if est.total <= HEADROOM * budget:
             break
@@ -147,14 +172,20 @@ def make_plan(config: Config, shape: ModelShape, precision: Precision, data: Dat
         )
     if gc != t.gradient_checkpointing:
         changed.append(f"gradient_checkpointing {'on' if t.gradient_checkpointing else 'off'} -> {'on' if gc else 'off'}")
-    return MemoryPlan(mode, mbs, effective // mbs, gc, est, budget, fits, changed)
+    return MemoryPlan(mode, mbs, effective // mbs, gc, est.step, budget, fits, changed, gpus, est.strategy, est.load)
+
+
+def pick_strategy(plans: dict[str, MemoryPlan]) -> MemoryPlan:
+    """Of one run's plans per strategy (``kielo.plan.parallel.STRATEGIES`` order): DDP when it fits (no
+    per-layer all-gathers, so faster), else FSDP when that fits, else the one with the lower peak."""
+    return next((p for p in plans.values() if p.fits), None) or min(plans.values(), key=lambda p: p.peak)
 
 
 def check_plan(plan: MemoryPlan, model_name: str) -> None:
     """Refuse a run whose leanest setting is estimated well over the budget (beyond the estimates' error)."""
-    if plan.estimate.total > plan.budget / HEADROOM:
+    if plan.peak > plan.budget / HEADROOM:
         raise KieloError(
-            f"training {model_name} needs about {plan.estimate.total / GIB:.1f} GiB of GPU memory even with "
+            f"training {model_name} needs about {plan.peak / GIB:.1f} GiB of GPU memory even with "
             f"micro_batch_size {plan.micro_batch_size} and gradient checkpointing, but {plan.budget / GIB:.1f} GiB "
             "is available",
             "lower data.max_length, use --training.stream_dtype compute (and kielo[gpu] for Liger's fused head), "
@@ -179,15 +210,26 @@ def gpu_budget(device: torch.device) -> int:
     return int(free) + torch.cuda.memory_allocated(device)
 
 
-def plan_memory(config: Config, model_config, items: list, device: torch.device) -> MemoryPlan:
+def plan_memory(config: Config, model_config, items: list, device: torch.device, gpus: int = 1) -> MemoryPlan:
     """The memory plan of a run with ``config`` (resolved: its precision concrete) on ``device``, a GPU, for
-    the loaded model's transformers config and the encoded training examples; refused (KieloError) when even
-    the leanest setting is well over the budget. Call it after the weights are loaded: they count."""
+    the loaded model's transformers config and the encoded training examples, per GPU when spread over
+    ``gpus`` processes by ``training.distributed``; refused (KieloError) when even the leanest setting is well
+    over the budget, naming FSDP when it would fit. Call it after the weights are loaded: they count."""
     from kielo.plan.shape import shape_from_config
 
     data = data_size(items, config.data.packing, config.data.max_length)
     shape = shape_from_config(model_config)
-    plan = make_plan(config, shape, resolved_precision(config), data, gpu_budget(device), config.training.memory_plan)
+    precision, budget, mode = resolved_precision(config), gpu_budget(device), config.training.memory_plan
+    strategy = config.training.distributed
+    plan = make_plan(config, shape, precision, data, budget, mode, gpus, strategy)
     log.info("%s", plan.describe())
+    if gpus > 1 and strategy == "ddp" and not plan.fits:
+        sharded = make_plan(config, shape, precision, data, budget, mode, gpus, "fsdp")
+        if sharded.fits:
+            raise KieloError(
+                f"training {config.model.name} with ddp needs about {plan.peak / GIB:.1f} GiB per GPU, more than the "
+                f"{budget / GIB:.1f} GiB available; sharded over {gpus} GPUs (fsdp) it needs about {sharded.peak / GIB:.1f} GiB",
+                "add --training.distributed fsdp",
+            )
     check_plan(plan, config.model.name)
     return plan

@@ -29,10 +29,11 @@ def planned_item(item):
     return item
 
 
-def resolve_training(bundle, items: list, saved: Config | None = None) -> tuple[Config, MemoryPlan | None]:
+def resolve_training(bundle, items: list, saved: Config | None = None, gpus: int = 1) -> tuple[Config, MemoryPlan | None]:
     """The resolved config of a run on ``bundle`` (a training :class:`~kielo.model.bundle.Bundle`) over the
-    encoded training ``items``, and the memory plan (None when none was made: off the GPU,
-    ``training.memory_plan: off``, or resumed); the model's gradient checkpointing is switched to match.
+    encoded training ``items`` (a run of ``gpus`` processes: planned per GPU), and the memory plan (None when
+    none was made: off the GPU, ``training.memory_plan: off``, or resumed); the model's gradient
+    checkpointing is switched to match.
 
     A resumed run (``saved``: the run folder's config) keeps its saved micro-batch settings, because a
     checkpoint's position in the data is counted in micro-batches of that size.
@@ -58,7 +59,7 @@ def resolve_training(bundle, items: list, saved: Config | None = None) -> tuple[
         )
         config = replace(config, training=planned)
     elif bundle.device.type == "cuda" and t.memory_plan != "off":
-        plan = plan_memory(config, bundle.model.config, [planned_item(it) for it in items], bundle.device)
+        plan = plan_memory(config, bundle.model.config, [planned_item(it) for it in items], bundle.device, gpus)
         config = apply_plan(config, plan)
     if config.training.gradient_checkpointing != t.gradient_checkpointing:  # the load set the configured one
         set_gradient_checkpointing(bundle.model, config.training.gradient_checkpointing, config.training.checkpoint_offload)
