@@ -6,7 +6,8 @@
 - ``fsdp``: each decoder layer is its own FSDP2 unit (:func:`kielo.train.fsdp.shard_model`), so every rank
   holds 1/N of the 4-bit weights, of the LoRA, of its gradients and of the optimizer state; while a layer
   computes, its weights are all-gathered, and FSDP2 prefetches the next one, so two layers are whole at a
-  time. The root unit (embedding, final norm, head) stays gathered from forward to the end of backward.
+  time. The root unit (embedding, final norm) stays gathered from forward to the end of backward, and the
+  output head is not sharded (:func:`kielo.train.fsdp.shard_model` says why): counted whole plus a shard.
   Activations are those of the rank's own micro-batch, as under DDP. Loading is not sharded: every rank
   loads the whole 4-bit model onto its GPU before ``fully_shard`` splits it, a peak of its own.
 """

@@ -145,17 +145,23 @@ class RunFolder:
             save_config(config, self.path)
 
     def write_final(
-        self, bundle, model, midway: Callable[[Path], object] | None = None, card: Callable[[Path], object] | None = None
+        self,
+        bundle,
+        model,
+        midway: Callable[[Path], object] | None = None,
+        card: Callable[[Path], object] | None = None,
+        adapter_state: dict | None = None,
     ) -> None:
         """Write adapter + side files through a temporary folder, then move them in (no half-written adapter).
 
         A run killed while moving them in has no summary.json yet, so it counts as unfinished and ``--resume``
         writes them again. ``midway(file)`` runs once some files have moved and others not (a fault point);
-        ``card(folder)`` writes the model card into the temporary folder, over PEFT's template."""
+        ``card(folder)`` writes the model card into the temporary folder, over PEFT's template; ``adapter_state``:
+        the adapter's weights when they are not the live model's own (gathered from a sharded model)."""
         tmp = self.path / FINAL_TMP
         shutil.rmtree(tmp, ignore_errors=True)
         with writing(self.path, "the final adapter", "the last checkpoint"):
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, **({"state_dict": adapter_state} if adapter_state is not None else {}))
             write_side_files(bundle, tmp)
             if card is not None:
                 card(tmp)

@@ -44,8 +44,20 @@ def _write_state(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict, write_side_files) -> Path:
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    extra: dict,
+    write_side_files,
+    adapter_state: dict | None = None,
+    optimizer_state: dict | None = None,
+) -> Path:
     """Write ``checkpoints/step-{step}`` atomically; ``write_side_files(folder)`` adds config and tokenizer.
+    ``adapter_state`` / ``optimizer_state``: the adapter's weights and the optimizer's state when they are not
+    the live model's and optimizer's own (a sharded model's, gathered: :mod:`kielo.train.fsdp`).
 
     ``extra`` holds plain types only: the state file loads with ``torch.load(..., weights_only=True)``.
     A failed write (disk full, read-only folder) is a KieloError; the earlier checkpoints stay as they were.
@@ -59,13 +71,13 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         with writing(root, f"checkpoint step-{step}", keep):
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, **({"state_dict": adapter_state} if adapter_state is not None else {}))
             fault_point("checkpoint-adapter", tmp / ADAPTER_FILE)
             write_side_files(tmp)
             fault_point("checkpoint-side-files", tmp)
             state = {
                 "step": step,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
                 **extra,

@@ -19,6 +19,16 @@ What makes 4-bit weights shardable, and the failures seen where it was not done 
 
 Gradients are reduced in fp32. Activation checkpointing is the model's own (non-reentrant, set at load),
 which FSDP2 composes with.
+
+In ``kielo train`` (``training.distributed: fsdp``) the LoRA's gradients must be summed over the ranks, not
+averaged: each rank's loss is already divided by the whole step's trained tokens, as under DDP (see
+:mod:`kielo.train.distributed`). FSDP's reduce-scatter averages (a divide factor of 1 needs ``PREMUL_SUM``,
+which gloo lacks), so :func:`kielo.train.step.gradient_step` multiplies the reduced shards by the number of
+ranks (exact for a power of two). Checkpoints and the final adapter hold whole tensors in
+PEFT's format, the same files as a single-process run's: the LoRA weights and the optimizer state are
+gathered from the shards (:func:`full_lora_state`, :func:`full_optimizer_state`; collectives, so every rank
+calls them) and rank 0 writes them; a resumed run loads the adapter before sharding and hands each rank its
+part of the optimizer state (:func:`load_optimizer_state`).
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ def storage_dtype(model: torch.nn.Module) -> torch.dtype | None:
 
 
 def shard_model(model: torch.nn.Module, mesh=None, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """``fully_shard`` each decoder layer of ``model`` (a PEFT model on a 4-bit base) and then the root, over
+    """``fully_shard`` each decoder layer of ``model`` (a PEFT model on a 4-bit base) and then the decoder, over
     ``mesh`` (default: every rank of the process group). ``param_dtype``: the dtype the layers compute in,
     which must be the 4-bit storage dtype (see the module doc); default that dtype. Returns ``model``."""
     import torch.distributed as dist
@@ -71,8 +81,48 @@ def shard_model(model: torch.nn.Module, mesh=None, param_dtype: torch.dtype | No
     layers = _decoder_layers(model)
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+    # The root unit is the decoder (embedding, final norm), not the whole model: kielo's loss heads call the
+    # decoder and then the output head themselves (Liger's fused head reads its weight directly), so a root
+    # around the whole model would never be gathered. The head stays whole on every rank (frozen, so nothing
+    # to reduce); a head tied to the embedding keeps that weight whole too.
+    from kielo.model.adapter import causal_lm
+
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings()
+    tied = {head.weight} if head is not None and head.weight is lm.get_input_embeddings().weight else set()
+    fully_shard(lm.base_model, mesh=mesh, mp_policy=policy, ignored_params=tied or None)
     log.info(
         "FSDP2: %d decoder layers sharded over %d ranks (compute %s, gradients reduced in fp32)", len(layers), mesh.size(), param_dtype
     )
     return model
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def full_lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable (LoRA) parameters of a sharded model, whole, on the CPU, by the names PEFT's
+    ``save_pretrained(state_dict=...)`` expects; a collective: every rank calls it, in the same order."""
+    return {n: _full(p.detach()).cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer) -> dict:
+    """The optimizer state of a sharded model, whole and keyed by parameter name (torch.distributed.checkpoint's
+    full state dict, on the CPU); a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict) -> None:
+    """Load a state from :func:`full_optimizer_state` (every rank passes the whole of it) into this rank's
+    shards of the optimizer state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def grad_norm(norm: torch.Tensor) -> float:
+    """``clip_grad_norm_``'s result as a float: over DTensor gradients it is a DTensor of the ranks' parts."""
+    return float(_full(norm))

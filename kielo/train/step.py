@@ -67,27 +67,49 @@ class StepWork:
 
 
 def gradient_step(
-    model, layout: BatchLayout, step: int, accumulation: int, device: torch.device, loss: LossFn, params: list, world: World = SINGLE
+    model,
+    layout: BatchLayout,
+    step: int,
+    accumulation: int,
+    device: torch.device,
+    loss: LossFn,
+    params: list,
+    world: World = SINGLE,
+    sharded: bool = False,
 ) -> StepWork:
     """Gradients of optimizer step ``step`` (0-based) in ``params``: this rank's share of the step's
     micro-batches (``world.micro_offsets``), normalised by the step's trained tokens over all ranks and summed
-    over the ranks, so every rank holds the single-process run's gradient of the whole step."""
+    over the ranks, so every rank holds the single-process run's gradient of the whole step (``sharded``: FSDP
+    reduces them, each rank keeping its shard of that gradient)."""
     micro = [layout.batch(step * accumulation + k) for k in world.micro_offsets(accumulation)]
     trained, real = (int(v) for v in sum_values(world, sum(b.trained_tokens for b in micro), sum(b.real_tokens for b in micro)))
     share = accumulate_gradients(model, micro, device, loss, n_trained=trained)
-    sum_gradients(world, params)
+    if sharded:
+        # FSDP averaged the shards over the ranks; the step's gradient is their sum (kielo.train.fsdp).
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(world.size)
+    else:
+        sum_gradients(world, params)
     (mean,) = sum_values(world, share)
     return StepWork(mean, real, trained)
 
 
 @torch.no_grad()
-def evaluate_loss(model, layout: BatchLayout, device: torch.device, loss: LossFn, world: World = SINGLE) -> dict:
-    """Mean token loss and perplexity over all batches of a layout (each rank takes every N-th batch)."""
+def evaluate_loss(
+    model, layout: BatchLayout, device: torch.device, loss: LossFn, world: World = SINGLE, sharded: bool = False
+) -> dict:
+    """Mean token loss and perplexity over all batches of a layout (each rank takes every N-th batch).
+    ``sharded``: every forward of an FSDP model is a collective, so all ranks run as many; a rank past the
+    last batch runs the first one again and counts nothing."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for i in range(world.rank, layout.per_epoch, world.size):
-        s, n = loss(model, layout.batch(i).to(device))
+    end = -(-layout.per_epoch // world.size) * world.size if sharded else layout.per_epoch
+    for i in range(world.rank, end, world.size):
+        s, n = loss(model, layout.batch(i if i < layout.per_epoch else 0).to(device))
+        if i >= layout.per_epoch:
+            continue
         total += float(s.detach())
         count += n
         if i == world.rank:

@@ -139,7 +139,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
         require_packing_support(bundle.model)
     train_items, val_items, data_report = prepare_data(bundle, examples)
     # From here on `config` is the resolved one: saved beside the run and never changed.
-    config, memory_plan = resolve_training(bundle, train_items, run.saved_config() if latest is not None else None)
+    config, memory_plan = resolve_training(bundle, train_items, run.saved_config() if latest is not None else None, world.size)
     bundle = replace(bundle, config=config)
     t = config.training
     check_accumulation(world, t.gradient_accumulation)
@@ -176,6 +176,14 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     params = [p for p in model.parameters() if p.requires_grad]
     broadcast_parameters(world, params)  # the same seed gives the same LoRA init; this makes sure of it
+    sharded = world.active and t.distributed == "fsdp"
+    if sharded:
+        from kielo.train import fsdp
+
+        if latest is not None:  # whole tensors into whole parameters: before they are split
+            ckpt.load_adapter_weights(model, latest)
+        fsdp.shard_model(model)
+        params = [p for p in model.parameters() if p.requires_grad]
     if world.active:
         # Dropout masks: each rank draws its own (the same stream on every rank would repeat one mask).
         torch.manual_seed(t.seed + 1000003 * world.rank)
@@ -190,8 +198,11 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
     objective.prepare(model, layouts, bundle.device, out, resumed=latest is not None, from_adapter=bool(config.lora.init_from))
     if latest is not None:
         state = ckpt.load_state(latest)
-        ckpt.load_adapter_weights(model, latest)
-        optimizer.load_state_dict(state["optimizer"])
+        if sharded:
+            fsdp.load_optimizer_state(model, optimizer, state["optimizer"])
+        else:
+            ckpt.load_adapter_weights(model, latest)
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(_rank_rng(state, world))
         step, tokens_seen, history = state["step"], state["tokens_seen"], state["history"]
@@ -219,8 +230,10 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
             write_card(folder, out, card_facts, location=checkpoints_dir(out) / f"step-{at}", step=at)
 
         written = None
+        # A sharded model's adapter and optimizer state are gathered whole (every rank takes part).
+        whole = (fsdp.full_lora_state(model), fsdp.full_optimizer_state(model, optimizer)) if sharded else (None, None)
         if world.main:
-            written = ckpt.save_checkpoint(out, at, model, optimizer, scheduler, extra, side_files)
+            written = ckpt.save_checkpoint(out, at, model, optimizer, scheduler, extra, side_files, *whole)
         written = Path(broadcast_object(world, str(written) if written else None) or checkpoints_dir(out) / f"step-{at}")
         guard.written(written)
         if world.main:
@@ -231,7 +244,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
         if val_layout is None:
             return
         if world.active:
-            result = evaluate_loss(model, val_layout, bundle.device, path.loss, world)
+            result = evaluate_loss(model, val_layout, bundle.device, path.loss, world, sharded)
         else:
             result = objective.evaluate(model, val_layout, bundle.device)
         history.setdefault("validation", []).append({"step": at, **result})
@@ -257,13 +270,14 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
                 out, step, steps, signal_name, latest if latest is not None and latest.name == f"step-{step}" else None, save
             )
         if world.active:
-            work = gradient_step(model, layout, step, t.gradient_accumulation, bundle.device, path.loss, params, world)
+            work = gradient_step(model, layout, step, t.gradient_accumulation, bundle.device, path.loss, params, world, sharded)
             loss, step_metrics, real = work.loss, {}, work.real_tokens
         else:
             micro = [layout.batch(step * t.gradient_accumulation + k) for k in range(t.gradient_accumulation)]
             loss, step_metrics = objective.accumulate(model, micro, bundle.device)
             real = sum(b.real_tokens for b in micro)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf")))
+        norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
+        grad_norm = fsdp.grad_norm(norm) if sharded else float(norm)
         injected = fault_point("step")
         if injected == "nan":  # a bad batch: its gradients are not finite
             loss, grad_norm = float("nan"), float("nan")
@@ -308,9 +322,14 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
             latest = save(step)
     bar.close()
     validate(steps)
+    final_state = fsdp.full_lora_state(model) if sharded else None
     if world.main:
         run.write_final(
-            bundle, model, midway=lambda f: fault_point("final-save", f), card=lambda f: write_card(f, out, card_facts, location=out)
+            bundle,
+            model,
+            midway=lambda f: fault_point("final-save", f),
+            card=lambda f: write_card(f, out, card_facts, location=out),
+            adapter_state=final_state,
         )
     summary = {
         "steps": steps,
@@ -325,6 +344,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
         "memory_plan": memory_plan.describe() if memory_plan else None,
         "device": str(bundle.device),
         "processes": world.size,
+        **({"distributed": t.distributed} if world.active else {}),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "train_loss_first": history.get("train_first"),
