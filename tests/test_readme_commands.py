@@ -35,6 +35,10 @@ NOT_RUN = {
     'WHL=".whl .whl2" bash bench/run_qlora_bench.sh --shape llama8b '
     '--cases "=stock:a,b unsloth:a,b unsloth+nogc:a unsloth+packed:b"': GPU,
     'bash bench/run_qlora_bench.sh --shape gemma1b --cases "stock:a,b kielo:a,b"': GPU,
+    "kielo train configs/demo.yaml --nproc 2 --training.distributed fsdp --training.gradient_accumulation 2 --output_dir runs/fsdp": (
+        "this runner's budget sets --training.gradient_accumulation 1, which 2 processes cannot split; "
+        "tests/test_fsdp_train.py runs an fsdp run in 2 processes on the tiny model"
+    ),
     "kielo train configs/demo.yaml --nproc 2 --training.gradient_accumulation 2 --training.max_steps 2 --output_dir runs/ddp": (
         "this runner's budget sets --training.gradient_accumulation 1, which 2 processes cannot split; "
         "tests/test_distributed.py runs `kielo train --nproc 2` on the tiny model"
