@@ -11,6 +11,7 @@ from kielo.errors import KieloError
 # module -> the extra that installs it
 EXTRAS = {
     "lm_eval": "harness",
+    "euroeval": "euroeval",
     "sacrebleu": "eval",
     "matplotlib": "eval",
     "pyarrow": "parquet",

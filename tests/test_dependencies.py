@@ -33,6 +33,7 @@ OPTIONAL = {
     "mlflow": ("mlflow", "mlflow-skinny"),
     "trackio": ("trackio", "trackio"),
     "lm_eval": ("harness", "lm-eval"),
+    "euroeval": ("euroeval", "euroeval"),
     "llama_cpp": ("llama-cpp", "llama-cpp-python"),
     "unsloth": ("unsloth", "unsloth"),
     "trl": ("unsloth", "trl"),

@@ -54,6 +54,14 @@ NOT_RUN = {
     ),
     "mlflow ui --backend-store-uri runs/tracked/mlruns": "a web server; tests/test_trackers.py reads the store with mlflow's client",
     "kielo push runs/try --repo my-org/kielo-try --private": "uploads: needs a network and a hub token (the --dry_run line runs)",
+    "make llama-cpp": "builds llama.cpp (about 25 minutes on 2 cores); tests/test_gguf_llama_cpp.py uses that build when it is there",
+    "ollama create kielo-try -f runs/try-gguf/Modelfile.q8_0": "needs Ollama, which is not installed here; the Modelfile's "
+    "template is checked against the trained one by kielo merge itself",
+    "kielo compare --model runs/try --data data/fi_instruct/test.jsonl --harness fin-bench --harness_include finbench_v2 "
+    "--output_dir runs/try-finbench": "needs the Hugging Face hub (FIN-bench-v2's data) and the fork's task YAMLs; "
+    "tests/test_presets.py runs the preset on local task YAMLs",
+    "kielo compare --model runs/try --data data/fi_instruct/test.jsonl --euroeval fi --output_dir runs/try-euroeval": "needs "
+    "the euroeval package and the Hugging Face hub (its data); tests/test_presets.py checks the one-line refusal without them",
 }
 # Files the README's commands take from the user: written into the working folder before the commands run.
 USER_FILES = {

@@ -36,8 +36,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--harness",
         metavar="TASK[,TASK]",
-        help="also run these lm-evaluation-harness tasks (e.g. FIN-bench's); needs `pip install lm_eval[hf]`, "
-        "and the tasks' data from the Hugging Face hub or local files",
+        help="also run these lm-evaluation-harness tasks, or a preset: fin-bench (FIN-bench-v2: cf formulation for a base "
+        "model, mcf for an instruction-tuned one), fin-bench-cf, fin-bench-mcf; needs `pip install lm_eval[hf]`, "
+        "the tasks' data from the Hugging Face hub or local files, and for FIN-bench-v2 its task YAMLs (--harness_include)",
     )
     p.add_argument("--harness_limit", type=int, metavar="N", help="examples per harness task (default: all)")
     p.add_argument("--harness_include", metavar="DIR", help="folder of extra harness task YAMLs (e.g. with local data)")
@@ -54,6 +55,13 @@ def setup_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def setup_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--euroeval",
+        metavar="LANG",
+        choices=("fi",),
+        help="also run EuroEval's datasets of this language (fi) on the base and each adapter; needs `pip install euroeval` "
+        "and the Hugging Face hub; written to OUTPUT/euroeval.json",
+    )
     p.add_argument(
         "--adapter",
         metavar="DIR",
@@ -96,8 +104,19 @@ def _options(args, config) -> dict:
         raise KieloError("no evaluation data", "pass --data FILE, e.g. --data data/fi_instruct/test.jsonl")
     harness = None
     if args.harness:
+        from kielo.evaluate.presets import FIN_BENCH, check_hub, is_preset
+
         require("lm_eval", "--harness (lm-evaluation-harness)")  # before any model loads or loss pass
         harness = HarnessOptions([t.strip() for t in args.harness.split(",") if t.strip()], args.harness_limit, args.harness_include)
+        if is_preset(harness.tasks):
+            # The formulation is picked once the model is known; either set must be reachable.
+            for tasks in FIN_BENCH.values():
+                check_hub(f"--harness {harness.tasks[0]}", tasks, args.harness_include)
+    if getattr(args, "euroeval", None):
+        from kielo.evaluate.presets import check_hub
+
+        require("euroeval", "--euroeval (EuroEval)")
+        check_hub(f"--euroeval {args.euroeval}")
     # The run's saved generation settings apply, except those given by --config or a --generation.* flag.
     chosen = [key.partition(".")[2] for key in getattr(args, "config_keys", ()) if key.startswith("generation.")]
     return {
@@ -141,6 +160,21 @@ def _line(name: str, m: dict) -> str:
     )
 
 
+def _euroeval(args, config, report: dict) -> None:
+    """EuroEval on the base and each adapter, written beside the comparison report."""
+    import json
+    from pathlib import Path
+
+    from kielo.evaluate.presets import run_euroeval
+
+    out = Path(report["files"]["html"]).parent
+    models = {"base": report["model"]["path"], **{Path(a).name: a for a in args.adapter}}
+    found = run_euroeval(models, args.euroeval, out)
+    (out / "euroeval.json").write_text(json.dumps(found, indent=2, ensure_ascii=False), encoding="utf-8")
+    for name, scores in found["results"].items():
+        print(f"EuroEval {args.euroeval} {name}: {len(scores)} datasets ({out / 'euroeval.json'})")
+
+
 def run_evaluate(args, config) -> int:
     from kielo.evaluate.run import evaluate
 
@@ -161,6 +195,8 @@ def run_compare(args, config) -> int:
     report = compare(
         config, adapters=args.adapter, checkpoints=args.checkpoints, **_options(args, config), **_preference_options(args)
     )
+    if args.euroeval:
+        _euroeval(args, config, report)
     summary = report["summary"]
     print(_generation_line(report))
     for name, m in summary["models"].items():

@@ -61,7 +61,10 @@ def _scores(task_results: dict) -> dict[str, float]:
 
 def run_harness(bundle: Bundle, variants: list[str], options: HarnessOptions, batch_size: int = 8) -> dict:
     """Run the tasks on each variant of ``bundle``: ``{"tasks", "limit", "note", "results": {variant: {task: {metric: v}}}}``."""
+    from kielo.evaluate.presets import resolve_harness_tasks
+
     lm_eval, HFLM = _require()
+    tasks, form = resolve_harness_tasks(list(options.tasks), bundle)
     manager = None
     if options.include_path:
         from lm_eval.tasks import TaskManager
@@ -72,12 +75,15 @@ def run_harness(bundle: Bundle, variants: list[str], options: HarnessOptions, ba
         with use_variant(bundle, name):
             lm = HFLM(pretrained=bundle.model, tokenizer=bundle.tokenizer, batch_size=batch_size)
             try:
-                out = lm_eval.simple_evaluate(model=lm, tasks=list(options.tasks), limit=options.limit, task_manager=manager)
+                out = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=options.limit, task_manager=manager)
             except Exception as e:  # the harness fails in many ways (unknown task, no data offline): say which
                 raise KieloError(
-                    f"lm-evaluation-harness failed on {', '.join(options.tasks)} for {name}: {str(e)[:300]}",
+                    f"lm-evaluation-harness failed on {', '.join(tasks)} for {name}: {str(e)[:300]}",
                     f"check the task names (lm-eval ls tasks); {DATA_NOTE}",
                 ) from e
         results[name] = {task: _scores(vals) for task, vals in (out or {}).get("results", {}).items()}
         log.info("harness %s: %s", name, results[name])
-    return {"tasks": list(options.tasks), "limit": options.limit, "note": DATA_NOTE, "results": results}
+    found = {"tasks": tasks, "limit": options.limit, "note": DATA_NOTE, "results": results}
+    if form:
+        found["preset"] = {"name": options.tasks[0], "formulation": form}
+    return found

@@ -1,6 +1,6 @@
 """`kielo merge`: the command-line face of :func:`kielo.merge.run.merge` (options, printing, exit codes).
 
-    kielo merge ADAPTER_OR_RUN_DIR --output_dir DIR [--dtype auto|fp16|fp32|bf16] [--requantize] [--gguf]
+    kielo merge ADAPTER_OR_RUN_DIR --output_dir DIR [--dtype auto|fp16|fp32|bf16] [--requantize] [--gguf [TYPE,...]]
 
 The base comes from the run's saved config unless ``--model`` names another; ``--output_dir`` defaults to
 ``ADAPTER_OR_RUN_DIR-merged``.
@@ -58,13 +58,35 @@ def setup_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--requantize", action="store_true", help="also write an NF4 copy (OUTPUT/nf4) and report the held-out loss before and after"
     )
-    p.add_argument("--gguf", action="store_true", help="also write a GGUF file for llama.cpp, checked by reading it back")
     p.add_argument(
-        "--gguf_type",
-        default=o.DEFAULT_GGUF_TYPE,
-        choices=o.GGUF_TYPES,
-        help="GGUF tensor type (default auto: the merged dtype, lossless)",
+        "--gguf",
+        nargs="?",
+        const=o.DEFAULT_GGUF_TYPE,
+        metavar="TYPE[,TYPE...]",
+        help="also write GGUF files for llama.cpp and Ollama, each with a Modelfile: the first file in "
+        f"{'|'.join(o.GGUF_TYPES)} (default auto: the merged dtype, lossless), plus copies quantized with llama.cpp's "
+        f"llama-quantize ({', '.join(o.GGUF_QUANTS)}), each measured against the lossless file in llama.cpp; "
+        "e.g. --gguf q4_k_m,q8_0",
     )
+
+
+def parse_gguf(value: str | None) -> tuple[bool, str, tuple[str, ...]]:
+    """``--gguf`` as (export?, the first file's type, the quantized copies)."""
+    from kielo.errors import KieloError
+    from kielo.merge import options as o
+
+    if value is None:
+        return False, o.DEFAULT_GGUF_TYPE, ()
+    items = [v.strip().lower() for v in value.split(",") if v.strip()]
+    base = [v for v in items if v in o.GGUF_TYPES and v not in o.GGUF_QUANTS]
+    quants = tuple(v for v in items if v in o.GGUF_QUANTS)
+    unknown = [v for v in items if v not in o.GGUF_TYPES and v not in o.GGUF_QUANTS]
+    if unknown or len(base) > 1:
+        raise KieloError(
+            f"--gguf {value}: {'unknown type ' + ', '.join(unknown) if unknown else 'more than one unquantized type'}",
+            f"name at most one of {', '.join(o.GGUF_TYPES[:4])} and any of {', '.join(o.GGUF_QUANTS)}, e.g. --gguf f16,q4_k_m",
+        )
+    return True, base[0] if base else o.DEFAULT_GGUF_TYPE, quants
 
 
 def _print_summary(report: dict) -> None:
@@ -83,6 +105,7 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
         os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF reader draws its own progress bar
     # --model overrides the run's base; left at its default, the run's saved base is used.
     model = config.model.name if config.model.name != ModelConfig().name else None
+    gguf, gguf_type, gguf_quants = parse_gguf(args.gguf)
     output = config.output_dir or f"{str(Path(args.adapter)).rstrip('/')}-merged"
     report = merge(
         config,
@@ -92,8 +115,9 @@ def run_command(args: argparse.Namespace, config: Config) -> int:
         model=model,
         tolerance=args.tolerance,
         requantize=args.requantize,
-        gguf=args.gguf,
-        gguf_type=args.gguf_type,
+        gguf=gguf,
+        gguf_type=gguf_type,
+        gguf_quants=gguf_quants,
         samples=args.samples,
         max_new_tokens=args.max_new_tokens,
     )

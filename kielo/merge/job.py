@@ -42,6 +42,8 @@ class MergeJob:
     max_new_tokens: int
     run_quantization: dict | None  # how training stored the base (for the informational comparison)
     tolerance_given: bool = False
+    gguf_quants: tuple[str, ...] = ()  # copies made with llama-quantize from the first GGUF file
+    llama_cpp: object = None  # the llama.cpp build (kielo.merge.llama_cpp.LlamaCpp) checking and quantizing GGUFs
 
     @property
     def auto(self) -> bool:
@@ -83,6 +85,27 @@ def check_output(out: Path, adapter: str) -> None:
         raise KieloError(f"--output_dir {out} is inside the adapter folder", "write the merged model somewhere else")
 
 
+def _gguf_plan(gguf_type: str, quants: tuple[str, ...]):
+    """The first file's type, the llama-quantize copies and the llama.cpp build that makes and checks them."""
+    from kielo.merge.llama_cpp import absent_note, find_llama_cpp
+
+    bad = [q for q in quants if q not in o.GGUF_QUANTS]
+    if bad:
+        raise KieloError(f"--gguf {','.join(bad)} is not a quantization kielo makes", f"use {', '.join(o.GGUF_QUANTS)}")
+    llama_cpp = find_llama_cpp()
+    if llama_cpp is None:
+        if quants == ("q8_0",) and gguf_type == o.DEFAULT_GGUF_TYPE:
+            return "q8_0", (), None  # kielo's own Q8_0 writer, checked with transformers' reader
+        if quants:
+            raise KieloError(f"--gguf {','.join(quants)} needs llama.cpp's llama-quantize: {absent_note()}", "run `make llama-cpp`")
+    elif gguf_type == "q8_0":
+        gguf_type, quants = (
+            o.DEFAULT_GGUF_TYPE,
+            tuple(dict.fromkeys(("q8_0", *quants))),
+        )  # llama-quantize's Q8_0 from the lossless file
+    return gguf_type, quants, llama_cpp
+
+
 def prepare_merge(
     config: Config,
     adapter_dir: str,
@@ -93,6 +116,7 @@ def prepare_merge(
     requantize: bool = False,
     gguf: bool = False,
     gguf_type: str = o.DEFAULT_GGUF_TYPE,
+    gguf_quants: tuple[str, ...] = (),
     samples: int = o.DEFAULT_SAMPLES,
     max_new_tokens: int = o.DEFAULT_MAX_NEW_TOKENS,
 ) -> MergeJob:
@@ -142,8 +166,9 @@ def prepare_merge(
         raise KieloError(
             f"cannot read the model config of {source.path}: {str(e).splitlines()[0]}", "check --model (or the run's model.name)"
         ) from None
-    resolved_gguf = None
+    resolved_gguf, llama_cpp = None, None
     if gguf:
+        gguf_type, gguf_quants, llama_cpp = _gguf_plan(gguf_type, tuple(gguf_quants))
         resolved_gguf = gguf_type if auto and gguf_type == o.AUTO_DTYPE else resolve_gguf_type(gguf_type, torch_dtype)
         check_exportable(model_config)
     device = pick_device(cfg.training.device)
@@ -191,4 +216,6 @@ def prepare_merge(
         max_new_tokens,
         run_quant,
         tolerance is not None,
+        gguf_quants if gguf else (),
+        llama_cpp,
     )

@@ -7,8 +7,11 @@ DTYPE_NAMES = ("bf16", "fp16", "fp32")  # what merged weights can be stored in
 # (the rule and its numbers: kielo.merge.storage).
 AUTO_DTYPE = "auto"
 DTYPE_CHOICES = (AUTO_DTYPE, *DTYPE_NAMES)
-# --gguf_type values; "auto" keeps the merged dtype (lossless).
+# The GGUF file every export writes first: "auto" keeps the merged dtype (lossless); q8_0 here is kielo's own
+# writer's (used only without llama.cpp).
 GGUF_TYPES = ("auto", "f32", "f16", "bf16", "q8_0")
+# Quantized copies made from that file with llama.cpp's llama-quantize (kielo.merge.llama_cpp.QUANT_TYPES).
+GGUF_QUANTS = ("q4_k_m", "q5_k_m", "q8_0")
 # Saved dtype -> largest allowed logit difference between the merged model and base + adapter
 # (why these numbers: kielo.merge.verify).
 TOLERANCES = {"fp32": 0.01, "bf16": 2.0, "fp16": 0.5}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
 import os
 import shutil
@@ -45,7 +44,7 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "merge_report.json"
 HTML_FILE = "merge_report.html"  # the same report for people, beside the JSON
 NF4_FOLDER = "nf4"
-LOSS_EXAMPLES = 64  # held-out examples for the re-quantization loss
+LOSS_EXAMPLES = 64  # held-out examples for the re-quantization loss and the quantized GGUFs' loss
 
 
 class _Clock:
@@ -112,7 +111,6 @@ def _trained_setup(job: MergeJob, bundle, reference, examples) -> dict:
 def _execute(job: MergeJob, work: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from kielo.data.template import render
     from kielo.infer.generate import generation_kwargs
     from kielo.merge.dequantize import load_base_16bit
     from kielo.merge.merge import adapter_moved, adapter_summary, merge_adapter, save_merged
@@ -136,7 +134,7 @@ def _execute(job: MergeJob, work: Path) -> dict:
         report["adapter"]["untrained"] = True
     tokenizer, template = load_tokenizer_and_template(cfg, job.source)
     encoder = make_encoder(tokenizer, template, cfg)
-    examples, held_out = held_out_examples(cfg, max(job.samples, LOSS_EXAMPLES if job.requantize else 0))
+    examples, held_out = held_out_examples(cfg, max(job.samples, LOSS_EXAMPLES if job.requantize or job.gguf_quants else 0))
     prompts = [encoder.prompt_ids(ex.prompt_messages)[-MAX_PROMPT_TOKENS:] for ex in examples[: job.samples]]
 
     log.info("reference: %s (%s, unquantized) + adapter %s", job.source.path, str(job.dtype).removeprefix("torch."), job.adapter)
@@ -196,42 +194,20 @@ def _execute(job: MergeJob, work: Path) -> dict:
         clock.lap("requantize")
 
     if job.gguf_type is not None:
-        from kielo.merge.gguf_export import LOSSLESS_FOR, write_gguf
-        from kielo.merge.gguf_verify import llama_cpp_available, verify_gguf
+        from kielo.merge.gguf_stage import adapter_gguf, finish_gguf, write_first
 
-        path = work / f"{job.output.name}-{job.gguf_type}.gguf"
-        log.info("writing %s", path.name)
-        info = write_gguf(merged, tokenizer, path, job.gguf_type, job.output.name, template.end_token_id, template.chat_template)
+        path, info = write_first(job, work, merged, tokenizer, template)
         config = merged.config
         bundle.model = None
         del merged
         _collect()
-        texts = [render(tokenizer, template, ex.messages) for ex in examples[: job.samples]]
-        log.info("reading %s back with transformers' GGUF loader%s", path.name, " and llama.cpp" if llama_cpp_available() else "")
-        info.update(
-            verify_gguf(
-                path,
-                config,
-                reference,
-                tokenizer,
-                texts,
-                job.gguf_type,
-                job.gguf_type in ("f32", LOSSLESS_FOR[job.dtype]),
-                job.compute,
-                device,
-            )
-        )
-        report["gguf"] = info
-        check(
-            info,
-            f"the GGUF check ({job.gguf_type})",
-            "re-run with --debug and report it; the HF folder is fine: convert it with llama.cpp's convert_hf_to_gguf.py meanwhile",
-        )
-        report["gguf"]["adapter"] = _adapter_gguf(job, work, config, path)
+        report["gguf"] = finish_gguf(job, path, info, config, tokenizer, template, encoder, examples, held_out, reference)
+        report["gguf"]["adapter"] = adapter_gguf(job, work, config, path)
         clock.lap("gguf")
     report["timings_s"] = clock.laps
-    # The checks above raise when the merge is wrong; what is left to judge is what storing it cost the update.
-    report["passed"] = report["storage"]["passed"]
+    # The checks above raise when the merge is wrong; what is left to judge is what storing it cost the update,
+    # and whether a quantized GGUF still behaves like the lossless one.
+    report["passed"] = report["storage"]["passed"] and not report.get("gguf", {}).get("broken_types")
     return report
 
 
@@ -249,22 +225,6 @@ def _decide_storage(job: MergeJob, merged, update_error: dict[str, float], activ
             "storing the merged weights in %s %s; the merge fails its verdict (--dtype auto avoids it)", name, storage["failure"]
         )
     return job.stored_as(name), storage
-
-
-def _adapter_gguf(job: MergeJob, work: Path, config, model_gguf: Path) -> dict:
-    """The adapter alone for llama.cpp's --lora, checked by rebuilding its updates from the file."""
-    from kielo.merge.gguf_adapter import verify_gguf_adapter, write_gguf_adapter
-
-    kind = "f32" if job.gguf_type == "f32" else "f16"  # llama.cpp's LoRA loader takes float types
-    path = work / f"{job.output.name}-adapter-{kind}.gguf"
-    info = write_gguf_adapter(job.adapter, config, path, kind)
-    if "skipped" in info:
-        log.warning("no GGUF of the adapter alone: %s", info["skipped"])
-        return info
-    info.update(verify_gguf_adapter(path, job.adapter, config, model_gguf))
-    if not info["passed"]:
-        raise KieloError(f"the adapter GGUF check failed: {json.dumps(info)}", "re-run with --debug and report it")
-    return info
 
 
 def merge(config: Config, adapter_dir: str, output_dir: str | Path, **options) -> dict:
