@@ -19,6 +19,12 @@ from kielo.merge.run import REPORT_FILE, merge
 FAST = ["--samples", "2", "--max_new_tokens", "8"]
 
 
+@pytest.fixture(autouse=True)
+def without_llama_cpp(monkeypatch):
+    """These tests check kielo's writer and transformers' reader; tests/test_gguf_llama_cpp.py checks llama.cpp's path."""
+    monkeypatch.setenv("KIELO_LLAMA_CPP", "off")
+
+
 def cpu_config():
     return load_config(overrides={"training.device": "cpu"})
 

@@ -31,9 +31,18 @@ END_MAX_NEW_TOKENS = 96  # as kielo evaluate's default answer length
 MAX_CONTEXT = 512  # llama-perplexity chunk; smaller when the held-out text is short
 
 
-def prompt_text(tokenizer, ids: list[int]) -> str:
-    """Prompt ids as the text llama.cpp is given: without the leading BOS, which llama.cpp adds itself."""
-    if ids and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id:
+def adds_bos(path: Path) -> bool:
+    """Whether llama.cpp puts BOS in front of text itself (the file's ``tokenizer.ggml.add_bos_token``)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field is not None and field.contents())
+
+
+def prompt_text(tokenizer, ids: list[int], strip_bos: bool) -> str:
+    """Prompt ids as the text llama.cpp is given: without the leading BOS where llama.cpp adds it itself (else
+    the BOS stays in the text, and llama.cpp parses it as the special token)."""
+    if strip_bos and ids and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id:
         ids = ids[1:]
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
@@ -62,13 +71,13 @@ def check_greedy(ll: LlamaCpp, path: Path, tokenizer, reference, end_ids: set[in
     BOS) and must give the reference's prompt ids, so the answers start from the same tokens.
     """
     identical = prompts_same = stops_same = 0
-    first = None
+    first, strip_bos = None, adds_bos(path)
     for i, seq in enumerate(reference.sequences):
         start = reference.prompt_lengths[i]
         prompt, answer = seq[:start], reference.answer(i)
         stopped = bool(answer) and answer[-1] in end_ids
         content = answer[:-1] if stopped else answer
-        text = prompt_text(tokenizer, prompt)
+        text = prompt_text(tokenizer, prompt, strip_bos)
         prompts_same += tokenize(ll, path, text, bos=True) == prompt
         got = generate(ll, path, text, len(answer))
         want = tokenizer.decode(prompt + content, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -92,13 +101,20 @@ def check_greedy(ll: LlamaCpp, path: Path, tokenizer, reference, end_ids: set[in
     return result
 
 
-def held_out_text(texts: list[str], tokenizer, folder: Path) -> tuple[Path, int]:
-    """Held-out conversations in one file for llama-perplexity, and the chunk size its length allows."""
-    path = folder / "held_out.txt"
+def held_out_text(ll: LlamaCpp, path: Path, texts: list[str], tokenizer, folder: Path) -> tuple[Path, int]:
+    """Held-out conversations in one file for llama-perplexity, and the chunk size its length allows.
+
+    llama-perplexity reads special tokens' text as plain characters, so their text (BOS, the end token, chat
+    markers) is left out: the loss is over the conversations' words and the template's plain text.
+    """
     body = "\n\n".join(texts)
-    path.write_text(body, encoding="utf-8")
-    n = len(tokenizer(body, add_special_tokens=False)["input_ids"])
-    return path, max(8, min(MAX_CONTEXT, n // 2 - 1))  # llama-perplexity needs two chunks' worth of tokens
+    for special in sorted(set(tokenizer.all_special_tokens), key=len, reverse=True):
+        body = body.replace(special, "")
+    out = folder / "held_out.txt"
+    out.write_text(body, encoding="utf-8")
+    n = len(tokenize(ll, path, body, bos=True, special=False))
+    # llama-perplexity needs two chunks' worth of tokens (-1: its file reading may drop a final newline's token)
+    return out, max(8, min(MAX_CONTEXT, n // 2 - 1))
 
 
 def quality(ll: LlamaCpp, path: Path, text_file: Path, context: int, prompts: list[str]) -> dict:
@@ -130,7 +146,7 @@ def judge(reference: dict, q: dict) -> dict:
 def measure_files(ll: LlamaCpp, lossless: Path, quantized: dict[str, Path], texts: list[str], prompts: list[str], tokenizer) -> dict:
     """Quality of the lossless file and of each quantized one, each judged against the lossless file."""
     with tempfile.TemporaryDirectory(prefix="kielo-ppl-") as tmp:
-        text_file, context = held_out_text(texts, tokenizer, Path(tmp))
+        text_file, context = held_out_text(ll, lossless, texts, tokenizer, Path(tmp))
         log.info("llama.cpp: held-out loss and end-token rate of %s", lossless.name)
         base = quality(ll, lossless, text_file, context, prompts)
         out = {"lossless": base}

@@ -48,7 +48,7 @@ def _write(job, work: Path, merged, tokenizer, template, path: Path) -> dict:
 def _check_in_llama_cpp(job, path: Path, info: dict, tokenizer, template, texts, reference, examples, encoder) -> None:
     """The lossless file must reproduce the merged model in llama.cpp; each quantized copy is measured."""
     from kielo.data.template import render
-    from kielo.merge.gguf_llama_cpp import END_PROMPTS, check_greedy, check_tokenizer, measure_files, prompt_text
+    from kielo.merge.gguf_llama_cpp import END_PROMPTS, adds_bos, check_greedy, check_tokenizer, measure_files, prompt_text
     from kielo.merge.llama_cpp import quantize
 
     ll = job.llama_cpp
@@ -66,7 +66,8 @@ def _check_in_llama_cpp(job, path: Path, info: dict, tokenizer, template, texts,
         quantize(ll, path, q, kind)
         quantized[kind] = q
     held = [render(tokenizer, template, ex.messages) for ex in examples]
-    prompts = [prompt_text(tokenizer, encoder.prompt_ids(ex.prompt_messages)) for ex in examples[:END_PROMPTS]]
+    strip_bos = adds_bos(path)
+    prompts = [prompt_text(tokenizer, encoder.prompt_ids(ex.prompt_messages), strip_bos) for ex in examples[:END_PROMPTS]]
     measured = measure_files(ll, path, quantized, held, prompts, tokenizer)
     info["quality"] = measured["lossless"]
     info["quantized"] = [{"file": p.name, "type": kind, "bytes": p.stat().st_size, **measured[kind]} for kind, p in quantized.items()]

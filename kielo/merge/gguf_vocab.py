@@ -39,7 +39,7 @@ def _pre_tokenizer_name(spec: dict) -> str | None:
     splits = [p.get("pattern", {}).get("Regex") for p in parts if p.get("type") == "Split"]
     byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
     if not splits and byte_level and byte_level[0].get("use_regex", True):
-        return "gpt2"  # ByteLevel's own regex is GPT-2's
+        return "gpt-2"  # ByteLevel's own regex is GPT-2's (llama.cpp spells the name "gpt-2": "gpt2" fails to load)
     for name, regex in KNOWN_SPLITS.items():
         if splits and splits[0] == regex:
             return name

@@ -5,7 +5,7 @@ PyPI has no wheel with ``llama-quantize`` (``xllamacpp`` and ``llama-cpp-python`
 the tools), so ``make llama-cpp`` builds the llama.cpp vendored in the ``llama-cpp-python`` sdist once into
 ``~/.cache/kielo/llama.cpp/<version>`` (``src/`` holds the sources and ``convert_hf_to_gguf.py``, ``build/bin``
 the programs). ``KIELO_LLAMA_CPP`` points at another build: that layout, or a llama.cpp checkout with its
-programs in ``build/bin``.
+programs in ``build/bin``; ``off`` leaves llama.cpp out.
 """
 
 from __future__ import annotations
@@ -63,9 +63,12 @@ def _layout(folder: Path) -> LlamaCpp | None:
 def find_llama_cpp() -> LlamaCpp | None:
     """The llama.cpp build named by ``KIELO_LLAMA_CPP``, else the one ``make llama-cpp`` made; None when neither.
 
-    A ``KIELO_LLAMA_CPP`` that holds no complete build is a mistake, not an absence: it raises.
+    ``KIELO_LLAMA_CPP=off`` leaves llama.cpp out (kielo's writer and transformers' reader, as without it); one
+    that holds no complete build is a mistake, not an absence: it raises.
     """
     named = os.environ.get(ENV)
+    if named == "off":
+        return None
     if named:
         found = _layout(Path(named).expanduser())
         if found is None:
@@ -110,11 +113,13 @@ def quantize(ll: LlamaCpp, source: Path, out: Path, qtype: str) -> None:
     _run([ll.tool("llama-quantize"), source, out, QUANT_TYPES[qtype]], f"llama-quantize ({qtype})")
 
 
-def tokenize(ll: LlamaCpp, gguf: Path, text: str, bos: bool = False) -> list[int]:
-    """The ids llama.cpp's tokenizer gives ``text`` (special tokens in the text parsed, as HF tokenizers do)."""
+def tokenize(ll: LlamaCpp, gguf: Path, text: str, bos: bool = False, special: bool = True) -> list[int]:
+    """The ids llama.cpp's tokenizer gives ``text`` (special tokens in the text parsed, as HF tokenizers do,
+    unless ``special`` is False: then as llama-perplexity reads a file)."""
     # --no-escape: the text goes in byte for byte (a literal "\n" in it stays two characters).
-    cmd = [ll.tool("llama-tokenize"), "-m", gguf, "--stdin", "--ids", "--no-escape", "--log-disable"]
-    done = _run(cmd if bos else [*cmd, "--no-bos"], "llama-tokenize", stdin=text)
+    cmd = [ll.tool("llama-tokenize"), "-m", gguf, "--stdin", "--ids", "--no-escape"]
+    cmd += [] if bos else ["--no-bos"]
+    done = _run(cmd if special else [*cmd, "--no-parse-special"], "llama-tokenize", stdin=text)
     line = next(ln for ln in reversed(done.stdout.splitlines()) if ln.startswith("["))
     return [int(x) for x in line.strip("[]").split(",") if x.strip()]
 
@@ -137,13 +142,35 @@ def generate(ll: LlamaCpp, gguf: Path, prompt: str, max_new_tokens: int) -> Gene
     return Generated(done.stdout.removesuffix("\n"), n, n < max_new_tokens)
 
 
-def perplexity(ll: LlamaCpp, gguf: Path, text_file: Path, context: int) -> float:
+def _final_perplexity(log: str) -> float | None:
+    """The final estimate, or the running one after the last chunk (the same number), from llama-perplexity's log."""
+    found = re.search(r"Final estimate: PPL = ([0-9.]+)", log)
+    if found:
+        return float(found.group(1))
+    chunks = re.search(r"perplexity over (\d+) chunks", log)
+    running = re.findall(r"\[(\d+)\]([0-9.]+),", log)
+    if chunks and running and running[-1][0] == chunks.group(1):
+        return float(running[-1][1])
+    return None
+
+
+def perplexity(ll: LlamaCpp, gguf: Path, text_file: Path, context: int, attempts: int = 8) -> float:
     """llama-perplexity's final estimate over ``text_file`` in chunks of ``context`` tokens (it scores the
     second half of each chunk)."""
-    done = _run([ll.tool("llama-perplexity"), "-m", gguf, "-f", text_file, "-c", context, "-b", context], "llama-perplexity")
-    found = re.search(r"Final estimate: PPL = ([0-9.]+)", done.stdout + done.stderr)
-    if found is None:
-        raise KieloError(
-            f"llama-perplexity gave no estimate:\n{(done.stderr or done.stdout)[-500:]}", "re-run with --debug and report it"
-        )
-    return float(found.group(1))
+    cmd = [ll.tool("llama-perplexity"), "-m", gguf, "-f", text_file, "-c", context, "-b", context]
+    for _ in range(attempts):
+        done = _run(cmd, "llama-perplexity")
+        # llama.cpp logs from a background thread that exit does not wait for (llama.cpp issue 22142): now and
+        # then the last lines are lost (on 2 busy cores, one run in four). The computation is deterministic, so
+        # running it again is safe.
+        log_text = done.stdout + done.stderr
+        if "you need at least" in log_text:
+            raise KieloError(
+                f"llama-perplexity: {log_text[log_text.index('you need at least') :].splitlines()[0]}", "use more held-out text"
+            )
+        ppl = _final_perplexity(log_text)
+        if ppl is not None:
+            return ppl
+    raise KieloError(
+        f"llama-perplexity gave no estimate in {attempts} runs:\n{done.stderr[-500:]}", "re-run with --debug and report it"
+    )
