@@ -8,7 +8,7 @@ import json
 
 import pytest
 import yaml
-from conftest import build_model
+from conftest import build_model, tiny_config
 
 from kielo.evaluate.presets import FIN_BENCH, check_hub, formulation, instruction_tuned, resolve_harness_tasks
 
@@ -39,8 +39,12 @@ def _local_fin_bench(folder, tasks):
     return data
 
 
-def test_fin_bench_preset_runs_its_tasks_from_local_yamls(tiny_llama, tmp_path, monkeypatch, capsys):
+def test_fin_bench_preset_runs_its_tasks_from_local_yamls(tiny_llama, data_file, tmp_path, monkeypatch, capsys):
     from kielo.cli import main
+    from kielo.train.trainer import train
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_llama, data_file, run, training={"max_steps": 2}), progress=False)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub: the local task data must be enough
     include = tmp_path / "tasks"
@@ -49,15 +53,17 @@ def test_fin_bench_preset_runs_its_tasks_from_local_yamls(tiny_llama, tmp_path, 
     out, evaluation = tmp_path / "compare", tmp_path / "eval.jsonl"
     evaluation.write_text(json.dumps({"instruction": "Hei", "output": "Moi"}) + "\n")
     code = main(
-        ["compare", "--model", str(tiny_llama), "--data", str(evaluation), "--no_generate", "--bootstrap", "10"]
+        ["compare", "--model", str(run), "--data", str(evaluation), "--no_generate", "--bootstrap", "10"]
         + ["--harness", "fin-bench", "--harness_include", str(include), "--harness_limit", "2", "--output_dir", str(out)]
     )
     assert code == 0, capsys.readouterr().err
     h = json.loads((out / "report.json").read_text())["harness"]
     # The tiny tokenizer has no chat template: a base model, so the cloze formulation.
     assert h["preset"] == {"name": "fin-bench", "formulation": "cf"}
-    assert sorted(h["results"]["base"]) == sorted(FIN_BENCH["cf"]) and len(FIN_BENCH["cf"]) == 12
-    assert all(0.0 <= scores["acc"] <= 1.0 for scores in h["results"]["base"].values())
+    assert len(FIN_BENCH["cf"]) == 12 and len(h["results"]) == 2  # the base and the run's adapter
+    for results in h["results"].values():
+        assert sorted(results) == sorted(FIN_BENCH["cf"])
+        assert all(0.0 <= scores["acc"] <= 1.0 for scores in results.values())
 
 
 def test_presets_pick_the_formulation_and_name_real_fin_bench_tasks(tmp_path):
@@ -84,7 +90,7 @@ def test_without_the_hub_presets_fail_in_one_line_before_loading(tiny_llama, tmp
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(KieloError, match="Hugging Face hub, which can't be reached"):
-        check_hub("--harness fin-bench", FIN_BENCH["cf"], None)
+        check_hub("--harness fin-bench", [FIN_BENCH["cf"]], None)
     data = tmp_path / "eval.jsonl"
     data.write_text(json.dumps({"instruction": "Hei", "output": "Moi"}) + "\n")
     base = ["compare", "--model", str(tmp_path / "not-loaded"), "--data", str(data), "--output_dir", str(tmp_path / "o")]
@@ -99,5 +105,5 @@ def test_without_the_hub_presets_fail_in_one_line_before_loading(tiny_llama, tmp
     include.mkdir()
     _local_fin_bench(include, FIN_BENCH["cf"][:-1])
     with pytest.raises(KieloError, match="hub"):
-        check_hub("--harness fin-bench-cf", FIN_BENCH["cf"], str(include))
-    check_hub("--harness fin-bench-cf", FIN_BENCH["cf"][:-1], str(include))
+        check_hub("--harness fin-bench-cf", [FIN_BENCH["cf"]], str(include))
+    check_hub("--harness fin-bench-cf", [FIN_BENCH["mcf"], FIN_BENCH["cf"][:-1]], str(include))

@@ -109,9 +109,10 @@ def _options(args, config) -> dict:
         require("lm_eval", "--harness (lm-evaluation-harness)")  # before any model loads or loss pass
         harness = HarnessOptions([t.strip() for t in args.harness.split(",") if t.strip()], args.harness_limit, args.harness_include)
         if is_preset(harness.tasks):
-            # The formulation is picked once the model is known; either set must be reachable.
-            for tasks in FIN_BENCH.values():
-                check_hub(f"--harness {harness.tasks[0]}", tasks, args.harness_include)
+            # fin-bench's formulation is picked once the model is known: either set on local files will do.
+            name = harness.tasks[0]
+            candidates = list(FIN_BENCH.values()) if name == "fin-bench" else [FIN_BENCH[name.rsplit("-", 1)[1]]]
+            check_hub(f"--harness {name}", candidates, args.harness_include)
     if getattr(args, "euroeval", None):
         from kielo.evaluate.presets import check_hub
 

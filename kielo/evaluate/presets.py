@@ -106,12 +106,13 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def check_hub(what: str, tasks: list[str] | None = None, include_path: str | None = None) -> None:
+def check_hub(what: str, candidates: list[list[str]] | None = None, include_path: str | None = None) -> None:
     """Fail in one line, before any model loads, when ``what`` needs the hub and it can't be reached.
 
-    Tasks whose data are local files (in ``include_path``) need no hub.
+    No hub is needed when one of the ``candidates`` task sets has all its data in local files (in ``include_path``).
     """
-    if tasks is not None and set(tasks) <= _local_tasks(include_path):
+    local = _local_tasks(include_path) if candidates else set()
+    if candidates and any(set(tasks) <= local for tasks in candidates):
         return
     if not hub_reachable():
         raise KieloError(
