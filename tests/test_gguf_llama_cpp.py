@@ -101,7 +101,7 @@ def test_llama_cpp_checks_fail_on_a_wrong_tokenizer_and_a_wrong_end_token(merged
 
     good = tmp_path / "good.gguf"
     write_gguf(model, tok, good, "f32", "tiny", template.end_token_id, template.chat_template)
-    assert check_greedy(LLAMA_CPP, good, tok, reference, {template.end_token_id})["passed"]
+    assert check_greedy(LLAMA_CPP, good, tok, reference, {template.end_token_id}, template.end_token_id)["passed"]
     # The untrained base in the file: llama.cpp answers otherwise and does not stop where the merged model does.
     base_path = yaml.safe_load((out / "kielo_config.yaml").read_text())["model"]["name"]
     base = AutoModelForCausalLM.from_pretrained(base_path).eval()
@@ -109,8 +109,8 @@ def test_llama_cpp_checks_fail_on_a_wrong_tokenizer_and_a_wrong_end_token(merged
     assert all(base_ref.answer(i)[-1] != template.end_token_id for i in range(len(prompts))), "the base must not stop"
     wrong = tmp_path / "base.gguf"
     write_gguf(base, tok, wrong, "f32", "tiny", template.end_token_id, template.chat_template)
-    bad = check_greedy(LLAMA_CPP, wrong, tok, reference, {template.end_token_id})
-    assert not bad["passed"] and bad["identical_answers"] == 0 and bad["same_stop"] == len(prompts) - ends, bad
+    bad = check_greedy(LLAMA_CPP, wrong, tok, reference, {template.end_token_id}, template.end_token_id)
+    assert not bad["passed"] and bad["identical_answers"] == bad["near_ties"] == 0 and bad["same_stop"] == len(prompts) - ends, bad
     assert "first_difference" in bad
 
     texts = [render(tok, template, ex.messages) for ex in examples]

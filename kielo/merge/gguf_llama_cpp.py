@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # limit: the "talks forever" failure users meet in Ollama.
 MAX_LOSS_INCREASE = 0.1
 MAX_END_RATE_DROP = 0.10
+# llama.cpp's answers may part from the merged model's where its two best tokens are within 2x this (in
+# logits): llama.cpp keeps its K/V cache in f16, which moves logits by hundredths, not tenths.
+LLAMA_CPP_TIE = 0.05
 END_PROMPTS = 16  # held-out prompts for the end-token rate
 END_MAX_NEW_TOKENS = 96  # as kielo evaluate's default answer length
 MAX_CONTEXT = 512  # llama-perplexity chunk; smaller when the held-out text is short
@@ -64,13 +67,29 @@ def check_tokenizer(ll: LlamaCpp, path: Path, tokenizer, texts: list[str]) -> di
     return result
 
 
-def check_greedy(ll: LlamaCpp, path: Path, tokenizer, reference, end_ids: set[int]) -> dict:
+def _near_tie(tokenizer, reference, i: int, got, prompt_text_printed: str, content: list[int], stopped: bool, end: int) -> bool:
+    """Whether llama.cpp's answer parts from the merged model's at a near-tie of the merged model's own logits
+    (both tokens within ``2 * LLAMA_CPP_TIE``): llama.cpp computes in its own kernels and order."""
+    if not got.text.startswith(prompt_text_printed):
+        return False
+    got_ids = tokenizer(got.text[len(prompt_text_printed) :], add_special_tokens=False)["input_ids"]
+    got_ids += [end] if got.stopped else []
+    want = content + ([end] if stopped else [])
+    k = next((j for j, (a, b) in enumerate(zip(got_ids, want, strict=False)) if a != b), None)
+    if k is None:
+        return False  # the shorter one ran to its limit: not a choice between two tokens
+    row = reference.logits[i][reference.prompt_lengths[i] - 1 + k].float()
+    return float(row[want[k]] - row[got_ids[k]]) <= 2 * LLAMA_CPP_TIE
+
+
+def check_greedy(ll: LlamaCpp, path: Path, tokenizer, reference, end_ids: set[int], end: int) -> dict:
     """llama.cpp's greedy answers to the reference prompts against the merged model's, and where both stop.
 
     Text is compared, not ids: llama-simple prints pieces. The prompt is first tokenized by llama.cpp (with
-    BOS) and must give the reference's prompt ids, so the answers start from the same tokens.
+    BOS) and must give the reference's prompt ids, so the answers start from the same tokens. An answer that
+    parts at a near-tie of the merged model's logits counts as a near-tie, not a failure.
     """
-    identical = prompts_same = stops_same = 0
+    identical = prompts_same = stops_same = near_ties = 0
     first, strip_bos = None, adds_bos(path)
     for i, seq in enumerate(reference.sequences):
         start = reference.prompt_lengths[i]
@@ -80,11 +99,15 @@ def check_greedy(ll: LlamaCpp, path: Path, tokenizer, reference, end_ids: set[in
         text = prompt_text(tokenizer, prompt, strip_bos)
         prompts_same += tokenize(ll, path, text, bos=True) == prompt
         got = generate(ll, path, text, len(answer))
+        printed = tokenizer.decode(prompt, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         want = tokenizer.decode(prompt + content, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         stops_same += got.stopped == stopped
         if got.text == want and got.stopped == stopped:
             identical += 1
-        elif first is None:
+            continue
+        if reference.logits and _near_tie(tokenizer, reference, i, got, printed, content, stopped, end):
+            near_ties += 1
+        if first is None:
             k = next((j for j, (a, b) in enumerate(zip(got.text, want, strict=False)) if a != b), min(len(got.text), len(want)))
             first = {"sequence": i, "merged": want[k : k + 40], "llama_cpp": got.text[k : k + 40], "stopped": [stopped, got.stopped]}
     n = len(reference.sequences)
@@ -92,9 +115,10 @@ def check_greedy(ll: LlamaCpp, path: Path, tokenizer, reference, end_ids: set[in
         "sequences": n,
         "identical_prompt_ids": prompts_same,
         "identical_answers": identical,
+        "near_ties": near_ties,
         "same_stop": stops_same,
         "merged_stopped": sum(bool(reference.answer(i)) and reference.answer(i)[-1] in end_ids for i in range(n)),
-        "passed": identical == n and prompts_same == n,
+        "passed": identical + near_ties == n and prompts_same == n,
     }
     if first:
         result["first_difference"] = first

@@ -55,7 +55,7 @@ def _check_in_llama_cpp(job, path: Path, info: dict, tokenizer, template, texts,
     end_ids = set(reference.generate_kwargs.get("eos_token_id") or []) | {template.end_token_id}
     log.info("llama.cpp: tokenizing %d texts and answering %d prompts with %s", len(texts), len(reference.sequences), path.name)
     tok = check_tokenizer(ll, path, tokenizer, texts)
-    greedy = check_greedy(ll, path, tokenizer, reference, end_ids)
+    greedy = check_greedy(ll, path, tokenizer, reference, end_ids, template.end_token_id)
     info["llama_cpp"] = {"tokenizer": tok, "greedy": greedy, "passed": tok["passed"] and greedy["passed"]}
     if not info["llama_cpp"]["passed"]:
         raise KieloError(f"the GGUF check in llama.cpp ({path.name}) failed: {json.dumps(info['llama_cpp'])}", FIX)

@@ -36,7 +36,8 @@ def _gguf_items(output: str, q: dict) -> list[tuple[str, str]]:
         t, g, m = q["llama_cpp"]["tokenizer"], q["llama_cpp"]["greedy"], q["quality"]
         check = (
             f"tokenizer {t['identical_ids']}/{t['texts']} texts identical to HF's, greedy answers identical "
-            f"{g['identical_answers']}/{g['sequences']} (stops where the merged model stops: {g['same_stop']}/{g['sequences']}); "
+            f"{g['identical_answers']}/{g['sequences']}, {g['near_ties']} near-ties (stops where the merged model stops: "
+            f"{g['same_stop']}/{g['sequences']}); "
             f"held-out loss {m['loss']:.4f}, end token on {100 * m['end_token_rate']:.0f}% of {m['prompts']} prompts"
         )
     else:
