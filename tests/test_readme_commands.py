@@ -54,6 +54,9 @@ NOT_RUN = {
     ),
     "mlflow ui --backend-store-uri runs/tracked/mlruns": "a web server; tests/test_trackers.py reads the store with mlflow's client",
     "kielo push runs/try --repo my-org/kielo-try --private": "uploads: needs a network and a hub token (the --dry_run line runs)",
+    "kielo merge runs/try --output_dir runs/try-gguf --gguf q8_0": "the README's runs use the tiny Gemma fixture, whose "
+    "attention layout GGUF can't express (kielo merge refuses it before any work); tests/test_gguf_llama_cpp.py and "
+    "tests/test_merge.py run --gguf on tiny models that GGUF can hold",
     "make llama-cpp": "builds llama.cpp (about 25 minutes on 2 cores); tests/test_gguf_llama_cpp.py uses that build when it is there",
     "ollama create kielo-try -f runs/try-gguf/Modelfile.q8_0": "needs Ollama, which is not installed here; the Modelfile's "
     "template is checked against the trained one by kielo merge itself",
