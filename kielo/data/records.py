@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kielo.data.sources import SUFFIXES
 from kielo.errors import KieloError
 from kielo.resources import locate
 
 ROLES = ("system", "user", "assistant")
 # ShareGPT's speaker names (some exports write the chat roles instead) -> chat roles.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 @dataclass

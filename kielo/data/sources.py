@@ -20,6 +20,9 @@ from typing import Any
 from kielo.errors import KieloError
 from kielo.extras import require
 
+# Local data files kielo reads itself (kielo.data.records); anything else local must be a save_to_disk folder.
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
 log = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -62,7 +65,6 @@ def is_disk_folder(path: Path) -> bool:
 def resolve_source(value: str | Path, options: ReadOptions, given_with: str) -> DataSource:
     """Tell a local file, a save_to_disk folder and a hub id apart (an ``ID:SPLIT`` suffix picks the split);
     a local path that does not exist is an error of its own, not a hub lookup."""
-    from kielo.data.records import SUFFIXES
     from kielo.resources import locate
 
     text = str(value)
