@@ -108,7 +108,7 @@ CHECKS = {
     ),
     "kielo demo": lambda w: (w / "runs/demo-2/report.md").is_file(),
     "kielo compare --model runs/try --adapter runs/try-dpo --data data/fi_instruct/test.jsonl --preference_data pairs.jsonl "
-    "--generation.batch_size 8 --output_dir runs/try-dpo-compare": lambda w: (
+    "--generation.batch_size 8 --generation.stop '[\"\\n###\"]' --output_dir runs/try-dpo-compare": lambda w: (
         json.loads((w / "runs/try-dpo-compare/report.json").read_text())["preference"]["models"]["try-dpo"]["accuracy"] is not None
     ),
     "kielo demo --preference": lambda w: "dpo-compare" in json.loads((w / "runs/demo-3/report.json").read_text())["results"],
