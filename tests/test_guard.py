@@ -104,3 +104,22 @@ def test_a_held_lock_refuses_a_second_run_and_a_dead_holders_lock_does_not(tiny_
         assert train(cfg, progress=False)["steps"] == 1
     assert f"the lock of pid {dead.pid}" in caplog.text and "taking it over" in caplog.text
     assert not (out / LOCK_FILE).exists()
+
+
+def test_a_preference_objectives_loss_jump_is_no_divergence_but_nan_still_is():
+    """DPO's step loss on a misranked pair jumps from ~0 to beta * |margin| in a healthy run (measured: 4.13 from a
+    running 0.175 at beta 0.5); the SFT guard calls that a divergence, the preference objective's does not."""
+    from kielo.train.guard import DivergenceGuard
+    from kielo.train.preference import PreferenceObjective
+    from kielo.train.step import SftObjective
+
+    def fed(spikes):
+        guard = DivergenceGuard(vocab_size=1000, spikes=spikes)
+        for _ in range(30):
+            assert guard.check(1, 0.175, 1.0, 1e-4)
+        return guard
+
+    assert "jumped from its running value" in fed(True).problem(4.13, 1.0)
+    assert fed(False).problem(4.13, 1.0) is None
+    assert "not finite" in fed(False).problem(float("nan"), 1.0)
+    assert SftObjective(loss=None).loss_spikes and not PreferenceObjective("dpo", 0.1).loss_spikes

@@ -277,7 +277,8 @@ class TrainingConfig:
         "What a diverging step does (a non-finite loss or gradient, a loss far above its running value, or a "
         "collapse to the uniform-distribution loss ln(vocabulary) with no gradient): stop = end the run with an "
         "error naming the step (exit 2); skip = leave the weights as they were and go on (at most 3 steps in a "
-        "row, then stop). Either way the last checkpoint written before the divergence is kept.",
+        "row, then stop). Either way the last checkpoint written before the divergence is kept. dpo and orpo check "
+        "finiteness only: their loss over a few pairs jumps on one misranked pair in a healthy run.",
         ("stop", "skip"),
     )
     log_every: int = opt(1, "Write train metrics every N steps.")

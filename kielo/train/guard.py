@@ -10,6 +10,11 @@ Three signs, each checked after backward and before the optimizer update:
   predicts all tokens alike, no gradient flows, and no NaN ever appears, so a finiteness check alone never
   fires while the weights sit at ~1e30.
 
+The last two are signs for a token-mean cross-entropy (SFT). A preference objective's step loss is
+-log sigmoid(beta * margin) over a few pairs: it sits near 0 once pairs are ranked and legitimately jumps to
+about beta * |margin| on one misranked pair (DPO at beta 0.5 on the bundled pairs, 2 per step: 4.13 at a
+running 0.175, a healthy run). Such objectives pass ``spikes=False`` and keep the finiteness check.
+
 A checkpoint counts as good only once the step after it has passed these checks (the update that broke the
 weights is the one before the first bad loss), and pruning never removes the newest good one.
 """
@@ -35,6 +40,7 @@ class DivergenceGuard:
 
     vocab_size: int
     mode: str = "stop"  # training.on_divergence: stop | skip
+    spikes: bool = True  # the spike and collapse signs (the objective's ``loss_spikes``)
     running: float | None = None
     skipped_in_a_row: int = 0
     skipped: list[int] = field(default_factory=list)
@@ -45,6 +51,8 @@ class DivergenceGuard:
         """What is wrong with a step of this loss and gradient norm, or None."""
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return f"loss {loss}, gradient norm {grad_norm}: not finite"
+        if not self.spikes:
+            return None
         uniform = math.log(self.vocab_size)
         if abs(loss - uniform) < 0.01 * uniform and grad_norm < COLLAPSE_GRAD_NORM:
             return (

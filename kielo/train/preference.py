@@ -86,6 +86,8 @@ class PreferenceObjective:
     reference: str = "adapter_off"  # dpo only: "adapter_off" or "cached"
     # Recompute each head chunk in the backward instead of keeping its fp32 logits (the Liger path's memory).
     recompute_head: bool = False
+    # A few pairs' -log sigmoid(beta * margin) jumps on one misranked pair: not a divergence sign (kielo.train.guard).
+    loss_spikes: bool = False
 
     def reference_logps(self, model, batch: PairBatch) -> torch.Tensor:
         """(2B,) reference log-probabilities: cached ones, or the policy's with its adapter off."""

@@ -130,6 +130,8 @@ class SftObjective:
     ``accumulate`` for a step's backward, ``evaluate`` for validation, ``prepare`` once before the first step."""
 
     loss: LossFn
+    # A step's loss far above its running value means divergence (kielo.train.guard).
+    loss_spikes: bool = True
 
     def accumulate(self, model, micro: list, device: torch.device) -> tuple[float, dict]:
         return accumulate_gradients(model, micro, device, self.loss), {}

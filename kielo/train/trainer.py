@@ -192,7 +192,7 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
     if world.main:
         run.write_config(config)
     step, tokens_seen, history = 0, 0, {}
-    guard = DivergenceGuard(causal_lm(model).config.vocab_size, t.on_divergence)
+    guard = DivergenceGuard(causal_lm(model).config.vocab_size, t.on_divergence, objective.loss_spikes)
     # Before a checkpoint's weights are loaded: what the objective computes once comes from the starting weights.
     layouts = {"train": layout, **({"validation": val_layout} if val_layout is not None else {})}
     objective.prepare(model, layouts, bundle.device, out, resumed=latest is not None, from_adapter=bool(config.lora.init_from))
