@@ -32,6 +32,9 @@ def test_fsdp_run_equals_single_process_and_resumes_exactly(tiny_llama, tmp_path
     runs = ranks(_args(cfg, ref), 2, tmp_path)
     assert [r.code for r in runs] == [0, 0], runs[0].log[-3000:] + runs[1].log[-3000:]
     assert "FSDP2: 2 decoder layers sharded over 2 ranks" in runs[0].log
+    # Rank 0 read the weights; rank 1 built the model on the meta device and received its shards
+    # (tests/test_fsdp_load.py shows it held no weights before sharding).
+    assert "the weights rank 0 read were sent to the shards of 2 ranks" in runs[0].log
     one = kielo(_args(cfg, single), tmp_path / "single.log")
     assert one.code == 0, one.log[-3000:]
 

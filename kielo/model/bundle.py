@@ -69,8 +69,9 @@ def make_encoder(tokenizer, template: Template, config: Config) -> Encoder:
     return Encoder(tokenizer, template, config.data.max_length, config.data.overlong, config.data.train_on_prompt)
 
 
-def load_bundle(config: Config, for_training: bool, adapter: str | None = None) -> Bundle:
-    """Load tokenizer, template and (quantized) base model; attach ``adapter`` or the run folder's adapter."""
+def load_bundle(config: Config, for_training: bool, adapter: str | None = None, weights: bool = True) -> Bundle:
+    """Load tokenizer, template and (quantized) base model; attach ``adapter`` or the run folder's adapter.
+    ``weights=False``: the model on the meta device, for a rank that receives its weights from rank 0."""
     from kielo.model.adapter import load_adapter
     from kielo.model.load import load_base_model, load_model_config, warn_untrained_template_tokens
     from kielo.model.precision import resolve_hardware, resolved_precision
@@ -84,8 +85,9 @@ def load_bundle(config: Config, for_training: bool, adapter: str | None = None) 
         config = resolve_hardware(config, load_model_config(source, config.model.trust_remote_code).model_type, device)
         precision = resolved_precision(config)
     tokenizer, template = load_tokenizer_and_template(config, source)
-    model = load_base_model(source, config, device, for_training=for_training, precision=precision)
-    warn_untrained_template_tokens(model, tokenizer, template.chat_template)
+    model = load_base_model(source, config, device, for_training=for_training, precision=precision, weights=weights)
+    if weights:
+        warn_untrained_template_tokens(model, tokenizer, template.chat_template)
     adapter = adapter or source.adapter
     if adapter:
         if for_training:

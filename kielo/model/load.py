@@ -131,25 +131,51 @@ def load_model_config(source: ModelSource, trust_remote_code: bool = False):
         raise KieloError(f"cannot load model config from {source.path}: {msg}", fix) from None
 
 
+def empty_model(model_config, quantization_config, dtype: torch.dtype, trust_remote_code: bool = False):
+    """The module tree ``from_pretrained`` builds for ``model_config`` (4-bit layers included, by the same
+    quantizer), every parameter and buffer on the meta device: no weights are read or allocated. Its shapes
+    are those before quantization; :mod:`kielo.train.fsdp_load` gives it a loaded model's."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype, trust_remote_code=trust_remote_code)
+    if quantization_config is not None:
+        from transformers.quantizers import AutoHfQuantizer
+
+        quantizer = AutoHfQuantizer.from_config(quantization_config, pre_quantized=False)
+        quantizer.preprocess_model(model=model, dtype=dtype, device_map={"": "meta"}, checkpoint_files=None)
+        model.hf_quantizer = quantizer
+        quantizer.postprocess_model(model)
+    return model
+
+
 def load_base_model(
-    source: ModelSource, config: Config, device: torch.device, for_training: bool = True, precision: Precision | None = None
+    source: ModelSource,
+    config: Config,
+    device: torch.device,
+    for_training: bool = True,
+    precision: Precision | None = None,
+    weights: bool = True,
 ):
     """Load the frozen base model quantized per ``config.quantization``, on ``device``; for training, in
-    ``precision`` (default: what :func:`~kielo.model.precision.resolve_hardware` resolves ``config`` to)."""
+    ``precision`` (default: what :func:`~kielo.model.precision.resolve_hardware` resolves ``config`` to).
+    ``weights=False``: the same model prepared the same way, on the meta device (:func:`empty_model`), for a
+    rank that receives its weights from rank 0 (:mod:`kielo.train.fsdp_load`)."""
     from transformers import AutoModelForCausalLM
 
     trust = config.model.trust_remote_code
     model_config = load_model_config(source, trust)
     dtype = compute_dtype(config.quantization, device)
-    check_fits(model_config, config.quantization.bits, dtype, device, source.path)
-    kwargs = {
-        "dtype": dtype,
-        "trust_remote_code": trust,
-        # FSDP shards floating tensors only: the packed 4-bit bytes are stored in the compute dtype for it.
-        "quantization_config": bnb_config(config.quantization, dtype, dtype if config.training.distributed == "fsdp" else torch.uint8),
-        "device_map": {"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
-    }
-    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    # FSDP shards floating tensors only: the packed 4-bit bytes are stored in the compute dtype for it.
+    quantization = bnb_config(config.quantization, dtype, dtype if config.training.distributed == "fsdp" else torch.uint8)
+    if weights:
+        check_fits(model_config, config.quantization.bits, dtype, device, source.path)
+        device_map = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, dtype=dtype, trust_remote_code=trust, quantization_config=quantization, device_map=device_map
+        )
+    else:
+        model = empty_model(model_config, quantization, dtype, trust)
     if config.quantization.bits == 4:
         keep_4bit_layout(model)
     model.config.use_cache = not for_training

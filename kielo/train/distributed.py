@@ -105,7 +105,8 @@ def shutdown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def _device() -> torch.device:
+def comm_device() -> torch.device:
+    """The device collectives take tensors on."""
     import torch.distributed as dist
 
     # nccl reduces CUDA tensors only; gloo CPU tensors.
@@ -118,7 +119,7 @@ def sum_values(world: World, *values: float) -> list[float]:
         return list(values)
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    t = torch.tensor(values, dtype=torch.float64, device=comm_device())
     dist.all_reduce(t)
     return t.tolist()
 
@@ -133,7 +134,7 @@ def sum_gradients(world: World, params: list[torch.nn.Parameter]) -> None:
         if p.grad is None:  # a rank whose micro-batches never reached a layer still adds its zero
             p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads]).to(_device())
+    flat = torch.cat([g.reshape(-1) for g in grads]).to(comm_device())
     dist.all_reduce(flat)
     at = 0
     for g in grads:
@@ -150,7 +151,7 @@ def broadcast_parameters(world: World, params: list[torch.nn.Parameter]) -> None
 
     with torch.no_grad():
         for p in params:
-            t = p.detach().to(_device())
+            t = p.detach().to(comm_device())
             dist.broadcast(t, 0)
             p.copy_(t)
 

@@ -48,6 +48,7 @@ from kielo.train.distributed import (
     shutdown,
 )
 from kielo.train.faults import fault_point
+from kielo.train.fsdp_load import rank0_loads, shard_from_rank0
 from kielo.train.guard import DivergenceGuard
 from kielo.train.interrupt import stop_at_step_boundary, stop_requested
 from kielo.train.optim import build_optimizer, build_scheduler
@@ -134,7 +135,8 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
     check_trackers(config.training.report_to)
     examples = read_data(config)
     fault_point("data")
-    bundle = load_bundle(config, for_training=True)
+    # Under FSDP rank 0 alone reads the weights; the others build the model on the meta device (fsdp_load.py).
+    bundle = load_bundle(config, for_training=True, weights=world.main or not rank0_loads(world, config.training.distributed))
     if config.data.packing:
         require_packing_support(bundle.model)
     train_items, val_items, data_report = prepare_data(bundle, examples)
@@ -174,16 +176,14 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
     bundle = replace(bundle, model=model)
     trainable, total = describe_parameters(model)
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    params = [p for p in model.parameters() if p.requires_grad]
-    broadcast_parameters(world, params)  # the same seed gives the same LoRA init; this makes sure of it
-    sharded = world.active and t.distributed == "fsdp"
-    if sharded:
+    sharded = rank0_loads(world, t.distributed)
+    if sharded:  # rank 0's base, LoRA and resumed adapter sent to the others' shards
         from kielo.train import fsdp
 
-        if latest is not None:  # whole tensors into whole parameters: before they are split
-            ckpt.load_adapter_weights(model, latest)
-        fsdp.shard_model(model)
-        params = [p for p in model.parameters() if p.requires_grad]
+        shard_from_rank0(world, model, bundle.device, latest)
+    else:
+        broadcast_parameters(world, [p for p in model.parameters() if p.requires_grad])  # makes sure of the seeded init
+    params = [p for p in model.parameters() if p.requires_grad]
     if world.active:
         # Dropout masks: each rank draws its own (the same stream on every rank would repeat one mask).
         torch.manual_seed(t.seed + 1000003 * world.rank)
