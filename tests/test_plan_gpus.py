@@ -71,7 +71,7 @@ def test_70b_on_two_80gb_cards_long_rows_fit_with_fsdp_not_ddp():
     assert plans["ddp"].estimate.weights == pytest.approx(layers + root, rel=1e-6)
     assert shape.quantized_params == 80 * (8192 * (2 * 8192 + 2 * 1024) + 3 * 8192 * 28672)
     assert plans["fsdp"].estimate.weights == pytest.approx(layers / 2 + 2 * layers / 80 + 1.5 * root, rel=1e-3)
-    # Loading is not sharded: every rank holds the whole 4-bit model once.
+    # Rank 0 loads the whole 4-bit model onto its GPU before sharding (the others receive their shards).
     assert plans["fsdp"].load == pytest.approx(layers + root, rel=0.05)
 
 

@@ -8,8 +8,9 @@
   computes, its weights are all-gathered, and FSDP2 prefetches the next one, so two layers are whole at a
   time. The root unit (embedding, final norm) stays gathered from forward to the end of backward, and the
   output head is not sharded (:func:`kielo.train.fsdp.shard_model` says why): counted whole plus a shard.
-  Activations are those of the rank's own micro-batch, as under DDP. Loading is not sharded: every rank
-  loads the whole 4-bit model onto its GPU before ``fully_shard`` splits it, a peak of its own.
+  Activations are those of the rank's own micro-batch, as under DDP. Loading: rank 0 loads the whole
+  4-bit model onto its GPU before ``fully_shard`` splits it, a peak of its own (the other ranks build the
+  model on the meta device and receive their shards, :mod:`kielo.train.fsdp_load`); every card must fit it.
 """
 
 from __future__ import annotations
@@ -70,5 +71,5 @@ def describe(g: GpuEstimate) -> str:
     """One line: the strategy, the step's peak with its parts and (fsdp) the loading peak."""
     head = f"{g.strategy} on {g.gpus} GPU{'s' if g.gpus > 1 else ''}: per GPU {g.step.describe()}"
     if g.strategy == "fsdp":
-        head += f"; loading (the whole 4-bit model on each GPU before sharding) {g.load / 2**30:.2f} GiB"
+        head += f"; loading (the whole 4-bit model on rank 0's GPU before sharding) {g.load / 2**30:.2f} GiB"
     return head

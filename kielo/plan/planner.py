@@ -114,7 +114,7 @@ class MemoryPlan:
             f"  budget{where} {self.budget / GIB:.2f} GiB (estimates must stay under {HEADROOM:.0%} of it)",
         ]
         if self.strategy == "fsdp" and self.gpus > 1:
-            lines.insert(2, f"  loading: the whole 4-bit model on each GPU before sharding, {self.load / GIB:.2f} GiB")
+            lines.insert(2, f"  loading: the whole 4-bit model on rank 0's GPU before sharding, {self.load / GIB:.2f} GiB")
         if self.changed:
             lines.append("  changed from the config: " + "; ".join(self.changed))
         if not self.fits:

@@ -27,8 +27,9 @@ which gloo lacks), so :func:`kielo.train.step.gradient_step` multiplies the redu
 ranks (exact for a power of two). Checkpoints and the final adapter hold whole tensors in
 PEFT's format, the same files as a single-process run's: the LoRA weights and the optimizer state are
 gathered from the shards (:func:`full_lora_state`, :func:`full_optimizer_state`; collectives, so every rank
-calls them) and rank 0 writes them; a resumed run loads the adapter before sharding and hands each rank its
-part of the optimizer state (:func:`load_optimizer_state`).
+calls them) and rank 0 writes them; a resumed run's adapter is loaded by rank 0 before sharding and sent with
+the weights (:mod:`kielo.train.fsdp_load`: only rank 0 loads the model), and each rank gets its part of the
+optimizer state (:func:`load_optimizer_state`).
 """
 
 from __future__ import annotations
