@@ -115,6 +115,12 @@ def fill_from_rank0(world: World, model: torch.nn.Module, full: dict[str, torch.
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     keys = model.state_dict().keys()  # the quant_state parts bitsandbytes adds to a 4-bit layer's are not among them
+    first: dict[int, str] = {}
+    ties = []  # (name, the name it shares its tensor with): a head tied to the embedding
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            ties.append((name, first[id(p)]))
+        first.setdefault(id(p), name)
     state = {k: v for k, v in full.items() if k in keys} if world.main else {}
     with warnings.catch_warnings():
         # On a rank whose tensors are all meta, torch asks the group for its default device through a call it
@@ -122,6 +128,10 @@ def fill_from_rank0(world: World, model: torch.nn.Module, full: dict[str, torch.
         warnings.filterwarnings("ignore", message=".*_get_pg_default_device.*", category=UserWarning)
         warnings.filterwarnings("ignore", message="Multiple backends are registered", category=UserWarning)
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    # A meta tensor is assigned, not copied into, once per name: tied names would each get their own copy.
+    for name, shared in ties:
+        owner, attr = _owner(model, name)
+        owner._parameters[attr] = model.get_parameter(shared)
     left = [n for n, p in model.named_parameters() if p.is_meta] + [n for n, b in model.named_buffers() if b.is_meta]
     if left:
         raise RuntimeError(f"rank {world.rank}: {len(left)} tensors were not sent from rank 0, e.g. {left[:3]}")
