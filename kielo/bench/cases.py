@@ -45,6 +45,9 @@ class Variant:
     unsloth_layout: str = "padding_free"
     # Whether kielo's memory planner models this variant (its estimate is printed beside the measured peak).
     planned: bool = True
+    # How the multi-GPU bench (kielo bench --nproc N) spreads it: "" = data-parallel (kielo: kielo train's DDP
+    # path), "fsdp" = FSDP2 sharding (kielo: training.distributed fsdp; stock: accelerate's FSDP2 QLoRA recipe).
+    distributed: str = ""
     # A research change to the loaded base model before LoRA is added: (model, TrainingPath) -> TrainingPath.
     adjust: Callable | None = None
 
@@ -200,6 +203,10 @@ VARIANTS = {
     "kielo+offload": Variant("kielo", stream="auto", kernels="auto", offload=True),
     "kielo+ligerchunks": Variant("kielo", stream="auto", kernels="auto", adjust=liger_default_chunks, planned=False),
     "kielo+compute+unfused": Variant("kielo", stream="compute", kernels="auto", lora_forward="unfused", planned=False),
+    # FSDP2-QLoRA over --nproc processes (kielo.bench.multigpu): kielo's training.distributed fsdp, and the stock
+    # recipe (bnb_4bit_quant_storage bf16, accelerate's FSDP2 plugin, activation checkpointing).
+    "kielo+fsdp": Variant("kielo", stream="auto", kernels="auto", distributed="fsdp", planned=False),
+    "stock+fsdp": Variant("stock", distributed="fsdp", planned=False),
     # Unsloth as its SFT trainer feeds it by default (padding-free), with packing=True, and padded as stock.
     "unsloth": Variant("unsloth"),
     "unsloth+packed": Variant("unsloth", unsloth_layout="trl_packed"),

@@ -22,6 +22,8 @@ large GEMM reaches on the card in the same run (``kielo.bench.flops``). Case opt
     kielo bench --shape llama8b --cases "stock:a,b kielo:a,b kielo+compute:a,b,a/nogc"
     kielo bench --shape tiny --seq 256 --max_length 256 --cases "stock:a,b kielo:a,b"  # CPU smoke test
     kielo bench --shape llama8b --cases "stock:p kielo:p"  # DPO (stock needs TRL)
+    kielo bench --nproc 2 --cases "kielo:a"  # data-parallel scaling, 1 -> 2 GPUs (kielo.bench.multigpu)
+    kielo bench --nproc 2 --shape llama70b --cases "kielo+fsdp:a stock+fsdp:a"  # FSDP2-QLoRA, kielo vs stock
     bash bench/run_qlora_bench.sh ARGS  # on a GPU machine: installs the carried wheels, then kielo bench ARGS
     python bench/research_variants.py ARGS  # the same bench with the research variants and case options
 
@@ -73,7 +75,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--peak_tflops", type=float, help="the card's bf16 rate for MFU (default: measured with one large GEMM in this run)"
     )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="the multi-GPU bench (kielo.bench.multigpu): kielo's data-parallel scaling from 1 to N processes, and the "
+        "fsdp variants in N; one GPU per process",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--ranks", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--measure_peak", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker_cases", help=argparse.SUPPRESS)
     p.add_argument("--model_dir", help=argparse.SUPPRESS)

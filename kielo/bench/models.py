@@ -37,13 +37,30 @@ def make_model(folder: Path, shape: str) -> None:
         from transformers import LlamaForCausalLM as Model
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+    with torch.device(build_device(Model, Config(**spec, dtype="bfloat16"))):
         model = Model(Config(**spec, dtype="bfloat16"))
     model.save_pretrained(folder, max_shard_size="4GB")
     print(f"made {shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
 
 
-def kielo_config(gc: bool = True, compute_dtype: str = "bf16", stream: str = "fp32", kernels: str = "none", offload: bool = False):
+def build_device(model_class, config) -> str:
+    """Where to initialise the random weights: the GPU (fast) when their bf16 bytes fit in 80% of its free
+    memory, else the CPU (a 70B shape's 141 GB fit no card)."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    with torch.device("meta"):
+        n = sum(p.numel() for p in model_class(config).parameters())
+    return "cuda" if 2 * n < 0.8 * torch.cuda.mem_get_info()[0] else "cpu"
+
+
+def kielo_config(
+    gc: bool = True,
+    compute_dtype: str = "bf16",
+    stream: str = "fp32",
+    kernels: str = "none",
+    offload: bool = False,
+    distributed: str = "ddp",
+):
     """The kielo configuration of the bench's settings (those of the stock anchor scripts)."""
     from kielo.config.load import from_dict
 
@@ -59,6 +76,7 @@ def kielo_config(gc: bool = True, compute_dtype: str = "bf16", stream: str = "fp
                 "max_grad_norm": 0,
                 "stream_dtype": stream,
                 "kernels": kernels,
+                "distributed": distributed,
             },
         }
     )
@@ -112,7 +130,13 @@ def load_kielo(variant: Variant, folder: Path, device: torch.device) -> Loaded:
     if variant.tf32 is not None:
         # "high" lets fp32 matmuls (head, attention, LoRA on an fp32 stream) use TF32; "highest" is torch's default.
         torch.set_float32_matmul_precision("high" if variant.tf32 else "highest")
-    config = kielo_config(compute_dtype=variant.compute_dtype, stream=variant.stream, kernels=variant.kernels, offload=variant.offload)
+    config = kielo_config(
+        compute_dtype=variant.compute_dtype,
+        stream=variant.stream,
+        kernels=variant.kernels,
+        offload=variant.offload,
+        distributed=variant.distributed or "ddp",
+    )
     path = training_path(training_precision(config, folder, device), variant.lora_forward)
     model = load_base_model(ModelSource(str(folder)), config, device, precision=path.precision)
     if variant.adjust is not None:
@@ -129,6 +153,10 @@ def load(variant: Variant, folder: Path, device: torch.device, max_len: int = 20
         from kielo.bench.unsloth import load_unsloth
 
         return Loaded(load_unsloth(folder, max_len, variant.unsloth_gc), variant.unsloth_layout)
+    if variant.stack == "stock" and variant.distributed == "fsdp":
+        from kielo.bench.stock_fsdp import load_stock_fsdp
+
+        return Loaded(load_stock_fsdp(folder, device), "padded")
     if variant.stack == "stock":
         return Loaded(load_stock(folder, device), "padded")
     return load_kielo(variant, folder, device)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from kielo.bench.cases import PRODUCT, CaseEntry, Registry, parse_cases
+from kielo.errors import KieloError
 
 # The arguments that size the data: passed on to every worker and recorded in results.json's meta.
 DATA_ARGS = (
@@ -32,6 +33,11 @@ DATA_ARGS = (
 def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
     """``kielo bench`` (and a research script's own variants, through ``registry``): a worker or model-building
     subprocess when ``--worker`` or ``--make`` is given, else every entry of --cases."""
+    if args.worker and args.ranks:
+        from kielo.bench.dist_worker import worker
+
+        worker(args, registry)
+        return 0
     if args.worker:
         from kielo.bench.worker import worker
 
@@ -52,6 +58,12 @@ def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
         print(measure_bf16_peak(torch.device("cuda")) if torch.cuda.is_available() else 0.0)
         return 0
     entries = parse_cases(args.cases, registry)  # every name and case checked before anything runs
+    if args.nproc > 1:
+        from kielo.bench.multigpu import check_entries
+
+        check_entries(entries, args.nproc)
+    elif any(e.variant.distributed for e in entries):
+        raise KieloError("the fsdp variants shard the model over several processes", "give --nproc 2 (or more)")
     grads_dir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if not (model_dir / "config.json").is_file():
@@ -71,6 +83,18 @@ def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
     from kielo.bench.report import table, versions
 
     meta = {"shape": args.shape, "cases": args.cases, "versions": versions(), **{k: getattr(args, k) for k in DATA_ARGS}}
+    if args.nproc > 1:
+        from kielo.bench.multigpu import run_entries, table
+
+        meta["nproc"] = args.nproc
+
+        def write(results: list[dict]) -> None:
+            (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
+        results = run_entries(entries, args, registry, model_dir, grads_dir, work, write)
+        print(json.dumps(meta["versions"]))
+        print(table(results))
+        return 0
     results: list[dict] = []
     for entry in entries:
         result_file = work / f"result-{args.shape}-{entry.name}.json"
@@ -86,11 +110,9 @@ def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
     return 0
 
 
-def run_worker(entry: CaseEntry, args, registry: Registry, model_dir: Path, grads_dir: Path, result_file: Path) -> list[dict]:
-    """One variant's cases in a fresh process; the results it wrote, and an error row for each case it did not
-    finish (a crash, or running past --worker_timeout)."""
-    result_file.unlink(missing_ok=True)
-    cmd = [
+def worker_command(entry: CaseEntry, args, registry: Registry, model_dir: Path, grads_dir: Path, result_file: Path) -> list[str]:
+    """The command that runs one variant's cases in a worker process (or, with ``--ranks``, in each rank)."""
+    return [
         *registry.worker,
         "--worker",
         entry.name,
@@ -104,6 +126,20 @@ def run_worker(entry: CaseEntry, args, registry: Registry, model_dir: Path, grad
         str(result_file),
         *(f"--{k}={getattr(args, k)}" for k in DATA_ARGS),
     ]
+
+
+def failed_rows(entry: CaseEntry, done: list[dict], failed: str | bool, **fields) -> list[dict]:
+    """The results a worker wrote, and an error row (with ``fields``) for each case it did not finish."""
+    if failed:
+        done = done + [{"variant": entry.name, "case": c.name, **fields, "error": failed} for c in entry.cases[len(done) :]]
+    return done
+
+
+def run_worker(entry: CaseEntry, args, registry: Registry, model_dir: Path, grads_dir: Path, result_file: Path) -> list[dict]:
+    """One variant's cases in a fresh process; the results it wrote, and an error row for each case it did not
+    finish (a crash, or running past --worker_timeout)."""
+    result_file.unlink(missing_ok=True)
+    cmd = worker_command(entry, args, registry, model_dir, grads_dir, result_file)
     t = time.perf_counter()
     try:
         proc = subprocess.run(cmd, timeout=args.worker_timeout)
@@ -112,6 +148,4 @@ def run_worker(entry: CaseEntry, args, registry: Registry, model_dir: Path, grad
         failed = f"timed out after {args.worker_timeout}s"
     print(f"{entry.name}: {time.perf_counter() - t:.0f}s", flush=True)
     done = json.loads(result_file.read_text()) if result_file.is_file() else []
-    if failed:
-        done += [{"variant": entry.name, "case": c.name, "error": failed} for c in entry.cases[len(done) :]]
-    return done
+    return failed_rows(entry, done, failed)

@@ -12,6 +12,17 @@ SHAPES = {
         max_position_embeddings=8192,
         rope_theta=500000.0,
     ),
+    # Llama-3.1-70B: 4-bit weights of ~37 GiB; the multi-GPU bench's FSDP2 case (kielo.bench.multigpu)
+    "llama70b": dict(
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+    ),
     # Gemma 3 text models: 270M (kielo's embedded default), 1B and the 4B language tower
     "gemma270m": dict(
         arch="gemma3",
