@@ -162,5 +162,8 @@ def check_parses(args: list[str]) -> None:
     build_config(namespace, parse_overrides(rest), COMMANDS[namespace.command])
     if namespace.command == "bench":
         from kielo.bench.cases import PRODUCT, parse_cases
+        from kielo.bench.multigpu import check_entries
 
-        parse_cases(namespace.cases, PRODUCT)
+        entries = parse_cases(namespace.cases, PRODUCT)
+        if namespace.nproc > 1:
+            check_entries(entries, namespace.nproc)

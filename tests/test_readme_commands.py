@@ -35,6 +35,10 @@ NOT_RUN = {
     'WHL=".whl .whl2" bash bench/run_qlora_bench.sh --shape llama8b '
     '--cases "=stock:a,b unsloth:a,b unsloth+nogc:a unsloth+packed:b"': GPU,
     'bash bench/run_qlora_bench.sh --shape gemma1b --cases "stock:a,b kielo:a,b"': GPU,
+    'bash bench/run_qlora_bench.sh --nproc 2 --shape llama8b --cases "kielo:a"': (
+        "needs 2 GPUs (one per process, nccl); tests/test_bench_multigpu.py runs the same bench in 2 processes on CPU "
+        "with the tiny shape, and its arguments are checked against kielo's parser here"
+    ),
     "kielo train configs/demo.yaml --nproc 2 --training.distributed fsdp --training.gradient_accumulation 2 --output_dir runs/fsdp": (
         "this runner's budget sets --training.gradient_accumulation 1, which 2 processes cannot split; "
         "tests/test_fsdp_train.py runs an fsdp run in 2 processes on the tiny model"
@@ -195,6 +199,7 @@ def test_the_gpu_commands_parse():
         (["bench", "--shape", "llama8b", "--cases", "stok:a"], KieloError),  # a variant that does not exist
         (["bench", "--shap", "llama8b"], KieloError),  # a flag that does not exist
         (["bench", "--shape", "llama9b"], SystemExit),  # a value argparse refuses
+        (["bench", "--nproc", "2", "--cases", "stock:a"], KieloError),  # a variant the multi-GPU bench does not time
     ],
 )
 def test_check_parses_refuses_what_the_cli_refuses(args, error):

@@ -6,7 +6,8 @@ same way, :func:`launch_processes`) and the environment ``torchrun`` gives its w
 ``torchrun -m kielo train`` and ``accelerate launch -m kielo train``. Like torchrun's agent, the launcher ends
 the others when one process fails (a rank that died leaves the rest waiting in a collective) and exits with
 the worst status; SIGTERM is passed on, so every rank checkpoints at the same step boundary. Ctrl-C reaches
-the ranks from the terminal directly."""
+the ranks from the terminal directly.
+"""
 
 from __future__ import annotations
 
