@@ -110,7 +110,7 @@ def table(results: list[dict]) -> str:
 
 def run_entries(entries: list[CaseEntry], args, registry, model_dir: Path, grads_dir: Path, work: Path, write) -> list[dict]:
     """Every entry's runs (:func:`process_counts`), each in its own launch of ranks; ``write(results)`` after each."""
-    from kielo.bench.runner import failed_rows, worker_command
+    from kielo.bench.worker_command import failed_rows, worker_command
     from kielo.train.launch import launch_processes
 
     results: list[dict] = []

@@ -10,24 +10,8 @@ import time
 from pathlib import Path
 
 from kielo.bench.cases import PRODUCT, CaseEntry, Registry, parse_cases
+from kielo.bench.worker_command import DATA_ARGS, failed_rows, worker_command
 from kielo.errors import KieloError
-
-# The arguments that size the data: passed on to every worker and recorded in results.json's meta.
-DATA_ARGS = (
-    "batch",
-    "seq",
-    "max_length",
-    "examples_per_step",
-    "pairs_per_step",
-    "pair_tokens",
-    "warmup_a",
-    "timed_a",
-    "warmup_b",
-    "timed_b",
-    "warmup_p",
-    "timed_p",
-    "peak_tflops",
-)
 
 
 def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
@@ -74,6 +58,8 @@ def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
         from kielo.bench.unsloth import save_stand_in_tokenizer
 
         save_stand_in_tokenizer(model_dir)
+    if args.peak_tflops is None and args.nproc > 1:
+        args.peak_tflops = 0.0  # the multi-GPU table reports no MFU: nothing to measure
     if args.peak_tflops is None:
         # Measured in a subprocess (the parent holds no GPU memory), once for every variant of the run.
         peak = subprocess.run([*registry.worker, "--measure_peak"], check=True, capture_output=True, text=True)
@@ -108,31 +94,6 @@ def run(args: argparse.Namespace, registry: Registry = PRODUCT) -> int:
     print(json.dumps(meta["versions"]))
     print(table(results))
     return 0
-
-
-def worker_command(entry: CaseEntry, args, registry: Registry, model_dir: Path, grads_dir: Path, result_file: Path) -> list[str]:
-    """The command that runs one variant's cases in a worker process (or, with ``--ranks``, in each rank)."""
-    return [
-        *registry.worker,
-        "--worker",
-        entry.name,
-        "--worker_cases",
-        entry.case_text,
-        "--model_dir",
-        str(model_dir),
-        "--grads_dir",
-        str(grads_dir),
-        "--result",
-        str(result_file),
-        *(f"--{k}={getattr(args, k)}" for k in DATA_ARGS),
-    ]
-
-
-def failed_rows(entry: CaseEntry, done: list[dict], failed: str | bool, **fields) -> list[dict]:
-    """The results a worker wrote, and an error row (with ``fields``) for each case it did not finish."""
-    if failed:
-        done = done + [{"variant": entry.name, "case": c.name, **fields, "error": failed} for c in entry.cases[len(done) :]]
-    return done
 
 
 def run_worker(entry: CaseEntry, args, registry: Registry, model_dir: Path, grads_dir: Path, result_file: Path) -> list[dict]:
