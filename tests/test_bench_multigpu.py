@@ -22,6 +22,9 @@ def test_ddp_scaling_from_one_to_two_processes(tmp_path, capsys):
 
     work = tmp_path / "work"
     make_model(work / "model-tiny", "tiny")  # here, not in a subprocess: one interpreter start less
+    import torch
+
+    assert torch.get_default_dtype() == torch.float32  # built in bf16, the process's default left as it was
     args = ["bench", "--nproc", "2", "--shape", "tiny", "--seq", str(SEQ), "--max-length", str(SEQ), "--batch", str(BATCH)]
     args += ["--warmup-a", "1", "--timed-a", "2", "--peak-tflops", "1", "--workdir", str(work), "--out", str(tmp_path / "out")]
     assert main([*args, "--cases", "kielo:a"]) == 0

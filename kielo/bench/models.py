@@ -36,9 +36,13 @@ def make_model(folder: Path, shape: str) -> None:
         from transformers import LlamaConfig as Config
         from transformers import LlamaForCausalLM as Model
     torch.manual_seed(0)
+    default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
-    with torch.device(build_device(Model, Config(**spec, dtype="bfloat16"))):
-        model = Model(Config(**spec, dtype="bfloat16"))
+    try:  # the caller's default dtype back afterwards (a test process goes on to train in fp32)
+        with torch.device(build_device(Model, Config(**spec, dtype="bfloat16"))):
+            model = Model(Config(**spec, dtype="bfloat16"))
+    finally:
+        torch.set_default_dtype(default)
     model.save_pretrained(folder, max_shard_size="4GB")
     print(f"made {shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
 
