@@ -1,28 +1,21 @@
 """Model shapes the bench builds with random weights (speed and memory do not depend on weight values)."""
 
+# Llama-3.1-8B / Llama-Poro-2-8B
+_LLAMA_8B = dict(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+)
+
 SHAPES = {
-    # Llama-3.1-8B / Llama-Poro-2-8B
-    "llama8b": dict(
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=8192,
-        rope_theta=500000.0,
-    ),
+    "llama8b": _LLAMA_8B,
     # Llama-3.1-70B: 4-bit weights of ~37 GiB; the multi-GPU bench's FSDP2 case (kielo.bench.multigpu)
-    "llama70b": dict(
-        vocab_size=128256,
-        hidden_size=8192,
-        intermediate_size=28672,
-        num_hidden_layers=80,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        max_position_embeddings=8192,
-        rope_theta=500000.0,
-    ),
+    "llama70b": dict(_LLAMA_8B, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64),
     # Gemma 3 text models: 270M (kielo's embedded default), 1B and the 4B language tower
     "gemma270m": dict(
         arch="gemma3",
