@@ -46,12 +46,19 @@ def _quant_states(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     return {n: m.weight.quant_state.as_dict(packed=True) for n, m in quantized_weights(model)}
 
 
-def _layout(model: torch.nn.Module) -> dict:
+def _with_ties(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, str | None]]:
+    """Every parameter name with its tensor and, for a tied one (a head tied to the embedding), the first name
+    that holds the same tensor."""
     first: dict[int, str] = {}
-    params = []
+    named = []
     for name, p in model.named_parameters(remove_duplicate=False):
-        params.append((name, tuple(p.shape), p.dtype, p.requires_grad, first.get(id(p))))
+        named.append((name, p, first.get(id(p))))
         first.setdefault(id(p), name)
+    return named
+
+
+def _layout(model: torch.nn.Module) -> dict:
+    params = [(name, tuple(p.shape), p.dtype, p.requires_grad, tied) for name, p, tied in _with_ties(model)]
     buffers = [(n, tuple(b.shape), b.dtype) for n, b in model.named_buffers()]
     states = {n: {k: (tuple(v.shape), v.dtype) for k, v in qs.items()} for n, qs in _quant_states(model).items()}
     return {"params": params, "buffers": buffers, "quant_states": states}
@@ -115,12 +122,7 @@ def fill_from_rank0(world: World, model: torch.nn.Module, full: dict[str, torch.
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     keys = model.state_dict().keys()  # the quant_state parts bitsandbytes adds to a 4-bit layer's are not among them
-    first: dict[int, str] = {}
-    ties = []  # (name, the name it shares its tensor with): a head tied to the embedding
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            ties.append((name, first[id(p)]))
-        first.setdefault(id(p), name)
+    ties = [(name, tied) for name, _, tied in _with_ties(model) if tied]
     state = {k: v for k, v in full.items() if k in keys} if world.main else {}
     with warnings.catch_warnings():
         # On a rank whose tensors are all meta, torch asks the group for its default device through a call it
