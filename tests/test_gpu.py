@@ -174,7 +174,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 @pytest.mark.parametrize("folder", ["llama_dir", "bloom_dir"])
 def test_packed_examples_never_attend_to_each_other(request, folder):
-    from kielo.data.batches import collate_packed, collate_padded
+    from kielo.data.batches import collate_packed, collate_padded, segment_bounds
 
     model = loaded("kielo", request.getfixturevalue(folder)).model
     pad = SHAPE["vocab_size"] - 1
@@ -185,6 +185,7 @@ def test_packed_examples_never_attend_to_each_other(request, folder):
     # examples do see earlier ones.
     leaky_batch = collate_packed([examples], pad)
     leaky_batch.position_ids = torch.arange(leaky_batch.input_ids.shape[1]).unsqueeze(0)
+    leaky_batch.cu_seqlens, leaky_batch.max_seqlen = segment_bounds(leaky_batch.position_ids)  # varlen's bounds too
     leaky = _logits(model, leaky_batch)[0]
     at, errors, leaks = 0, [], []
     for ex in examples:
@@ -202,6 +203,37 @@ def test_packed_examples_never_attend_to_each_other(request, folder):
     changed = _logits(model, collate_packed([examples], pad))[0]
     n0 = len(first.input_ids)
     assert _rel(changed[n0:at], packed[n0:at]) <= 1e-3
+
+
+@pytest.mark.parametrize("folder", ["llama_dir", "gemma_dir"])
+def test_varlen_attention_matches_sdpa_with_the_block_mask(request, folder):
+    """training.attention varlen (kielo's GPU default for packed rows) against SDPA with transformers'
+    block-diagonal mask: logits of a packed batch, then the losses and first gradients of a few steps. Gemma's
+    examples are longer than its sliding window (128), so the window's bound is exercised."""
+    from kielo.data.batches import collate_packed
+    from kielo.model.varlen import uses_varlen
+
+    directory = request.getfixturevalue(folder)
+    vocab = GEMMA_SHAPE["vocab_size"] if folder == "gemma_dir" else SHAPE["vocab_size"]
+    examples = instruction_examples(1, 6, 512, vocab, seed=7)[0]
+    batch = collate_packed([examples[:3], examples[3:]], vocab - 1)
+    logits = {}
+    for path in ("kielo", "kielo+sdpa"):
+        stack = loaded(path, directory)
+        assert stack.path.precision.varlen == (path == "kielo") == uses_varlen(stack.model.get_base_model())
+        with torch.no_grad():
+            logits[path] = _logits(stack.model, batch)
+        del stack
+    rel = _rel(logits["kielo"], logits["kielo+sdpa"])
+    steps = instruction_examples(5, 8, 512, vocab, seed=8)
+    sdpa_losses, sdpa_grads = train("kielo+sdpa", directory, steps, vocab=vocab)
+    var_losses, var_grads = train("kielo", directory, steps, vocab=vocab)
+    deltas = [abs(a - b) for a, b in zip(sdpa_losses, var_losses, strict=True)]
+    cos = float(torch.nn.functional.cosine_similarity(sdpa_grads.double(), var_grads.double(), dim=0))
+    print(f"\nvarlen vs sdpa+mask ({folder}): logits rel {rel:.5f}; max |dloss| {max(deltas):.5f} over 5 steps; cosine {cos:.6f}")
+    assert rel <= 1e-2
+    assert max(deltas) <= 5e-3, deltas
+    assert cos >= 0.9995
 
 
 PLAN_SHAPE = dict(

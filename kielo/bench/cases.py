@@ -39,6 +39,7 @@ class Variant:
     compute_dtype: str = "bf16"  # quantization.compute_dtype (fp32: the reference arithmetic)
     tf32: bool | None = None  # fp32 matmuls on TF32 tensor cores (None: torch's default, off)
     offload: bool = False  # kielo: training.checkpoint_offload (checkpointed layer inputs in pinned host memory)
+    attention: str = "auto"  # kielo: training.attention (varlen or sdpa for packed rows)
     unsloth_gc: bool = True  # unsloth: its offloaded gradient checkpointing (fixed at load)
     # unsloth: how its trainer lays out batches (kielo.bench.data.LAYOUTS): padding_free is its SFT trainer's
     # default, trl_packed its packing=True, padded the layout before padding-free became the default.
@@ -201,6 +202,8 @@ VARIANTS = {
     "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", lora_forward="peft", planned=False),
     "kielo+unfused": Variant("kielo", stream="auto", kernels="auto", lora_forward="unfused", planned=False),
     "kielo+offload": Variant("kielo", stream="auto", kernels="auto", offload=True),
+    # packed rows through SDPA with a block-diagonal mask instead of varlen attention (the A/B of training.attention)
+    "kielo+sdpa": Variant("kielo", stream="auto", kernels="auto", attention="sdpa"),
     "kielo+ligerchunks": Variant("kielo", stream="auto", kernels="auto", adjust=liger_default_chunks, planned=False),
     "kielo+compute+unfused": Variant("kielo", stream="compute", kernels="auto", lora_forward="unfused", planned=False),
     # FSDP2-QLoRA over --nproc processes (kielo.bench.multigpu): kielo's training.distributed fsdp, and the stock

@@ -64,6 +64,7 @@ def kielo_config(
     kernels: str = "none",
     offload: bool = False,
     distributed: str = "ddp",
+    attention: str = "auto",
 ):
     """The kielo configuration of the bench's settings (those of the stock anchor scripts)."""
     from kielo.config.load import from_dict
@@ -80,6 +81,7 @@ def kielo_config(
                 "max_grad_norm": 0,
                 "stream_dtype": stream,
                 "kernels": kernels,
+                "attention": attention,
                 "distributed": distributed,
             },
         }
@@ -140,6 +142,7 @@ def load_kielo(variant: Variant, folder: Path, device: torch.device) -> Loaded:
         kernels=variant.kernels,
         offload=variant.offload,
         distributed=variant.distributed or "ddp",
+        attention=variant.attention,
     )
     path = training_path(training_precision(config, folder, device), variant.lora_forward)
     model = load_base_model(ModelSource(str(folder)), config, device, precision=path.precision)

@@ -272,6 +272,14 @@ class TrainingConfig:
         "the compute dtype; none = off.",
         ("auto", "liger", "none"),
     )
+    attention: str = opt(
+        "auto",
+        "Attention of packed rows: varlen = torch's variable-length flash attention over each example's bounds "
+        "(needs CUDA, torch >= 2.10 and the compute-dtype stream; decoders with position ids); sdpa = SDPA with a "
+        "block-diagonal mask; auto = varlen where it runs, else sdpa. Padded batches, evaluation and generation "
+        "use SDPA either way.",
+        ("auto", "varlen", "sdpa"),
+    )
     on_divergence: str = opt(
         "stop",
         "What a diverging step does (a non-finite loss or gradient, a loss far above its running value, or a "

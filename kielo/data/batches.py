@@ -28,6 +28,10 @@ class Batch:
     real_tokens: int  # non-padding tokens
     trained_tokens: int  # tokens whose next-token prediction is in the loss
     indices: list[int]  # which examples (Encoded.index) are in it
+    # Packed mode: where each segment (example, or a row's end padding) starts in the flattened rows, plus the
+    # total (int32, as varlen attention kernels take them), and the longest segment (kielo.model.varlen).
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int = 0
 
     def to(self, device: torch.device) -> Batch:
         def move(t):
@@ -41,6 +45,8 @@ class Batch:
             self.real_tokens,
             self.trained_tokens,
             self.indices,
+            move(self.cu_seqlens),
+            self.max_seqlen,
         )
 
     def model_inputs(self) -> dict:
@@ -48,6 +54,15 @@ class Batch:
         if self.position_ids is not None:
             return {"input_ids": self.input_ids, "position_ids": self.position_ids}
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+
+def segment_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(cu_seqlens, longest segment) of packed rows from their restarting position ids (on the host: the bounds
+    are known before the batch reaches the GPU, so no attention layer has to wait for them)."""
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().flatten()
+    cu = torch.cat([starts, torch.tensor([flat.numel()])]).to(torch.int32)
+    return cu, int(cu.diff().max()) if cu.numel() > 1 else 0
 
 
 def trained_count(labels: list[int]) -> int:
@@ -132,7 +147,7 @@ def collate_packed(rows: list[list[Encoded]], pad_id: int) -> Batch:
             trained += trained_count(it.labels)
             indices.append(it.index)
         pos[i, at:] = torch.arange(width - at)  # padding: a segment of its own
-    return Batch(ids, labels, None, pos, real, trained, indices)
+    return Batch(ids, labels, None, pos, real, trained, indices, *segment_bounds(pos))
 
 
 def token_counts(groups: list[list], packing: bool) -> dict[str, int]:

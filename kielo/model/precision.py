@@ -40,10 +40,12 @@ LIGER_FAMILIES = {
 class Precision:
     stream: torch.dtype  # dtype of embedding, norms and head during training (so of the residual stream)
     liger: bool  # Liger's RMSNorm, RoPE and MLP kernels, and its fused linear cross-entropy as the loss head
+    varlen: bool = False  # packed rows attend through variable-length flash attention (kielo.model.varlen)
 
     def describe(self) -> str:
         stream = str(self.stream).removeprefix("torch.")
-        return f"residual stream {stream}" + (", Liger kernels + fused loss head" if self.liger else "")
+        text = f"residual stream {stream}" + (", Liger kernels + fused loss head" if self.liger else "")
+        return text + (", varlen attention for packed rows" if self.varlen else "")
 
 
 def liger_installed() -> bool:
@@ -94,12 +96,29 @@ def resolve_precision(config: Config, model_type: str, device: torch.device, com
         liger = device.type == "cuda" and stream != torch.float32 and model_type in LIGER_FAMILIES and liger_installed()
     else:
         liger = False
-    return Precision(stream, liger)
+    return Precision(stream, liger, resolve_attention(t.attention, model_type, device, stream))
+
+
+def resolve_attention(choice: str, model_type: str, device: torch.device, stream: torch.dtype) -> bool:
+    """Whether packed rows attend through varlen attention (``training.attention``): the kernel is flash
+    attention, so CUDA and a 16-bit stream; BLOOM's ALiBi and decoders that can't pack keep their own."""
+    from kielo.model import varlen
+
+    fits = model_type in COMPUTE_STREAM_MEASURED and (model_type != "gemma3_text" or varlen.supports_sliding_window())
+    runs = device.type == "cuda" and stream in varlen.COMPUTE and varlen.available()
+    if choice == "varlen" and not (fits and runs):
+        why = (
+            f"model type {model_type!r} is not one of {', '.join(COMPUTE_STREAM_MEASURED)}"
+            if not fits
+            else "it needs a CUDA GPU, torch >= 2.10 and a bf16/fp16 residual stream (training.stream_dtype)"
+        )
+        raise KieloError(f"training.attention `varlen` can't be used here: {why}", "use --training.attention auto (or sdpa)")
+    return choice == "varlen" or (choice == "auto" and fits and runs)
 
 
 def resolve_hardware(config: Config, model_type: str, device: torch.device | None = None) -> Config:
-    """``config`` with ``training.device``, ``quantization.compute_dtype``, ``training.stream_dtype`` and
-    ``training.kernels`` made concrete for ``model_type`` on this machine (``device``: the one to train on,
+    """``config`` with ``training.device``, ``quantization.compute_dtype``, ``training.stream_dtype``,
+    ``training.kernels`` and ``training.attention`` made concrete for ``model_type`` on this machine (``device``: the one to train on,
     default ``training.device``). Resolving a resolved config gives it back unchanged."""
     device = device or pick_device(config.training.device)
     compute = compute_dtype(config.quantization, device)
@@ -109,6 +128,7 @@ def resolve_hardware(config: Config, model_type: str, device: torch.device | Non
         device=device.type,
         stream_dtype="compute" if precision.stream == compute else "fp32",
         kernels="liger" if precision.liger else "none",
+        attention="varlen" if precision.varlen else "sdpa",
     )
     return replace(config, quantization=replace(config.quantization, compute_dtype=DTYPE_NAMES[compute]), training=training)
 
@@ -116,10 +136,10 @@ def resolve_hardware(config: Config, model_type: str, device: torch.device | Non
 def resolved_precision(config: Config) -> Precision:
     """The precision a config resolved by :func:`resolve_hardware` trains with."""
     t, q = config.training, config.quantization
-    if q.compute_dtype == "auto" or t.stream_dtype == "auto" or t.kernels == "auto":
+    if "auto" in (q.compute_dtype, t.stream_dtype, t.kernels, t.attention):
         raise ValueError("resolved_precision needs a config resolved by resolve_hardware (no `auto` left)")
     compute = COMPUTE_DTYPES[q.compute_dtype]
-    return Precision(compute if t.stream_dtype == "compute" else torch.float32, t.kernels == "liger")
+    return Precision(compute if t.stream_dtype == "compute" else torch.float32, t.kernels == "liger", t.attention == "varlen")
 
 
 def apply_precision(model, precision: Precision) -> None:
@@ -132,4 +152,8 @@ def apply_precision(model, precision: Precision) -> None:
 
         name, mlp = LIGER_FAMILIES[model.config.model_type]
         getattr(liger, name)(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model, **mlp)
+    if precision.varlen:
+        from kielo.model import varlen
+
+        varlen.install(model)
     log.info("training precision: %s", precision.describe())

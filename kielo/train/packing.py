@@ -34,6 +34,7 @@ import torch
 from kielo.data.batches import Batch
 from kielo.errors import KieloError
 from kielo.model.adapter import causal_lm
+from kielo.model.varlen import uses_varlen
 
 POSITION_IDS = "position_ids"
 ALIBI = "alibi"
@@ -103,7 +104,11 @@ def model_inputs(model, batch: Batch) -> dict:
     """The decoder's inputs for ``batch``: padded batches as :meth:`Batch.model_inputs` gives them; packed ones
     with position ids, or for ALiBi decoders with a block-diagonal causal mask instead."""
     if batch.position_ids is None or require_packing_support(model) == POSITION_IDS:
-        return batch.model_inputs()
+        inputs = batch.model_inputs()
+        if batch.cu_seqlens is not None and uses_varlen(causal_lm(model)):
+            # transformers' flash-attention keywords: every decoder layer passes them on to its attention.
+            inputs |= {"cu_seq_lens_q": batch.cu_seqlens, "max_length_q": batch.max_seqlen}
+        return inputs
     # The mask's dtype is the one transformers gives its own masks: that of the input embeddings.
     dtype = causal_lm(model).get_input_embeddings().weight.dtype
     return {"input_ids": batch.input_ids, "attention_mask": block_causal_mask(batch.position_ids, dtype)}
