@@ -41,7 +41,7 @@ def _step(stack, pairs, mbs=2):
     for _, p in params:
         p.grad = None
     vocab = stack.model.config.vocab_size
-    loss = step_function(stack, Case("p", "p"))(stack.model, pair_batches(pairs, stack.path is None, mbs, vocab - 1), CPU)
+    loss = step_function(stack, Case("p", "p"))(stack.model, pair_batches(pairs, stack.path, mbs, vocab - 1), CPU)
     return loss, torch.cat([p.grad.detach().flatten() for _, p in params]).double()
 
 

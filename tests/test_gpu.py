@@ -364,3 +364,30 @@ def test_kielo_train_preference_objectives_on_cuda(tmp_path, objective):
     pref = summary["preference"]
     assert pref["validation_start"] is not None and pref["validation_end"] is not None
     print(f"\nkielo train {objective} on CUDA: validation {pref['validation_start']} -> {pref['validation_end']}")
+
+
+@torch.no_grad()
+def test_packed_pairs_give_the_padded_pairs_log_probabilities(llama_dir):
+    """DPO's pair batches on the GPU default: both sides of every pair in one packed row through varlen attention
+    give each side the log-probability its own padded row gives; a batch that lets the sides see each other
+    (one segment for the whole row) does not."""
+    from kielo.bench.dpo import pair_examples
+    from kielo.data.batches import segment_bounds
+    from kielo.data.pairs import collate_pairs
+    from kielo.train.preference import sequence_logps
+
+    stack = loaded("kielo", llama_dir)
+    assert stack.path.precision.varlen
+    pad = SHAPE["vocab_size"] - 1
+    pairs = pair_examples(1, 4, 512, SHAPE["vocab_size"], seed=9, mean_tokens=60)[0]
+    padded = sequence_logps(stack.model, collate_pairs(pairs, pad).to(DEVICE))
+    packed_batch = collate_pairs(pairs, pad, packed=True)
+    packed = sequence_logps(stack.model, packed_batch.to(DEVICE))
+    packed_batch.position_ids = torch.arange(packed_batch.input_ids.shape[1]).unsqueeze(0)
+    packed_batch.cu_seqlens, packed_batch.max_seqlen = segment_bounds(packed_batch.position_ids)
+    leaky = sequence_logps(stack.model, packed_batch.to(DEVICE))
+    rel, leak = _rel(packed[0], padded[0]), _rel(leaky[0], padded[0])
+    print(f"\npacked vs padded pair log-probabilities: relative error {rel:.5f}; sides seeing each other: {leak:.5f}")
+    assert torch.equal(packed[1], padded[1])
+    assert rel <= 5e-3
+    assert leak >= 10 * rel

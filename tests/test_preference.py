@@ -72,11 +72,15 @@ def assert_grads_close(a, b, tol=1e-5):
         assert torch.allclose(a[k], b[k], atol=tol, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
 
 
-def test_dpo_loss_and_gradients_match_the_formula(tiny_llama, pairs_file, tmp_path):
+@pytest.mark.parametrize("packed", [False, True])
+def test_dpo_loss_and_gradients_match_the_formula(tiny_llama, pairs_file, tmp_path, packed):
+    """Padded pairs, and the pairs' sides in one packed row (the varlen-attention layout; on CPU its block mask)."""
     model, items, pad = policy(tiny_llama, pairs_file, tmp_path)
     batch = items[:4]
     beta = 0.1
-    loss, metrics = PreferenceObjective("dpo", beta).accumulate(model, [collate_pairs(batch, pad)], torch.device("cpu"))
+    micro = [collate_pairs(batch, pad, packed=packed)]
+    assert (micro[0].input_ids.shape[0] == 1) == packed and (micro[0].input_ids != pad).all() == packed
+    loss, metrics = PreferenceObjective("dpo", beta).accumulate(model, micro, torch.device("cpu"))
     ours = grads(model)
     model.zero_grad(set_to_none=True)
 
@@ -98,13 +102,14 @@ def test_dpo_loss_and_gradients_match_the_formula(tiny_llama, pairs_file, tmp_pa
     assert metrics["rewards/accuracy"] == float((logits > 0).float().mean())
 
 
-def test_orpo_loss_and_gradients_match_trl(tiny_llama, pairs_file, tmp_path):
+@pytest.mark.parametrize("packed", [False, True])
+def test_orpo_loss_and_gradients_match_trl(tiny_llama, pairs_file, tmp_path, packed):
     trl_orpo = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
     model, items, pad = policy(tiny_llama, pairs_file, tmp_path, "orpo")
     batch = items[:4]
     beta = 0.25
     # Two micro-batches of two pairs: accumulation must give the one-batch loss and gradients.
-    micro = [collate_pairs(batch[:2], pad), collate_pairs(batch[2:], pad)]
+    micro = [collate_pairs(batch[:2], pad, packed=packed), collate_pairs(batch[2:], pad, packed=packed)]
     loss, metrics = PreferenceObjective("orpo", beta).accumulate(model, micro, torch.device("cpu"))
     ours = grads(model)
     model.zero_grad(set_to_none=True)

@@ -86,16 +86,17 @@ def trl_collate(pairs: list, pad_id: int):
     )
 
 
-def pair_batches(pairs: list, stock: bool, mbs: int, pad_id: int) -> list:
-    """One optimizer step's pairs in micro-batches of ``mbs`` pairs: TRL's collation for stock, kielo's
-    (``collate_pairs``, what ``kielo train`` feeds its objective) for kielo."""
+def pair_batches(pairs: list, path, mbs: int, pad_id: int) -> list:
+    """One optimizer step's pairs in micro-batches of ``mbs`` pairs: TRL's collation for stock (``path`` None),
+    kielo's (``collate_pairs``, what ``kielo train`` feeds its objective on this training path: one packed row a
+    micro-batch where packed rows attend through varlen attention) for kielo."""
     from kielo.data.pairs import collate_pairs
 
     groups = [pairs[i : i + mbs] for i in range(0, len(pairs), mbs)]
-    if stock:
+    if path is None:
         _trl()
         return [trl_collate(g, pad_id) for g in groups]
-    return [collate_pairs(g, pad_id) for g in groups]
+    return [collate_pairs(g, pad_id, packed=path.precision.varlen) for g in groups]
 
 
 def _trl():

@@ -63,7 +63,7 @@ def run_case(loaded: Loaded, name: str, variant: Variant, case: Case, steps: lis
     if case.data == "p":
         from kielo.bench.dpo import pair_batches
 
-        micro = [pair_batches(ex, loaded.path is None, case.mbs, pad_id) for ex in steps]
+        micro = [pair_batches(ex, loaded.path, case.mbs, pad_id) for ex in steps]
     else:
         micro = [micro_batches(ex, loaded.layout, case.mbs, args.max_length, pad_id) for ex in steps]
     opt = optimizer(loaded, [p for _, p in params], device)

@@ -3,7 +3,9 @@
 Each side of a pair is encoded by the same :class:`~kielo.data.encode.Encoder` as an SFT example (template,
 prompt masking, end token, ``data.max_length``), training only the final answer. A micro-batch of B pairs is
 one padded batch of 2B rows, the B chosen rows first, then the B rejected ones in the same order, so both
-sides go through one forward.
+sides go through one forward. Where packed rows attend through varlen attention (``training.attention``,
+``kielo.model.varlen``) the 2B sides are one packed row instead, in the same order: no padding and no mask, each
+side attending only to itself.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from kielo.data.batches import Batch, BatchLayout, collate_padded
-from kielo.data.encode import Encoded, Encoder
+from kielo.data.batches import Batch, BatchLayout, collate_packed, collate_padded
+from kielo.data.encode import IGNORE, Encoded, Encoder
 
 
 @dataclass
@@ -98,33 +100,51 @@ class PairBatch(Batch):
 
     pairs: int = 0
     reference: torch.Tensor | None = None
+    # Packed: which side (0..2B-1, chosen sides first) each position of the row holds; padded: None (row i is side i).
+    sides: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> PairBatch:
         moved = Batch.to(self, device)
         ref = self.reference.to(device) if self.reference is not None else None
-        return PairBatch(**{k: getattr(moved, k) for k in Batch.__dataclass_fields__}, pairs=self.pairs, reference=ref)
+        sides = self.sides.to(device, non_blocking=True) if self.sides is not None else None
+        fields = {k: getattr(moved, k) for k in Batch.__dataclass_fields__}
+        return PairBatch(**fields, pairs=self.pairs, reference=ref, sides=sides)
+
+    def chosen_trained_tokens(self) -> int:
+        """Trained tokens of the chosen answers (ORPO's answer loss is their mean)."""
+        trained = self.labels[:, 1:] != IGNORE
+        if self.sides is None:
+            return int(trained[: self.pairs].sum())
+        return int((trained & (self.sides[:, 1:] < self.pairs)).sum())
 
 
-def collate_pairs(pairs: list[Pair], pad_id: int, reference: torch.Tensor | None = None) -> PairBatch:
-    """One padded batch of the pairs' chosen rows followed by their rejected rows."""
-    b = collate_padded([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+def collate_pairs(pairs: list[Pair], pad_id: int, reference: torch.Tensor | None = None, packed: bool = False) -> PairBatch:
+    """The pairs' chosen sides followed by their rejected sides: one padded row each, or all in one packed row."""
+    sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    b = collate_packed([sides], pad_id) if packed else collate_padded(sides, pad_id)
     ref = reference[[p.index for p in pairs]] if reference is not None else None
     fields = {k: getattr(b, k) for k in Batch.__dataclass_fields__}
     fields["indices"] = [p.index for p in pairs]
-    return PairBatch(**fields, pairs=len(pairs), reference=ref)
+    which = None
+    if packed:
+        lengths = torch.tensor([len(s.input_ids) for s in sides])
+        which = torch.repeat_interleave(torch.arange(len(sides)), lengths).unsqueeze(0)
+    return PairBatch(**fields, pairs=len(pairs), reference=ref, sides=which)
 
 
 class PairLayout(BatchLayout):
-    """:class:`BatchLayout`'s deterministic order over pairs (never packed); ``reference`` is set once cached
-    reference log-probabilities exist (row i = the pair whose ``index`` is i)."""
+    """:class:`BatchLayout`'s deterministic order over pairs (``micro_batch_size`` pairs a micro-batch, whose sides
+    are one packed row when ``packed``); ``reference`` is set once cached reference log-probabilities exist (row
+    i = the pair whose ``index`` is i)."""
 
-    def __init__(self, items: list[Pair], micro_batch_size: int, pad_id: int, seed: int, shuffle: bool = True):
+    def __init__(self, items: list[Pair], micro_batch_size: int, pad_id: int, seed: int, shuffle: bool = True, packed: bool = False):
         super().__init__(items, micro_batch_size, pad_id, seed, packing=False, shuffle=shuffle)
         self.reference: torch.Tensor | None = None
+        self.packed = packed
 
     def batch(self, cursor: int) -> PairBatch:
         epoch, offset = divmod(cursor, self.per_epoch)
-        return collate_pairs(self._epoch_groups(epoch)[offset], self.pad_id, self.reference)
+        return collate_pairs(self._epoch_groups(epoch)[offset], self.pad_id, self.reference, self.packed)
 
 
 def shared_prefix(a: list[int], b: list[int]) -> int:

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from kielo.data.encode import IGNORE
 from kielo.data.pairs import PairBatch, PairLayout
 from kielo.model.adapter import causal_lm
 from kielo.plan.memory import HEAD_CHUNK
@@ -60,16 +59,18 @@ def sequence_logps(model, batch, recompute_head: bool = False) -> tuple[torch.Te
     those of every trained token of the batch (Llama's 128k vocabulary: 0.5 MB per token)."""
     lm = causal_lm(model)
     h, y, mask = trained_hidden(model, batch)
+    sides = 2 * batch.pairs if batch.sides is not None else mask.shape[0]
     recompute = recompute_head and torch.is_grad_enabled()
     chunks = []
     for i in range(0, h.shape[0], HEAD_CHUNK):
         hc, yc = h[i : i + HEAD_CHUNK], y[i : i + HEAD_CHUNK]
         chunks.append(checkpoint(_token_logps, lm, hc, yc, use_reentrant=False) if recompute else _token_logps(lm, hc, yc))
     token = torch.cat(chunks) if chunks else h.new_zeros(0, dtype=torch.float32)
-    # hidden[mask] and mask.nonzero() both walk the mask row by row, so each token's row is known.
-    rows = mask.nonzero(as_tuple=True)[0]
-    sums = torch.zeros(mask.shape[0], dtype=token.dtype, device=token.device).index_add(0, rows, token)
-    return sums, mask.sum(dim=1)
+    # hidden[mask] and mask.nonzero() both walk the mask row by row, so each token's row (padded: its side) is
+    # known; a packed row says which side each position holds.
+    side = mask.nonzero(as_tuple=True)[0] if batch.sides is None else batch.sides[:, 1:][mask]
+    sums = torch.zeros(sides, dtype=token.dtype, device=token.device).index_add(0, side, token)
+    return sums, torch.bincount(side, minlength=sides)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +125,7 @@ class PreferenceObjective:
     def accumulate(self, model, micro: list[PairBatch], device: torch.device) -> tuple[float, dict]:
         """Backward over one optimizer step's micro-batches; returns the step's loss and its pair metrics."""
         n_pairs = sum(b.pairs for b in micro)
-        n_chosen = max(1, sum(int((b.labels[: b.pairs, 1:] != IGNORE).sum()) for b in micro))
+        n_chosen = max(1, sum(b.chosen_trained_tokens() for b in micro))
         total, sums = 0.0, {}
         for b in micro:
             pair, nll, metrics = self.terms(model, b.to(device))
@@ -147,7 +148,7 @@ class PreferenceObjective:
             b = layout.batch(i)
             pair, nll, metrics = self.terms(model, b.to(device))
             pairs += b.pairs
-            chosen_tokens += int((b.labels[: b.pairs, 1:] != IGNORE).sum())
+            chosen_tokens += b.chosen_trained_tokens()
             pair_sum += float(pair)
             nll_sum += float(nll)
             for k, v in metrics.items():

@@ -150,8 +150,10 @@ def _train(config: Config, run: RunFolder, latest: Path | None, progress: bool, 
     eval_batch = eval_batch_size(config)
     val_sorted = sorted(val_items, key=lambda it: it.length)
     if is_preference(config):
-        layout = PairLayout(train_items, t.micro_batch_size, pad_id, t.seed)
-        val_layout = PairLayout(val_sorted, eval_batch, pad_id, t.seed, shuffle=False) if val_items else None
+        # A pair's sides are one packed row where packed rows attend through varlen attention (no padding, no mask).
+        packed = t.attention == "varlen"
+        layout = PairLayout(train_items, t.micro_batch_size, pad_id, t.seed, packed=packed)
+        val_layout = PairLayout(val_sorted, eval_batch, pad_id, t.seed, shuffle=False, packed=packed) if val_items else None
     elif config.data.streaming:  # train_items is the stream's first rows: the memory plan's sample
         layout = stream_layout(config, bundle.encoder, pad_id)
         data_report["train"] = {"streamed": True, "sample_rows": data_report["train"]["total"]}
