@@ -137,3 +137,18 @@ def test_attention_choice_resolves_and_refuses_what_cannot_run():
     assert "CUDA" in str(e.value) and "--training.attention auto" in e.value.fix
     with pytest.raises(KieloError, match="'bloom'"):
         resolve_precision(cfg(attention="varlen"), "bloom", cuda, bf16)
+
+
+def test_only_rows_holding_several_examples_take_the_bounds(tiny_llama):
+    """A row that is one example is plain causal attention (SDPA's cuDNN kernel was faster there): no bounds."""
+    from transformers import AutoModelForCausalLM
+
+    from kielo.train.packing import model_inputs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa")
+    assert "cu_seq_lens_q" not in model_inputs(model, packed_batch(50))  # SDPA: the mask from the positions
+    varlen.install(model)
+    assert model_inputs(model, packed_batch(50))["max_length_q"] == 40
+    full = collate_packed([[Encoded([5] * 16, [5] * 16, 0, 16)], [Encoded([6] * 16, [6] * 16, 0, 16, index=1)]], 0)
+    assert full.cu_seqlens.tolist() == [0, 16, 32]
+    assert "cu_seq_lens_q" not in model_inputs(model, full)

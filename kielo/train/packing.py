@@ -105,7 +105,10 @@ def model_inputs(model, batch: Batch) -> dict:
     with position ids, or for ALiBi decoders with a block-diagonal causal mask instead."""
     if batch.position_ids is None or require_packing_support(model) == POSITION_IDS:
         inputs = batch.model_inputs()
-        if batch.cu_seqlens is not None and uses_varlen(causal_lm(model)):
+        # Only rows that hold several segments: a row that is one example is plain causal attention, where SDPA's
+        # cuDNN kernel beat varlen's flash kernel (Llama-8B full rows, H100: 10,193 vs 9,561 tok/s; bench/NOTES.md).
+        several = batch.cu_seqlens is not None and batch.cu_seqlens.numel() - 1 > batch.input_ids.shape[0]
+        if several and uses_varlen(causal_lm(model)):
             # transformers' flash-attention keywords: every decoder layer passes them on to its attention.
             inputs |= {"cu_seq_lens_q": batch.cu_seqlens, "max_length_q": batch.max_seqlen}
         return inputs
