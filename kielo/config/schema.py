@@ -274,10 +274,11 @@ class TrainingConfig:
     )
     attention: str = opt(
         "auto",
-        "Attention of packed rows: varlen = torch's variable-length flash attention over each example's bounds "
-        "(needs CUDA, torch >= 2.10 and the compute-dtype stream; decoders with position ids); sdpa = SDPA with a "
-        "block-diagonal mask; auto = varlen where it runs, else sdpa. Padded batches, evaluation and generation "
-        "use SDPA either way.",
+        "Attention of packed rows that hold several examples (and of DPO/ORPO pairs, whose sides then share one "
+        "packed row): varlen = torch's variable-length flash attention over each example's bounds (needs CUDA, "
+        "torch >= 2.10 and the compute-dtype stream; decoders with position ids); sdpa = SDPA with a "
+        "block-diagonal mask (pairs padded); auto = varlen where it runs, else sdpa. Rows of one example, padded "
+        "batches, evaluation and generation use SDPA either way.",
         ("auto", "varlen", "sdpa"),
     )
     on_divergence: str = opt(
