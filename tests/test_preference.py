@@ -129,6 +129,69 @@ def test_orpo_loss_and_gradients_match_trl(tiny_llama, pairs_file, tmp_path, pac
     assert abs(metrics["rewards/margin"] - float((chosen_r - rejected_r).mean())) < 1e-5
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_simpo_loss_and_gradients_match_trl(tiny_llama, pairs_file, tmp_path, packed):
+    """SimPO against TRL's CPOTrainer.cpo_loss with loss_type simpo (cpo_alpha 0: no answer loss), on each
+    answer's mean token log-probability from the full logits."""
+    trl_cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+    model, items, pad = policy(tiny_llama, pairs_file, tmp_path, "simpo")
+    batch = items[:4]
+    beta, gamma = 2.0, 0.7
+    micro = [collate_pairs(batch[:2], pad, packed=packed), collate_pairs(batch[2:], pad, packed=packed)]
+    loss, metrics = PreferenceObjective("simpo", beta, gamma=gamma).accumulate(model, micro, torch.device("cpu"))
+    ours = grads(model)
+    model.zero_grad(set_to_none=True)
+
+    pc, nc = full_logps(model, [p.chosen for p in batch])
+    pr, nr = full_logps(model, [p.rejected for p in batch])
+    trainer = SimpleNamespace(
+        alpha=0.0, beta=beta, loss_type="simpo", simpo_gamma=gamma, label_smoothing=0.0,
+        accelerator=SimpleNamespace(device=torch.device("cpu")),
+    )  # fmt: skip
+    losses, chosen_r, rejected_r = trl_cpo.CPOTrainer.cpo_loss(trainer, pc / nc, pr / nr)
+    expected = losses.mean()
+    expected.backward()
+
+    assert abs(loss - float(expected)) < 1e-5
+    # The check sees the length normalisation: the same loss over summed log-probabilities is another number.
+    assert abs(loss - float(-F.logsigmoid(beta * (pc - pr) - gamma).mean())) > 1e-3
+    assert all(g.abs().sum() > 0 for k, g in ours.items() if "lora_A" in k)
+    assert_grads_close(ours, grads(model))
+    assert abs(metrics["rewards/margin"] - float((chosen_r - rejected_r).mean())) < 1e-5
+    assert abs(metrics["logps/chosen"] - float((pc / nc).mean())) < 1e-5
+    assert metrics["rewards/accuracy"] == float((chosen_r > rejected_r).float().mean())
+
+
+def test_cli_simpo_run_learns_the_preference_without_a_reference(tiny_llama, tmp_path):
+    """`kielo train --training.objective simpo`: the adapter moves, validation's margin rises from its start, and
+    the trained adapter ranks the pairs the other way round once they are swapped."""
+    from safetensors.torch import load_file
+
+    data = jsonl(tmp_path / "pairs.jsonl", PAIRS * 3)
+    argv = ["train", "--model", str(tiny_llama), "--data.train", str(data), "--data.validation_split", "0.25"]
+    argv += ["--training.objective", "simpo", "--training.beta", "2", "--training.max_steps", "6", "--training.micro_batch_size", "2"]
+    argv += ["--training.learning_rate", "5e-3", "--lora.r", "4", "--lora.dropout", "0", "--training.device", "cpu"]
+    out = tmp_path / "run"
+    assert main([*argv, "--output_dir", str(out)]) == 0
+    lora_b = [w for k, w in load_file(out / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert lora_b and all(w.abs().sum() > 0 for w in lora_b), "LoRA B starts at zero; training must move it"
+    val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in val if r["split"] == "validation"]
+    assert val[-1]["rewards/margin"] > val[0]["rewards/margin"]
+    assert not (out / "reference_logps.pt").exists()  # no reference
+    cfg = tiny_config(tiny_llama, data, tmp_path / "o", data={"validation_split": 0.0}, training={"objective": "simpo", "beta": 2.0})
+    bundle = load_bundle(cfg, for_training=False, adapter=str(out))
+    items, _, _ = prepare_data(bundle, read_data(cfg))
+    pad = bundle.tokenizer.pad_token_id
+    obj = PreferenceObjective("simpo", 2.0, gamma=0.5)
+    right = obj.evaluate(bundle.model, PairLayout(items, 4, pad, 0, shuffle=False), bundle.device)
+    swapped = [Pair(p.rejected, p.chosen, p.index) for p in items]
+    wrong = obj.evaluate(bundle.model, PairLayout(swapped, 4, pad, 0, shuffle=False), bundle.device)
+    assert right["rewards/margin"] > 0
+    assert wrong["rewards/margin"] == pytest.approx(-right["rewards/margin"], abs=1e-5)
+    assert right["loss"] < wrong["loss"]
+
+
 def test_cached_reference_equals_adapter_off(tiny_llama, pairs_file, tmp_path):
     model, items, pad = policy(tiny_llama, pairs_file, tmp_path)
     layout = PairLayout(items, 4, pad, seed=0, shuffle=False)

@@ -192,7 +192,7 @@ class DataConfig:
             raise KieloError(f"data.max_length = {self.max_length} is too short", "use at least 8 tokens")
 
 
-OBJECTIVES = ("sft", "dpo", "orpo")
+OBJECTIVES = ("sft", "dpo", "orpo", "simpo")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 
 
@@ -202,13 +202,20 @@ class TrainingConfig:
         "sft",
         "What is trained: sft = next-token loss on the answers; dpo = Direct Preference Optimization on "
         "chosen/rejected pairs against a frozen reference; orpo = odds-ratio preference loss plus the chosen "
-        "answer's loss, no reference. dpo and orpo need preference data (chosen and rejected answers).",
+        "answer's loss, no reference; simpo = SimPO, the margin of the answers' mean token log-probabilities "
+        "(length-normalised, no reference). dpo, orpo and simpo need preference data (chosen and rejected answers).",
         OBJECTIVES,
     )
     beta: float = opt(
         0.1,
         "Preference strength: dpo's beta (the implicit reward is beta times the log-probability ratio to the "
-        "reference); orpo's weight of the odds-ratio term (TRL's ORPOConfig calls it beta too).",
+        "reference); orpo's weight of the odds-ratio term (TRL's ORPOConfig calls it beta too); simpo's scale of "
+        "the mean log-probability margin (TRL's CPOConfig beta; SimPO's paper uses 2 to 10).",
+    )
+    simpo_gamma: float = opt(
+        0.5,
+        "simpo's target margin: the loss is -log sigmoid(beta x (mean log p(chosen) - mean log p(rejected)) - "
+        "simpo_gamma), as TRL's CPOConfig(loss_type='simpo', cpo_alpha=0) computes it.",
     )
     reference: str = opt(
         "auto",
@@ -286,7 +293,7 @@ class TrainingConfig:
         "What a diverging step does (a non-finite loss or gradient, a loss far above its running value, or a "
         "collapse to the uniform-distribution loss ln(vocabulary) with no gradient): stop = end the run with an "
         "error naming the step (exit 2); skip = leave the weights as they were and go on (at most 3 steps in a "
-        "row, then stop). Either way the last checkpoint written before the divergence is kept. dpo and orpo check "
+        "row, then stop). Either way the last checkpoint written before the divergence is kept. dpo, orpo and simpo check "
         "finiteness only: their loss over a few pairs jumps on one misranked pair in a healthy run.",
         ("stop", "skip"),
     )

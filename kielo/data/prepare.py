@@ -33,7 +33,7 @@ def split_validation(examples: list, fraction: float, seed: int) -> tuple[list, 
 
 
 def is_preference(config: Config) -> bool:
-    """Whether the run trains on preference pairs (dpo, orpo) rather than single answers."""
+    """Whether the run trains on preference pairs (dpo, orpo, simpo) rather than single answers."""
     return config.training.objective != "sft"
 
 

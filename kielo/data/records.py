@@ -112,7 +112,7 @@ def row_to_example(row: Any, where: str, system_prompt: str | None = None, requi
             raise _fail(
                 where,
                 f"a preference row (has chosen/rejected, no {', '.join(missing)}): SFT trains on one `output` (row has: {keys})",
-                "set training.objective dpo or orpo for preference data, or give SFT rows with `output` (or `messages`)",
+                "set training.objective dpo, orpo or simpo for preference data, or give SFT rows with `output` (or `messages`)",
             )
         if missing:
             keys = ", ".join(sorted(row)) or "none"

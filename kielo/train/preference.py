@@ -1,4 +1,4 @@
-"""Preference objectives (DPO, ORPO) as a training step: the same seams as SFT, another loss.
+"""Preference objectives (DPO, ORPO, SimPO) as a training step: the same seams as SFT, another loss.
 
 A micro-batch of B pairs is one padded batch of 2B rows (chosen rows, then rejected), so both sides go through
 one forward. The decoder runs once and, as for SFT (``kielo.train.loss``), only hidden states at trained
@@ -15,6 +15,10 @@ summed per row.
 - **ORPO** (Hong et al. 2024), as TRL's ORPOTrainer computes it: the chosen answer's mean token loss minus
   ``beta`` times the mean over pairs of ``log sigmoid(log odds(chosen) - log odds(rejected))``, where the odds
   use each answer's mean token log-probability. No reference.
+- **SimPO** (Meng et al. 2024), as TRL's CPOTrainer computes it with ``loss_type="simpo"`` and ``cpo_alpha=0``:
+  ``-log sigmoid(beta * (mc - mr) - gamma)`` per pair, ``mc``/``mr`` each answer's mean token log-probability.
+  The mean makes the reward length-normalised (a long answer is not preferred for its length), and with no
+  reference there is no reference forward: a step costs what an SFT step on both answers costs.
 
 Gradient accumulation divides the pair terms by the pairs of the whole accumulated batch and ORPO's answer loss
 by the chosen tokens of the whole batch, so the step equals one big batch.
@@ -80,15 +84,16 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PreferenceObjective:
-    """A DPO or ORPO step over :class:`~kielo.data.pairs.PairBatch` micro-batches."""
+    """A DPO, ORPO or SimPO step over :class:`~kielo.data.pairs.PairBatch` micro-batches."""
 
-    kind: str  # "dpo" or "orpo"
+    kind: str  # "dpo", "orpo" or "simpo"
     beta: float
     reference: str = "adapter_off"  # dpo only: "adapter_off" or "cached"
     # Recompute each head chunk in the backward instead of keeping its fp32 logits (the Liger path's memory).
     recompute_head: bool = False
     # A few pairs' -log sigmoid(beta * margin) jumps on one misranked pair: not a divergence sign (kielo.train.guard).
     loss_spikes: bool = False
+    gamma: float = 0.5  # simpo only: the target margin (training.simpo_gamma)
 
     def reference_logps(self, model, batch: PairBatch) -> torch.Tensor:
         """(2B,) reference log-probabilities: cached ones, or the policy's with its adapter off."""
@@ -100,7 +105,7 @@ class PreferenceObjective:
             return sequence_logps(model, batch)[0].detach()
 
     def terms(self, model, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(sum of the per-pair loss terms, ORPO's summed chosen-token loss (0 for DPO), per-pair metrics)."""
+        """(sum of the per-pair loss terms, ORPO's summed chosen-token loss (0 otherwise), per-pair metrics)."""
         n = batch.pairs
         ref = self.reference_logps(model, batch) if self.kind == "dpo" else None
         logps, counts = sequence_logps(model, batch, self.recompute_head)
@@ -111,6 +116,12 @@ class PreferenceObjective:
             rc, rr = self.beta * chosen_ratio.detach(), self.beta * rejected_ratio.detach()
             nll = pc.new_zeros(())
             metrics = {"logps/chosen": pc.detach(), "logps/rejected": pr.detach()}
+        elif self.kind == "simpo":
+            mc, mr = pc / counts[:n].clamp(min=1), pr / counts[n:].clamp(min=1)
+            pair = -F.logsigmoid(self.beta * (mc - mr) - self.gamma)
+            nll = pc.new_zeros(())
+            rc, rr = self.beta * mc.detach(), self.beta * mr.detach()
+            metrics = {"logps/chosen": mc.detach(), "logps/rejected": mr.detach()}
         else:
             mc, mr = pc / counts[:n].clamp(min=1), pr / counts[n:].clamp(min=1)
             log_odds = (mc - mr) - (_log1mexp(mc) - _log1mexp(mr))
@@ -222,7 +233,7 @@ def build_objective(config, path: TrainingPath) -> SftObjective | PreferenceObje
         reference = "cached" if config.lora.init_from else "adapter_off"
     # With Liger's kernel set (CUDA) the SFT head never holds the logits; the preference loss needs each row's own
     # log-probability (not one summed loss), so its head keeps per-token values and recomputes its chunks instead.
-    return PreferenceObjective(t.objective, t.beta, reference, recompute_head=path.precision.liger)
+    return PreferenceObjective(t.objective, t.beta, reference, recompute_head=path.precision.liger, gamma=t.simpo_gamma)
 
 
 def preference_summary(objective: str, history: dict) -> dict:
