@@ -375,7 +375,7 @@ def test_preference_rows_given_to_sft_name_the_objective(tiny_llama, tmp_path, c
     data = jsonl(tmp_path / "pairs.jsonl", PAIRS[2:])
     assert main(["train", "--model", str(tiny_llama), "--data.train", str(data), "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "a preference row (has chosen/rejected, no output)" in err and "training.objective dpo or orpo" in err, err
+    assert "a preference row (has chosen/rejected, no output)" in err and "training.objective dpo, orpo or simpo" in err, err
 
 
 def test_pair_statistics_count_lengths_prefixes_and_truncation(tiny_llama, tmp_path):
