@@ -1,46 +1,23 @@
 """Model shapes the bench builds with random weights (speed and memory do not depend on weight values)."""
 
-# Llama-3.1-8B / Llama-Poro-2-8B
-_LLAMA_8B = dict(
-    vocab_size=128256,
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    max_position_embeddings=8192,
-    rope_theta=500000.0,
-)
+from kielo.plan.known import KNOWN_CONFIGS
+
+
+def _hub_shape(name: str, arch: str = "llama", **changes) -> dict:
+    """The shape ``kielo plan`` knows for hub id ``name`` (``kielo.plan.known``), as the bench builds it: ``arch``
+    names the model class instead of ``model_type``, and ``changes`` override fields."""
+    spec = {k: v for k, v in KNOWN_CONFIGS[name].items() if k != "model_type"}
+    return {**({"arch": arch} if arch != "llama" else {}), **spec, **changes}
+
 
 SHAPES = {
-    "llama8b": _LLAMA_8B,
+    # Llama-3.1-8B / Llama-Poro-2-8B; positions up to 8,192 (the bench's rows are 2,048 wide)
+    "llama8b": _hub_shape("meta-llama/Llama-3.1-8B", max_position_embeddings=8192),
     # Llama-3.1-70B: 4-bit weights of ~37 GiB; the multi-GPU bench's FSDP2 case (kielo.bench.multigpu)
-    "llama70b": dict(_LLAMA_8B, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64),
+    "llama70b": _hub_shape("meta-llama/Llama-3.1-70B", max_position_embeddings=8192),
     # Gemma 3 text models: 270M (kielo's embedded default), 1B and the 4B language tower
-    "gemma270m": dict(
-        arch="gemma3",
-        vocab_size=262144,
-        hidden_size=640,
-        intermediate_size=2048,
-        num_hidden_layers=18,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=256,
-        max_position_embeddings=32768,
-        sliding_window=512,
-    ),
-    "gemma1b": dict(
-        arch="gemma3",
-        vocab_size=262144,
-        hidden_size=1152,
-        intermediate_size=6912,
-        num_hidden_layers=26,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=256,
-        max_position_embeddings=32768,
-        sliding_window=512,
-    ),
+    "gemma270m": _hub_shape("google/gemma-3-270m", arch="gemma3"),
+    "gemma1b": _hub_shape("google/gemma-3-1b-pt", arch="gemma3"),
     "gemma4b": dict(
         arch="gemma3",
         vocab_size=262144,
