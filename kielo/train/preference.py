@@ -116,20 +116,18 @@ class PreferenceObjective:
             rc, rr = self.beta * chosen_ratio.detach(), self.beta * rejected_ratio.detach()
             nll = pc.new_zeros(())
             metrics = {"logps/chosen": pc.detach(), "logps/rejected": pr.detach()}
-        elif self.kind == "simpo":
+        else:  # orpo and simpo score each answer by its mean token log-probability
             mc, mr = pc / counts[:n].clamp(min=1), pr / counts[n:].clamp(min=1)
-            pair = -F.logsigmoid(self.beta * (mc - mr) - self.gamma)
-            nll = pc.new_zeros(())
             rc, rr = self.beta * mc.detach(), self.beta * mr.detach()
             metrics = {"logps/chosen": mc.detach(), "logps/rejected": mr.detach()}
-        else:
-            mc, mr = pc / counts[:n].clamp(min=1), pr / counts[n:].clamp(min=1)
-            log_odds = (mc - mr) - (_log1mexp(mc) - _log1mexp(mr))
-            ratio = F.logsigmoid(log_odds)
-            pair = -self.beta * ratio
-            nll = -pc.sum()
-            rc, rr = self.beta * mc.detach(), self.beta * mr.detach()
-            metrics = {"logps/chosen": mc.detach(), "logps/rejected": mr.detach(), "log_odds_ratio": log_odds.detach()}
+            if self.kind == "simpo":
+                pair = -F.logsigmoid(self.beta * (mc - mr) - self.gamma)
+                nll = pc.new_zeros(())
+            else:
+                log_odds = (mc - mr) - (_log1mexp(mc) - _log1mexp(mr))
+                pair = -self.beta * F.logsigmoid(log_odds)
+                nll = -pc.sum()
+                metrics["log_odds_ratio"] = log_odds.detach()
         metrics |= {"rewards/chosen": rc, "rewards/rejected": rr, "rewards/margin": rc - rr, "rewards/accuracy": (rc > rr).float()}
         return pair.sum(), nll, metrics
 
