@@ -49,7 +49,7 @@ class Variant:
     # How the multi-GPU bench (kielo bench --nproc N) spreads it: "" = data-parallel (kielo: kielo train's DDP
     # path), "fsdp" = FSDP2 sharding (kielo: training.distributed fsdp; stock: accelerate's FSDP2 QLoRA recipe).
     distributed: str = ""
-    # A research change to the loaded base model before LoRA is added: (model, TrainingPath) -> TrainingPath.
+    # A research change to the loaded model, once its adapter is on: (model, TrainingPath) -> TrainingPath.
     adjust: Callable | None = None
 
 
@@ -187,6 +187,15 @@ def liger_default_chunks(model, path):
     return replace(path, loss=liger_default_chunk_loss_sum)
 
 
+def bitsandbytes_dequantize(model, path):
+    """The training path with bitsandbytes' dequantize in the fused 4-bit + LoRA node instead of kielo's Triton
+    kernel: the A/B of that kernel (kielo.model.nf4_dequant)."""
+    from kielo.model.lora_forward import set_dequantize
+
+    set_dequantize(model, "bitsandbytes")
+    return path
+
+
 VARIANTS = {
     "stock": Variant("stock"),
     # kielo's path with every matmul in fp32 and TF32 off (same dequantized weights): the yardstick for how far
@@ -206,6 +215,7 @@ VARIANTS = {
     "kielo+sdpa": Variant("kielo", stream="auto", kernels="auto", attention="sdpa"),
     "kielo+ligerchunks": Variant("kielo", stream="auto", kernels="auto", adjust=liger_default_chunks, planned=False),
     "kielo+compute+unfused": Variant("kielo", stream="compute", kernels="auto", lora_forward="unfused", planned=False),
+    "kielo+bnbdequant": Variant("kielo", stream="auto", kernels="auto", adjust=bitsandbytes_dequantize, planned=False),
     # FSDP2-QLoRA over --nproc processes (kielo.bench.multigpu): kielo's training.distributed fsdp, and the stock
     # recipe (bnb_4bit_quant_storage bf16, accelerate's FSDP2 plugin, activation checkpointing).
     "kielo+fsdp": Variant("kielo", stream="auto", kernels="auto", distributed="fsdp", planned=False),

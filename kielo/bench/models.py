@@ -146,10 +146,10 @@ def load_kielo(variant: Variant, folder: Path, device: torch.device) -> Loaded:
     )
     path = training_path(training_precision(config, folder, device), variant.lora_forward)
     model = load_base_model(ModelSource(str(folder)), config, device, precision=path.precision)
-    if variant.adjust is not None:
-        path = variant.adjust(model, path)
     torch.manual_seed(0)
     model = add_lora(model, config.lora, path.lora_forward)
+    if variant.adjust is not None:  # after the adapter, so that it can change how the LoRA layers compute
+        path = variant.adjust(model, path)
     # kielo packs decoders that take position ids, and BLOOM (ALiBi, through a block mask); any other pads.
     return Loaded(model, "packed" if packing_support(model) is not None else "padded", path)
 

@@ -27,7 +27,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from kielo.model.load import dequantize_4bit_weight
+from kielo.model.nf4_dequant import dequantize_layer, linear_4bit, resolve
 
 
 class LoraLinear4bit(torch.autograd.Function):
@@ -37,17 +37,17 @@ class LoraLinear4bit(torch.autograd.Function):
     Saved for backward: the LoRA input (x is kept anyway: the other projections of the same input share it),
     h @ A^T (rows x r) and the r-wide casts of A and B; the base weight is dequantized again in backward, as
     bitsandbytes does. Everything goes through save_for_backward, so non-reentrant checkpointing recomputes it
-    like any node.
+    like any node. ``kernel`` dequantizes the base weight (:mod:`kielo.model.nf4_dequant`).
     """
 
     @staticmethod
-    def forward(ctx, x, h, a, b, base, scale):
+    def forward(ctx, x, h, a, b, base, scale, kernel="bitsandbytes"):
         lora_in = x if h is None else h
         a_c, b_c = a.to(x.dtype), (b * scale).to(x.dtype)
         xa = lora_in.reshape(-1, x.shape[-1]) @ a_c.t()
-        out = base(x)
+        out = linear_4bit(x, base, kernel)
         out.view(-1, out.shape[-1]).addmm_(xa, b_c.t())
-        ctx.base, ctx.scale, ctx.x_shape, ctx.dropout = base, scale, x.shape, h is not None
+        ctx.base, ctx.scale, ctx.x_shape, ctx.dropout, ctx.kernel = base, scale, x.shape, h is not None, kernel
         ctx.save_for_backward(lora_in, xa, a_c, b_c)
         return out
 
@@ -58,7 +58,7 @@ class LoraLinear4bit(torch.autograd.Function):
         gxa = g2 @ b_c  # (rows, r): the gradient reaching h @ A^T, scale included through b_c
         gx = gh = ga = gb = None
         if ctx.needs_input_grad[0]:
-            gx = g2 @ dequantize_4bit_weight(ctx.base).to(lora_in.dtype)
+            gx = g2 @ dequantize_layer(ctx.base, ctx.kernel).to(lora_in.dtype)
             if not ctx.dropout:  # x is the LoRA input too: its LoRA part lands on the base part in the GEMM
                 gx.addmm_(gxa, a_c)
             gx = gx.view(ctx.x_shape)
@@ -68,7 +68,7 @@ class LoraLinear4bit(torch.autograd.Function):
             ga = (gxa.t() @ lora_in.reshape(-1, lora_in.shape[-1])).float()
         if ctx.needs_input_grad[3]:
             gb = (g2.t() @ xa).float().mul_(ctx.scale)
-        return gx, gh, ga, gb, None, None
+        return gx, gh, ga, gb, None, None, None
 
 
 def _fusable(self, x: torch.Tensor, args, kwargs) -> bool:
@@ -101,7 +101,8 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if _fusable(self, x, args, kwargs):
         dropout = self.lora_dropout[name]
         h = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
-        return LoraLinear4bit.apply(x, h, self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer, self.scaling[name])
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        return LoraLinear4bit.apply(x, h, a, b, self.base_layer, self.scaling[name], self._kielo_dequant)
     result = self.base_layer(x, *args, **kwargs)
     h = self.lora_dropout[name](x)
     a = self.lora_A[name].weight
@@ -110,9 +111,10 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return result + lora.to(result.dtype)
 
 
-def lora_in_input_dtype(model, fused: bool = True) -> int:
+def lora_in_input_dtype(model, fused: bool = True, dequantize: str = "auto") -> int:
     """Give every plain LoRA linear layer of ``model`` the forward above, with the fused 4-bit + LoRA node where
-    it applies when ``fused``; returns how many layers were changed."""
+    it applies when ``fused``, its base weights dequantized by ``dequantize`` (auto, triton or bitsandbytes:
+    :mod:`kielo.model.nf4_dequant`); returns how many layers were changed."""
     from peft.tuners.lora import LoraLayer
 
     changed = 0
@@ -126,6 +128,7 @@ def lora_in_input_dtype(model, fused: bool = True) -> int:
             module.forward = types.MethodType(_forward, module)
             changed += 1
     set_fused_lora(model, fused)
+    set_dequantize(model, dequantize)
     return changed
 
 
@@ -137,6 +140,15 @@ def set_fused_lora(model, fused: bool) -> None:
             module._kielo_fused = fused
 
 
+def set_dequantize(model, kernel: str) -> None:
+    """Choose the fused node's dequantize kernel in every layer :func:`lora_in_input_dtype` set up (the bench's
+    A/B of Triton against bitsandbytes)."""
+    kernel = resolve(kernel)
+    for module in model.modules():
+        if hasattr(module, "_kielo_peft_forward"):
+            module._kielo_dequant = kernel
+
+
 def restore_peft_forward(model) -> None:
     """Undo :func:`lora_in_input_dtype`: peft's own forward in every layer."""
     for module in model.modules():
@@ -144,3 +156,4 @@ def restore_peft_forward(model) -> None:
             module.forward = module._kielo_peft_forward
             del module._kielo_peft_forward
             del module._kielo_fused
+            del module._kielo_dequant
