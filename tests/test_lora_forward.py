@@ -141,3 +141,25 @@ def test_dora_keeps_pefts_forward(tiny_llama, tmp_path):
     s.backward()
     magnitudes = [p.grad for n, p in model.named_parameters() if "magnitude" in n]
     assert magnitudes and all(g is not None for g in magnitudes)
+
+
+def test_kept_weights_give_the_same_steps_with_one_dequantize_less(tiny_llama, tmp_path, monkeypatch):
+    """set_keep_weight (bench lever 18): under checkpointing each 4-bit weight is dequantized in the forward and
+    the recomputation, not again in backward, and the loss and LoRA gradients are those of the default node."""
+    import kielo.model.lora_forward as lf
+
+    model = _model(tiny_llama, tmp_path, dropout=0.0, compute="bf16", stream_dtype="compute", gradient_checkpointing=True)
+    model.train()
+    batch = _batch(model.config.vocab_size)
+    calls = []
+    dequantize = lf.dequantize_layer
+    monkeypatch.setattr(lf, "dequantize_layer", lambda *a: calls.append(1) or dequantize(*a))
+    default = _loss_and_grads(model, batch)
+    n_lora = sum(1 for m in model.modules() if hasattr(m, "_kielo_peft_forward"))
+    assert len(calls) == n_lora  # the backward's; the forward's go through the 4-bit layer itself
+    lf.set_keep_weight(model, True)
+    kept = _loss_and_grads(model, batch)
+    assert len(calls) == n_lora + 2 * n_lora  # forward and recomputation, none in backward
+    assert default[1].abs().sum() > 0
+    assert kept[0] == default[0]
+    assert torch.equal(kept[1], default[1])

@@ -196,6 +196,16 @@ def bitsandbytes_dequantize(model, path):
     return path
 
 
+def keep_dequantized(model, path):
+    """The training path with each dequantized 4-bit weight kept from its layer's recomputation to its backward
+    (two dequantizations a step instead of three; one layer's weights more in memory): lever 18. Checkpointed
+    cases only (kielo.model.lora_forward.set_keep_weight)."""
+    from kielo.model.lora_forward import set_keep_weight
+
+    set_keep_weight(model, True)
+    return path
+
+
 VARIANTS = {
     "stock": Variant("stock"),
     # kielo's path with every matmul in fp32 and TF32 off (same dequantized weights): the yardstick for how far
@@ -215,6 +225,7 @@ VARIANTS = {
     "kielo+sdpa": Variant("kielo", stream="auto", kernels="auto", attention="sdpa"),
     "kielo+ligerchunks": Variant("kielo", stream="auto", kernels="auto", adjust=liger_default_chunks, planned=False),
     "kielo+compute+unfused": Variant("kielo", stream="compute", kernels="auto", lora_forward="unfused", planned=False),
+    "kielo+keepw": Variant("kielo", stream="auto", kernels="auto", adjust=keep_dequantized, planned=False),
     "kielo+bnbdequant": Variant("kielo", stream="auto", kernels="auto", adjust=bitsandbytes_dequantize, planned=False),
     # FSDP2-QLoRA over --nproc processes (kielo.bench.multigpu): kielo's training.distributed fsdp, and the stock
     # recipe (bnb_4bit_quant_storage bf16, accelerate's FSDP2 plugin, activation checkpointing).

@@ -38,27 +38,35 @@ class LoraLinear4bit(torch.autograd.Function):
     h @ A^T (rows x r) and the r-wide casts of A and B; the base weight is dequantized again in backward, as
     bitsandbytes does. Everything goes through save_for_backward, so non-reentrant checkpointing recomputes it
     like any node. ``kernel`` dequantizes the base weight (:mod:`kielo.model.nf4_dequant`).
+
+    ``keep`` (a research lever, :func:`set_keep_weight`) saves the dequantized weight for backward instead: under
+    non-reentrant checkpointing the first forward's saved tensors are dropped, so the weight is kept only from a
+    layer's recomputation to its backward (one layer's weights in the compute dtype, 436 MiB on Llama-3.1-8B),
+    and each weight is dequantized twice a step instead of three times. Without checkpointing it would keep
+    every layer's weights, so only checkpointed training may set it.
     """
 
     @staticmethod
-    def forward(ctx, x, h, a, b, base, scale, kernel="bitsandbytes"):
+    def forward(ctx, x, h, a, b, base, scale, kernel="bitsandbytes", keep=False):
         lora_in = x if h is None else h
         a_c, b_c = a.to(x.dtype), (b * scale).to(x.dtype)
         xa = lora_in.reshape(-1, x.shape[-1]) @ a_c.t()
-        out = linear_4bit(x, base, kernel)
+        weight = dequantize_layer(base, kernel).to(x.dtype) if keep else None
+        out = F.linear(x, weight) if keep else linear_4bit(x, base, kernel)
         out.view(-1, out.shape[-1]).addmm_(xa, b_c.t())
         ctx.base, ctx.scale, ctx.x_shape, ctx.dropout, ctx.kernel = base, scale, x.shape, h is not None, kernel
-        ctx.save_for_backward(lora_in, xa, a_c, b_c)
+        ctx.save_for_backward(lora_in, xa, a_c, b_c, *([weight] if keep else []))
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        lora_in, xa, a_c, b_c = ctx.saved_tensors
+        lora_in, xa, a_c, b_c, *kept = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1]).to(lora_in.dtype)
         gxa = g2 @ b_c  # (rows, r): the gradient reaching h @ A^T, scale included through b_c
         gx = gh = ga = gb = None
         if ctx.needs_input_grad[0]:
-            gx = g2 @ dequantize_layer(ctx.base, ctx.kernel).to(lora_in.dtype)
+            weight = kept[0] if kept else dequantize_layer(ctx.base, ctx.kernel)
+            gx = g2 @ weight.to(lora_in.dtype)
             if not ctx.dropout:  # x is the LoRA input too: its LoRA part lands on the base part in the GEMM
                 gx.addmm_(gxa, a_c)
             gx = gx.view(ctx.x_shape)
@@ -68,7 +76,7 @@ class LoraLinear4bit(torch.autograd.Function):
             ga = (gxa.t() @ lora_in.reshape(-1, lora_in.shape[-1])).float()
         if ctx.needs_input_grad[3]:
             gb = (g2.t() @ xa).float().mul_(ctx.scale)
-        return gx, gh, ga, gb, None, None, None
+        return gx, gh, ga, gb, None, None, None, None
 
 
 def _fusable(self, x: torch.Tensor, args, kwargs) -> bool:
@@ -102,7 +110,8 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         dropout = self.lora_dropout[name]
         h = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
-        return LoraLinear4bit.apply(x, h, a, b, self.base_layer, self.scaling[name], self._kielo_dequant)
+        keep = self._kielo_keep_weight
+        return LoraLinear4bit.apply(x, h, a, b, self.base_layer, self.scaling[name], self._kielo_dequant, keep)
     result = self.base_layer(x, *args, **kwargs)
     h = self.lora_dropout[name](x)
     a = self.lora_A[name].weight
@@ -129,6 +138,7 @@ def lora_in_input_dtype(model, fused: bool = True, dequantize: str = "auto") -> 
             changed += 1
     set_fused_lora(model, fused)
     set_dequantize(model, dequantize)
+    set_keep_weight(model, False)
     return changed
 
 
@@ -149,6 +159,14 @@ def set_dequantize(model, kernel: str) -> None:
             module._kielo_dequant = kernel
 
 
+def set_keep_weight(model, keep: bool) -> None:
+    """Keep each dequantized base weight from a layer's recomputation to its backward (``keep`` of
+    :class:`LoraLinear4bit`; checkpointed training only) in every layer :func:`lora_in_input_dtype` set up."""
+    for module in model.modules():
+        if hasattr(module, "_kielo_peft_forward"):
+            module._kielo_keep_weight = keep
+
+
 def restore_peft_forward(model) -> None:
     """Undo :func:`lora_in_input_dtype`: peft's own forward in every layer."""
     for module in model.modules():
@@ -157,3 +175,4 @@ def restore_peft_forward(model) -> None:
             del module._kielo_peft_forward
             del module._kielo_fused
             del module._kielo_dequant
+            del module._kielo_keep_weight
