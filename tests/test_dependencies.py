@@ -27,6 +27,7 @@ OPTIONAL = {
     "sacrebleu": ("eval", "sacrebleu"),
     "matplotlib": ("eval", "matplotlib"),
     "liger_kernel": ("gpu", "liger-kernel"),
+    "triton": ("gpu", "triton"),
     "pyarrow": ("parquet", "pyarrow"),
     "tensorboard": ("tensorboard", "tensorboard"),
     "wandb": ("wandb", "wandb"),
