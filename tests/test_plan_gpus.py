@@ -47,12 +47,12 @@ def test_every_known_config_builds():
     assert known_config("someone/unknown-model") is None
 
 
-def _config(max_length: int, mbs: int = 1):
-    return from_dict({"data": {"max_length": max_length}, "training": {"micro_batch_size": mbs}})
+def _config(max_length: int, mbs: int = 1, offload: str = "off"):
+    return from_dict({"data": {"max_length": max_length}, "training": {"micro_batch_size": mbs, "checkpoint_offload": offload}})
 
 
-def _plans(max_length: int, gpus: int = 2):
-    config = _config(max_length)
+def _plans(max_length: int, gpus: int = 2, offload: str = "off"):
+    config = _config(max_length, offload=offload)
     shape = shape_from_config(known_config("meta-llama/Llama-3.1-70B"))
     data = full_rows(config)
     return {s: make_plan(config, shape, BF16, data, BUDGET_80, "fit", gpus, s) for s in ("ddp", "fsdp")}, shape
@@ -73,6 +73,12 @@ def test_70b_on_two_80gb_cards_long_rows_fit_with_fsdp_not_ddp():
     assert plans["fsdp"].estimate.weights == pytest.approx(layers / 2 + 2 * layers / 80 + 1.5 * root, rel=1e-3)
     # Rank 0 loads the whole 4-bit model onto its GPU before sharding (the others receive their shards).
     assert plans["fsdp"].load == pytest.approx(layers + root, rel=0.05)
+    # checkpoint_offload auto (the default) moves DDP's 80 layer inputs (25 GiB at 20k tokens) to host memory,
+    # so DDP fits; FSDP does not offload (auto stays off with it) and keeps its estimate.
+    auto, _ = _plans(20480, offload="auto")
+    assert auto["ddp"].fits and pick_strategy(auto).strategy == "ddp"
+    assert plans["ddp"].estimate.checkpoints - auto["ddp"].estimate.checkpoints == 78 * 20480 * 8192 * 2
+    assert auto["fsdp"].estimate.total == plans["fsdp"].estimate.total
 
 
 def test_70b_on_two_80gb_cards_short_rows_take_ddp():
@@ -86,7 +92,7 @@ def test_70b_on_two_80gb_cards_short_rows_take_ddp():
 def test_fsdp_shards_lora_state_and_ddp_adds_the_allreduce_buffer():
     config = _config(2048)
     shape = shape_from_config(known_config("meta-llama/Llama-3.1-8B"))
-    s = setup_for(config, BF16, full_rows(config), 1, True)
+    s = setup_for(config, BF16, full_rows(config), 1, True, shape)
     one, ddp, fsdp = (per_gpu_estimate(shape, s, n, st) for n, st in ((1, "ddp"), (4, "ddp"), (4, "fsdp")))
     n_lora = shape.lora_params(16, "all-linear")
     assert ddp.step.total - one.step.total == 4 * n_lora
@@ -109,6 +115,11 @@ def test_kielo_plan_70b_on_two_gpus_offline(capsys, monkeypatch):
     )
     assert code == 0, out.err
     assert "80 layers, hidden 8192" in out.out
+    # checkpoint_offload auto puts DDP's layer inputs in host memory, and the plan says how much that pins
+    assert "choice: ddp fits on 2 x 80 GiB" in out.out and "pinned host memory" in out.out
+    argv = ("--gpus", "2", "--gpu_memory", "80", "--model", "meta-llama/Llama-3.1-70B", "--data.max_length", "20480")
+    code, out = _run_plan(capsys, *argv, "--training.checkpoint_offload", "off")
+    assert code == 0, out.err
     assert "choice: fsdp fits on 2 x 80 GiB" in out.out and "--training.distributed fsdp" in out.out
     code, out = _run_plan(capsys, "--gpus", "2", "--gpu_memory", "24", "--model", "meta-llama/Llama-3.1-70B")
     assert code == 1 and "does not fit" in out.out  # loading puts the whole 4-bit model (37 GiB) on each card

@@ -38,7 +38,7 @@ class Variant:
     lora_forward: str = "fused"
     compute_dtype: str = "bf16"  # quantization.compute_dtype (fp32: the reference arithmetic)
     tf32: bool | None = None  # fp32 matmuls on TF32 tensor cores (None: torch's default, off)
-    offload: bool = False  # kielo: training.checkpoint_offload (checkpointed layer inputs in pinned host memory)
+    offload: str = "auto"  # kielo: training.checkpoint_offload (checkpointed layer inputs in pinned host memory)
     attention: str = "auto"  # kielo: training.attention (varlen or sdpa for packed rows)
     unsloth_gc: bool = True  # unsloth: its offloaded gradient checkpointing (fixed at load)
     # unsloth: how its trainer lays out batches (kielo.bench.data.LAYOUTS): padding_free is its SFT trainer's
@@ -220,7 +220,9 @@ VARIANTS = {
     "kielo+peftlora": Variant("kielo", stream="auto", kernels="auto", lora_forward="peft", planned=False),
     "kielo+compute+peftlora": Variant("kielo", stream="compute", kernels="auto", lora_forward="peft", planned=False),
     "kielo+unfused": Variant("kielo", stream="auto", kernels="auto", lora_forward="unfused", planned=False),
-    "kielo+offload": Variant("kielo", stream="auto", kernels="auto", offload=True),
+    # training.checkpoint_offload on and off (auto, kielo's default, turns it on for models 4,096 or more wide)
+    "kielo+offload": Variant("kielo", stream="auto", kernels="auto", offload="on"),
+    "kielo+nooffload": Variant("kielo", stream="auto", kernels="auto", offload="off"),
     # packed rows through SDPA with a block-diagonal mask instead of varlen attention (the A/B of training.attention)
     "kielo+sdpa": Variant("kielo", stream="auto", kernels="auto", attention="sdpa"),
     "kielo+ligerchunks": Variant("kielo", stream="auto", kernels="auto", adjust=liger_default_chunks, planned=False),

@@ -62,7 +62,7 @@ def kielo_config(
     compute_dtype: str = "bf16",
     stream: str = "fp32",
     kernels: str = "none",
-    offload: bool = False,
+    offload: str = "auto",
     distributed: str = "ddp",
     attention: str = "auto",
 ):

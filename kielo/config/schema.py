@@ -239,11 +239,14 @@ class TrainingConfig:
     save_every: int = opt(0, "Write a checkpoint every N steps; 0 = only the final adapter.")
     keep_last: int = opt(2, "Checkpoints to keep.")
     gradient_checkpointing: bool = opt(True, "Recompute activations in the backward pass to save memory.")
-    checkpoint_offload: bool = opt(
-        False,
+    checkpoint_offload: str = opt(
+        "auto",
         "With gradient_checkpointing on CUDA: keep each checkpointed layer's input in pinned CPU memory (copied "
         "on a side stream while the layer computes, prefetched one layer ahead in backward) instead of on the "
-        "GPU: layers x tokens x width x 2 bytes less (1 GiB for Llama-3.1-8B at 4,096 tokens).",
+        "GPU: layers x tokens x width x 2 bytes less (1 GiB for Llama-3.1-8B at 4,096 tokens). auto = on for "
+        "models 4,096 or more wide (there the copies hide behind the layer's compute; narrower layers lose speed), "
+        "not with fsdp; true/false also work.",
+        ("auto", "on", "off"),
     )
     distributed: str = opt(
         "ddp",
@@ -311,6 +314,12 @@ class TrainingConfig:
     device: str = opt("auto", "Where to train: auto (CUDA when present), cpu or cuda.", ("auto", "cpu", "cuda"))
 
     def __post_init__(self) -> None:
+        # the key was a boolean before auto: true/false (YAML booleans, or their words from the command line) stay valid
+        offload = {True: "on", False: "off", "true": "on", "false": "off"}.get(
+            self.checkpoint_offload if isinstance(self.checkpoint_offload, bool) else str(self.checkpoint_offload).lower()
+        )
+        if offload is not None:
+            object.__setattr__(self, "checkpoint_offload", offload)
         _check_choices(self, "training")
         for key in ("micro_batch_size", "gradient_accumulation", "learning_rate", "log_every", "keep_last"):
             _positive(getattr(self, key), f"training.{key}")
@@ -327,12 +336,12 @@ class TrainingConfig:
                 f"training.report_to: {unknown[0]!r} is not a tracker kielo knows", f"use a list of: {', '.join(TRACKERS)}"
             )
         object.__setattr__(self, "report_to", list(dict.fromkeys(trackers)))
-        if self.distributed == "fsdp" and self.checkpoint_offload:
+        if self.distributed == "fsdp" and self.checkpoint_offload == "on":
             # The offloading checkpoint copies each layer's input on a side stream while FSDP2 all-gathers the
             # next layer's shards on its own streams; the two were never run together.
             raise KieloError(
                 "training.checkpoint_offload does not run with training.distributed fsdp",
-                "drop --training.checkpoint_offload (FSDP already frees most of each GPU's memory), or use ddp",
+                "set --training.checkpoint_offload off or auto (FSDP already frees most of each GPU's memory), or use ddp",
             )
 
 

@@ -193,11 +193,16 @@ def load_base_model(
         elif config.training.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
-        if config.training.gradient_checkpointing and config.training.checkpoint_offload:
-            from kielo.model.offload import set_checkpoint_offload
+        from kielo.model.offload import model_layers, model_width, offload_on, offloaded_bytes, set_checkpoint_offload
 
+        precision = precision or resolved_precision(resolve_hardware(config, model_config.model_type, device))
+        width = model_width(model_config)
+        tokens = config.training.micro_batch_size * config.data.max_length  # the widest micro-batch it may see
+        pinned = offloaded_bytes(model_layers(model_config), tokens, width, precision.stream.itemsize)
+        if offload_on(config.training, device.type, width, pinned):
             set_checkpoint_offload(model, True)
-        apply_precision(model, precision or resolved_precision(resolve_hardware(config, model_config.model_type, device)))
+            log.info("checkpointed layer inputs in pinned host memory (checkpoint_offload %s)", config.training.checkpoint_offload)
+        apply_precision(model, precision)
         # transformers skips gradient checkpointing silently in eval mode; training must be in train mode.
         model.train()
     else:

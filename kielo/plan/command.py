@@ -116,7 +116,7 @@ def run_command(args: argparse.Namespace, config) -> int:
     for s in strategies:
         c = replace(config, training=replace(config.training, distributed=s))
         for mbs, gc in candidates(c, "fastest"):
-            est = per_gpu_estimate(shape, setup_for(c, precisions[s], data, mbs, gc), args.gpus, s)
+            est = per_gpu_estimate(shape, setup_for(c, precisions[s], data, mbs, gc, shape), args.gpus, s)
             print(f"{s:>8}  {mbs:>11}  {'on' if gc else 'off':>13}  {est.total / GIB:>26.2f}")
     for s in strategies:
         print(plans[s].describe())

@@ -17,6 +17,7 @@ import torch
 from kielo.config.schema import Config
 from kielo.errors import KieloError
 from kielo.model.device import COMPUTE_DTYPES
+from kielo.model.offload import offloaded_bytes
 from kielo.model.precision import Precision, resolved_precision
 from kielo.plan.memory import GIB, Estimate, Setup
 from kielo.plan.parallel import per_gpu_estimate
@@ -55,8 +56,20 @@ def full_rows(config: Config) -> DataSize:
     return DataSize(n, n, config.data.packing)
 
 
-def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_size: int, checkpointing: bool) -> Setup:
-    """The memory-relevant setup of ``config`` with the given micro-batch size and checkpointing."""
+def setup_for(
+    config: Config,
+    precision: Precision,
+    data: DataSize,
+    micro_batch_size: int,
+    checkpointing: bool,
+    shape: ModelShape,
+    host: bool = False,
+) -> Setup:
+    """The memory-relevant setup of ``config`` with the given micro-batch size and checkpointing, on a CUDA GPU
+    (what the plan is for), for a model of ``shape``; ``host``: this machine runs it, so checkpoint_offload auto
+    weighs its host memory as the load does (kielo.model.offload.offload_on)."""
+    from kielo.model.offload import offload_on
+
     q, lora = config.quantization, config.lora
     compute = COMPUTE_DTYPES.get(q.compute_dtype, torch.bfloat16).itemsize  # auto is bf16/fp16 on CUDA
     trained = min(micro_batch_size * data.trained_per_row, micro_batch_size * data.row_width)
@@ -72,7 +85,14 @@ def setup_for(config: Config, precision: Precision, data: DataSize, micro_batch_
         lora_dropout=lora.dropout,
         optimizer=config.training.optimizer,
         gradient_checkpointing=checkpointing,
-        checkpoint_offload=config.training.checkpoint_offload,
+        checkpoint_offload=offload_on(
+            replace(config.training, gradient_checkpointing=checkpointing),
+            "cuda",
+            shape.hidden,
+            offloaded_bytes(shape.n_layers, micro_batch_size * data.row_width, shape.hidden, precision.stream.itemsize)
+            if host
+            else None,
+        ),
         tokens=micro_batch_size * data.row_width,
         row_width=data.row_width,
         trained=trained,
@@ -93,6 +113,7 @@ class MemoryPlan:
     gpus: int = 1  # processes (one GPU each) the run is spread over
     strategy: str = "ddp"  # training.distributed: how it is spread (kielo.plan.parallel)
     load: int = 0  # bytes on one GPU while loading, before FSDP shards the model
+    offloaded: int = 0  # pinned host bytes of the checkpointed layer inputs per process (0: they stay on the GPU)
 
     @property
     def peak(self) -> int:
@@ -113,6 +134,8 @@ class MemoryPlan:
             f"  estimated peak{where} {self.estimate.describe()}",
             f"  budget{where} {self.budget / GIB:.2f} GiB (estimates must stay under {HEADROOM:.0%} of it)",
         ]
+        if self.offloaded:
+            lines.insert(2, f"  checkpointed layer inputs in pinned host memory: {self.offloaded / GIB:.2f} GiB per process")
         if self.strategy == "fsdp" and self.gpus > 1:
             lines.insert(2, f"  loading: the whole 4-bit model on rank 0's GPU before sharding, {self.load / GIB:.2f} GiB")
         if self.changed:
@@ -150,19 +173,22 @@ def make_plan(
     mode: str = "fit",
     gpus: int = 1,
     strategy: str = "ddp",
+    host: bool = False,
 ) -> MemoryPlan:
     """The first candidate whose estimated peak (per GPU, when spread over ``gpus`` by ``strategy``) fits
-    ``HEADROOM`` of ``budget``, else the leanest one."""
+    ``HEADROOM`` of ``budget``, else the leanest one (``host``: planned on the machine that runs it)."""
     t = config.training
     effective = t.micro_batch_size * t.gradient_accumulation
+    spread = replace(config, training=replace(t, distributed=strategy))  # checkpoint_offload auto depends on it
     tried = []
     for mbs, gc in candidates(config, mode):
-        est = per_gpu_estimate(shape, setup_for(config, precision, data, mbs, gc), gpus, strategy)
-        tried.append((mbs, gc, est))
+        setup = setup_for(spread, precision, data, mbs, gc, shape, host)
+        est = per_gpu_estimate(shape, setup, gpus, strategy)
+        tried.append((mbs, gc, est, setup))
         if est.total <= HEADROOM * budget:
             break
     else:
-        mbs, gc, est = min(tried, key=lambda x: x[2].total)
+        mbs, gc, est, setup = min(tried, key=lambda x: x[2].total)
     fits = est.total <= HEADROOM * budget
     changed = []
     if mbs != t.micro_batch_size:
@@ -172,7 +198,8 @@ def make_plan(
         )
     if gc != t.gradient_checkpointing:
         changed.append(f"gradient_checkpointing {'on' if t.gradient_checkpointing else 'off'} -> {'on' if gc else 'off'}")
-    return MemoryPlan(mode, mbs, effective // mbs, gc, est.step, budget, fits, changed, gpus, est.strategy, est.load)
+    offloaded = offloaded_bytes(shape.n_layers, setup.tokens, shape.hidden, setup.stream_bytes) if setup.checkpoint_offload else 0
+    return MemoryPlan(mode, mbs, effective // mbs, gc, est.step, budget, fits, changed, gpus, est.strategy, est.load, offloaded)
 
 
 def pick_strategy(plans: dict[str, MemoryPlan]) -> MemoryPlan:
@@ -221,10 +248,10 @@ def plan_memory(config: Config, model_config, items: list, device: torch.device,
     shape = shape_from_config(model_config)
     precision, budget, mode = resolved_precision(config), gpu_budget(device), config.training.memory_plan
     strategy = config.training.distributed
-    plan = make_plan(config, shape, precision, data, budget, mode, gpus, strategy)
+    plan = make_plan(config, shape, precision, data, budget, mode, gpus, strategy, host=True)
     log.info("%s", plan.describe())
     if gpus > 1 and strategy == "ddp" and not plan.fits:
-        sharded = make_plan(config, shape, precision, data, budget, mode, gpus, "fsdp")
+        sharded = make_plan(config, shape, precision, data, budget, mode, gpus, "fsdp", host=True)
         if sharded.fits:
             raise KieloError(
                 f"training {config.model.name} with ddp needs about {plan.peak / GIB:.1f} GiB per GPU, more than the "

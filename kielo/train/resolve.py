@@ -61,6 +61,11 @@ def resolve_training(bundle, items: list, saved: Config | None = None, gpus: int
     elif bundle.device.type == "cuda" and t.memory_plan != "off":
         plan = plan_memory(config, bundle.model.config, [planned_item(it) for it in items], bundle.device, gpus)
         config = apply_plan(config, plan)
-    if config.training.gradient_checkpointing != t.gradient_checkpointing:  # the load set the configured one
-        set_gradient_checkpointing(bundle.model, config.training.gradient_checkpointing, config.training.checkpoint_offload)
+    from kielo.model.offload import offloading
+
+    # The load set the configured checkpointing, and checkpoint_offload for the widest micro-batch the config
+    # allows; the plan decides both for this run's rows (its estimate counts what it chose).
+    offload = bool(plan.offloaded) if plan is not None else offloading(bundle.model)
+    if config.training.gradient_checkpointing != t.gradient_checkpointing or offload != offloading(bundle.model):
+        set_gradient_checkpointing(bundle.model, config.training.gradient_checkpointing, offload)
     return config, plan
