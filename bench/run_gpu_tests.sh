@@ -5,8 +5,11 @@ set -u
 cd "$(dirname "$0")/.."
 # WHL: one or more wheel folders (".whl .whl2": bitsandbytes + liger, and Unsloth's set with TRL).
 wheels=(); for d in ${WHL:-.whl}; do wheels+=("$d"/*.whl); done
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+# One folder per wheel set: a set installed by an earlier invocation (Unsloth's .whl2) must not stay on the path of
+# a later one (it slowed kielo's Gemma 3 4B step by a third: bench/NOTES.md, "Fourth run").
+site=/tmp/site-$(echo "${WHL:-.whl}" | tr -c 'A-Za-z0-9\n' _)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "${wheels[@]}" || exit 1
+export PYTHONPATH=$site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, transformers, peft, bitsandbytes; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "bitsandbytes", bitsandbytes.__version__)'
 exec python3 -m pytest -m gpu tests/test_gpu.py -v -s -p no:cacheprovider "$@"
