@@ -31,7 +31,7 @@ NOT_RUN = {
     "`kielo demo` line runs here on the tiny model and tests/test_real_model.py runs the demo on the default model",
     "make test": "runs the test suite this test is part of",
     "bash bench/run_gpu_tests.sh": "needs CUDA: runs the tests marked gpu (tests/test_gpu.py)",
-    'bash bench/run_qlora_bench.sh --shape llama8b '
+    "bash bench/run_qlora_bench.sh --shape llama8b "
     '--cases "stock:a,b kielo:a,b,a/nogc kielo+nooffload:a kielo+bnbdequant:a kielo+sdpa:b"': GPU,
     'WHL=".whl .whl2" bash bench/run_qlora_bench.sh --shape llama8b '
     '--cases "=stock:a,b unsloth:a,b unsloth+nogc:a unsloth+packed:b"': GPU,
