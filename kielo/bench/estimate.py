@@ -13,9 +13,8 @@ def planned(loaded: Loaded, variant: Variant, case: Case, micro: list) -> dict:
     """kielo's memory planner's estimate for a case that is a kielo configuration (nothing for the others:
     stock, Unsloth, the fp32 reference and experiments the planner does not model), and the planner's inputs
     (``plan_setup``, with the shape: tests/test_plan.py recomputes the estimate from them)."""
-    from kielo.bench.models import kielo_config
     from kielo.model.adapter import causal_lm
-    from kielo.model.offload import offload_on
+    from kielo.model.offload import offloading
     from kielo.plan.memory import GIB, Setup, estimate
     from kielo.plan.shape import shape_from_config
     from kielo.train.loss import fused_loss_sum
@@ -35,11 +34,7 @@ def planned(loaded: Loaded, variant: Variant, case: Case, micro: list) -> dict:
         lora_r=16,
         lora_dropout=0.0,
         gradient_checkpointing=case.gc != 0,
-        checkpoint_offload=offload_on(
-            kielo_config(gc=case.gc != 0, offload=variant.offload, distributed=variant.distributed or "ddp").training,
-            lm.device.type,
-            shape_from_config(lm.config).hidden,
-        ),
+        checkpoint_offload=case.gc != 0 and offloading(loaded.model),  # what the load chose for this model
         tokens=max(b.input_ids.numel() for b in batches),
         row_width=max(b.input_ids.shape[1] for b in batches),
         trained=max(b.trained_tokens for b in batches),

@@ -65,7 +65,8 @@ def resolve_training(bundle, items: list, saved: Config | None = None, gpus: int
 
     # The load set the configured checkpointing, and checkpoint_offload for the widest micro-batch the config
     # allows; the plan decides both for this run's rows (its estimate counts what it chose).
-    offload = bool(plan.offloaded) if plan is not None else offloading(bundle.model)
-    if config.training.gradient_checkpointing != t.gradient_checkpointing or offload != offloading(bundle.model):
+    loaded_with = offloading(bundle.model)
+    offload = bool(plan.offloaded) if plan is not None else loaded_with
+    if config.training.gradient_checkpointing != t.gradient_checkpointing or offload != loaded_with:
         set_gradient_checkpointing(bundle.model, config.training.gradient_checkpointing, offload)
     return config, plan
